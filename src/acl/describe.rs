@@ -1,0 +1,172 @@
+//! Users rendered back as rules, like Redis 7.0's `ACLDescribeUser` (`ACL LIST`) and
+//! `ACLDescribeSelectorCommandRules` (the `commands` field of `ACL GETUSER`).
+//!
+//! One unavoidable difference: Redis emits the single `+cmd`/`-cmd` rules in the iteration
+//! order of its command dict, which depends on a per-process random hash seed; here they come
+//! in command-table order (sorted by name, subcommands after their container). The set of rules
+//! and their effect are the same.
+
+use super::rules::{command_id, ids, Selector, KEY_READ, KEY_WRITE};
+use super::User;
+use crate::commands::{self, CommandSpec, CATEGORIES};
+
+/// `ACL LIST` line for `user`: `user NAME on #<sha256> ~* &* +@all`, per `ACLDescribeUser`.
+pub fn describe(user: &User) -> String {
+    let mut out = format!("user {} ", user.name);
+    out.push_str(if user.enabled { "on " } else { "off " });
+    if user.nopass {
+        out.push_str("nopass ");
+    }
+    match user.sanitize_payload {
+        Some(false) => out.push_str("skip-sanitize-payload "),
+        Some(true) => out.push_str("sanitize-payload "),
+        None => {}
+    }
+    for p in &user.passwords {
+        out.push('#');
+        out.push_str(&hex::encode(p));
+        out.push(' ');
+    }
+    out.push_str(&describe_selector(&user.root));
+    for sel in &user.selectors {
+        out.push_str(" (");
+        out.push_str(&describe_selector(sel));
+        out.push(')');
+    }
+    out
+}
+
+/// `ACLDescribeSelector`: keys, channels, then command rules.
+fn describe_selector(sel: &Selector) -> String {
+    let mut out = String::new();
+    if sel.all_keys {
+        out.push_str("~* ");
+    } else {
+        for p in &sel.patterns {
+            out.push_str(match p.flags {
+                f if f == KEY_READ | KEY_WRITE => "~",
+                KEY_READ => "%R~",
+                KEY_WRITE => "%W~",
+                // Unreachable: `%~pat` without R or W is refused by the rules.
+                _ => "%~",
+            });
+            out.push_str(&String::from_utf8_lossy(&p.pattern));
+            out.push(' ');
+        }
+    }
+    if sel.all_channels {
+        out.push_str("&* ");
+    } else {
+        out.push_str("resetchannels ");
+        for c in &sel.channels {
+            out.push('&');
+            out.push_str(&String::from_utf8_lossy(c));
+            out.push(' ');
+        }
+    }
+    out.push_str(&describe_selector_commands(sel));
+    out
+}
+
+/// Every command and subcommand of the table, containers before their subcommands.
+fn all_specs() -> impl Iterator<Item = &'static CommandSpec> {
+    commands::commands()
+        .iter()
+        .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
+}
+
+/// `ACLCountCategoryBitsForSelector`: (allowed, denied) commands of a category, by bit.
+fn count_category(sel: &Selector, cat_bit: u32) -> (usize, usize) {
+    let (mut on, mut off) = (0, 0);
+    for c in all_specs().filter(|c| c.categories & cat_bit != 0) {
+        if command_id(c).is_some_and(|id| sel.bit(id)) {
+            on += 1;
+        } else {
+            off += 1;
+        }
+    }
+    (on, off)
+}
+
+/// `ACLDescribeSelectorCommandRules`: `+@all` or `-@all`, then the best-fitting categories,
+/// then single commands and first-args until the rules rebuild the exact bitmap.
+pub fn describe_selector_commands(sel: &Selector) -> String {
+    let mut rules = String::new();
+    let mut fake = Selector::new();
+    let additive = !sel.can_run_future_commands();
+    if additive {
+        rules.push_str("-@all ");
+        fake.deny_all();
+    } else {
+        rules.push_str("+@all ");
+        fake.allow_all();
+    }
+
+    let mut temp = Selector::new();
+    temp.bits.clone_from(&sel.bits);
+    let mut applied = [false; CATEGORIES.len()];
+    loop {
+        let mut best = None;
+        let (mut mindiff, mut maxsame) = (usize::MAX, 0usize);
+        for (j, done) in applied.iter().enumerate() {
+            if *done {
+                continue;
+            }
+            let (on, off) = count_category(&temp, 1u32 << j);
+            let (diff, same) = if additive { (off, on) } else { (on, off) };
+            if same > diff && (diff < mindiff || (diff == mindiff && same > maxsame)) {
+                best = Some(j);
+                mindiff = diff;
+                maxsame = same;
+            }
+        }
+        let Some(j) = best else { break };
+        let name = CATEGORIES.get(j).copied().unwrap_or("");
+        fake.set_category(1u32 << j, additive);
+        temp.set_category(1u32 << j, !additive);
+        rules.push_str(if additive { "+@" } else { "-@" });
+        rules.push_str(name);
+        rules.push(' ');
+        if let Some(a) = applied.get_mut(j) {
+            *a = true;
+        }
+    }
+
+    for cmd in commands::commands() {
+        single_command_rules(sel, &mut fake, cmd, &mut rules);
+    }
+    debug_assert!((0..ids().total).all(|id| fake.bit(id) == sel.bit(id)));
+    if rules.ends_with(' ') {
+        rules.pop();
+    }
+    rules
+}
+
+/// `ACLDescribeSelectorCommandRulesSingleCommands` for one command and its subcommands.
+fn single_command_rules(
+    sel: &Selector,
+    fake: &mut Selector,
+    cmd: &'static CommandSpec,
+    rules: &mut String,
+) {
+    let Some(id) = command_id(cmd) else { return };
+    let userbit = sel.bit(id);
+    if userbit != fake.bit(id) {
+        rules.push(if userbit { '+' } else { '-' });
+        rules.push_str(cmd.name);
+        rules.push(' ');
+        fake.change_perm(cmd, userbit);
+    }
+    for sub in cmd.subcommands {
+        single_command_rules(sel, fake, sub, rules);
+    }
+    if !userbit {
+        for arg in sel.firstargs(id) {
+            rules.push('+');
+            rules.push_str(cmd.name);
+            rules.push('|');
+            rules.push_str(&String::from_utf8_lossy(arg));
+            rules.push(' ');
+        }
+    }
+}

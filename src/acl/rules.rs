@@ -1,0 +1,703 @@
+//! The Redis 7 ACL rule language (`ACLSetUser` / `ACLSetSelector` in `acl.c`), applied in
+//! order, with Redis's own error texts.
+//!
+//! Commands are tracked like Redis does: a bitmap with one bit per command and subcommand of
+//! the command table (`allowed_commands`), the `SELECTOR_FLAG_ALLCOMMANDS` flag, the reserved
+//! "future commands" bit that only `+@all`/`allcommands` set, and per-command allowed first
+//! arguments (`allowed_firstargs`, from `+select|0` on non-container commands).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use super::User;
+use crate::commands::{self, CommandSpec};
+
+/// A rule Redis's `ACL SETUSER` would reject. The message names the user and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("user '{user}': rule '{rule}': {reason}")]
+pub struct RuleError {
+    pub user: String,
+    /// The offending rule as Redis names it (selectors merged into one `(...)` rule);
+    /// passwords (`>pw`, `<pw`) are never echoed.
+    pub rule: String,
+    /// Redis's reason text (`ACLSetUserStringError`), e.g. `Syntax error`.
+    pub reason: &'static str,
+}
+
+/// `errno` values `ACLSetUser` reports, mapped to `ACLSetUserStringError` texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Errno {
+    /// ENOENT
+    NoEnt,
+    /// EINVAL
+    Inval,
+    /// EEXIST
+    Exist,
+    /// EISDIR
+    IsDir,
+    /// ENODEV
+    NoDev,
+    /// EBADMSG
+    BadMsg,
+    /// ECHILD
+    Child,
+}
+
+impl Errno {
+    /// `ACLSetUserStringError` in `acl.c`.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Errno::NoEnt => "Unknown command or category name in ACL",
+            Errno::Inval => "Syntax error",
+            Errno::Exist => {
+                "Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and \
+                 does not have any effect. Try 'resetkeys' to start with an empty list of patterns"
+            }
+            Errno::IsDir => {
+                "Adding a pattern after the * pattern (or the 'allchannels' flag) is not valid \
+                 and does not have any effect. Try 'resetchannels' to start with an empty list \
+                 of channels"
+            }
+            Errno::NoDev => "The password you are trying to remove from the user does not exist",
+            Errno::BadMsg => {
+                "The password hash must be exactly 64 characters and contain only lowercase \
+                 hexadecimal characters"
+            }
+            Errno::Child => "Allowing first-arg of a subcommand is not supported",
+        }
+    }
+}
+
+/// Reason used when a `(` selector is never closed (`ACLStringSetUser`'s own message is
+/// `Unmatched parenthesis in acl selector starting at '<rule>'.`).
+pub const UNMATCHED_PARENTHESIS: &str = "Unmatched parenthesis in acl selector";
+
+/// Reason used for a user name Redis refuses (`ACL SETUSER` in `aclCommand`).
+pub const BAD_USERNAME: &str = "Usernames can't contain spaces or null characters";
+
+/// `ACL_READ_PERMISSION`.
+pub const KEY_READ: u8 = 1;
+/// `ACL_WRITE_PERMISSION`.
+pub const KEY_WRITE: u8 = 2;
+
+/// A key pattern (`keyPattern`): `~pat` is read+write, `%R~` read, `%W~` write (`%R` alone
+/// is accepted by Redis as a read pattern for the empty string).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPattern {
+    /// `KEY_READ` / `KEY_WRITE` bits.
+    pub flags: u8,
+    pub pattern: Vec<u8>,
+}
+
+/// One selector (`aclSelector`): the root one holds the user's top-level permissions, the
+/// others come from `(...)` rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector {
+    /// `SELECTOR_FLAG_ALLKEYS` (`allkeys` / `~*`).
+    pub all_keys: bool,
+    /// `SELECTOR_FLAG_ALLCHANNELS` (`allchannels` / `&*`).
+    pub all_channels: bool,
+    /// `SELECTOR_FLAG_ALLCOMMANDS`: set by `+@all`, cleared by any rule that clears a bit.
+    pub all_commands: bool,
+    /// `allowed_commands`, one bit per command id (see [`command_id`]).
+    pub(crate) bits: Vec<u64>,
+    /// The reserved last bit of `allowed_commands` ("can run future commands").
+    pub(crate) future: bool,
+    /// `allowed_firstargs`, by command id, in insertion order.
+    pub(crate) firstargs: BTreeMap<usize, Vec<Vec<u8>>>,
+    /// Key patterns, in insertion order (`patterns`).
+    pub patterns: Vec<KeyPattern>,
+    /// Channel patterns, in insertion order (`channels`).
+    pub channels: Vec<Vec<u8>>,
+}
+
+impl Selector {
+    /// `ACLCreateSelector`: no commands, no keys, and no channels (`acl-pubsub-default` is
+    /// `resetchannels` in Redis 7.0).
+    pub fn new() -> Selector {
+        Selector {
+            all_keys: false,
+            all_channels: false,
+            all_commands: false,
+            bits: vec![0; ids().total.div_ceil(64)],
+            future: false,
+            firstargs: BTreeMap::new(),
+            patterns: Vec::new(),
+            channels: Vec::new(),
+        }
+    }
+
+    /// `ACLGetSelectorCommandBit`.
+    pub(crate) fn bit(&self, id: usize) -> bool {
+        self.bits
+            .get(id / 64)
+            .is_some_and(|w| w & (1u64 << (id % 64)) != 0)
+    }
+
+    /// `ACLSetSelectorCommandBit`: clearing a bit also clears the ALLCOMMANDS flag.
+    pub(crate) fn set_bit(&mut self, id: usize, value: bool) {
+        if let Some(w) = self.bits.get_mut(id / 64) {
+            if value {
+                *w |= 1u64 << (id % 64);
+            } else {
+                *w &= !(1u64 << (id % 64));
+                self.all_commands = false;
+            }
+        }
+    }
+
+    /// Whether every command and subcommand bit is set (or the ALLCOMMANDS flag).
+    pub fn allows_all_commands(&self) -> bool {
+        self.all_commands || (0..ids().total).all(|id| self.bit(id))
+    }
+
+    /// `ACLSelectorCanExecuteFutureCommands`.
+    pub fn can_run_future_commands(&self) -> bool {
+        self.future
+    }
+
+    /// The first arguments allowed for a command id by `+cmd|arg` rules.
+    pub(crate) fn firstargs(&self, id: usize) -> &[Vec<u8>] {
+        self.firstargs.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// `ACLChangeSelectorPerm`: a container command carries all its subcommands along.
+    pub(crate) fn change_perm(&mut self, cmd: &'static CommandSpec, allow: bool) {
+        let Some(id) = command_id(cmd) else { return };
+        self.set_bit(id, allow);
+        self.firstargs.remove(&id);
+        for sub in cmd.subcommands {
+            if let Some(sid) = command_id(sub) {
+                self.set_bit(sid, allow);
+            }
+        }
+    }
+
+    /// `ACLSetSelectorCommandBitsForCategoryLogic` over the whole table.
+    pub(crate) fn set_category(&mut self, cat_bit: u32, allow: bool) {
+        for cmd in commands::commands() {
+            if cmd.categories & cat_bit != 0 {
+                self.change_perm(cmd, allow);
+            }
+            for sub in cmd.subcommands {
+                if sub.categories & cat_bit != 0 {
+                    self.change_perm(sub, allow);
+                }
+            }
+        }
+    }
+
+    /// `+@all` / `allcommands`.
+    pub(crate) fn allow_all(&mut self) {
+        self.bits.iter_mut().for_each(|w| *w = u64::MAX);
+        self.future = true;
+        self.all_commands = true;
+        self.firstargs.clear();
+    }
+
+    /// `-@all` / `nocommands`.
+    pub(crate) fn deny_all(&mut self) {
+        self.bits.iter_mut().for_each(|w| *w = 0);
+        self.future = false;
+        self.all_commands = false;
+        self.firstargs.clear();
+    }
+
+    /// `ACLAddAllowedFirstArg`: duplicates (case-insensitively) are not added twice.
+    fn add_firstarg(&mut self, id: usize, arg: &[u8]) {
+        let list = self.firstargs.entry(id).or_default();
+        if !list.iter().any(|a| a.eq_ignore_ascii_case(arg)) {
+            list.push(arg.to_vec());
+        }
+    }
+
+    /// `ACLSetSelector`: applies one selector rule.
+    pub(crate) fn apply(&mut self, op: &[u8]) -> Result<(), Errno> {
+        // Redis compares rules as C strings: nothing after a NUL byte is seen by strcasecmp.
+        let cop = c_str(op);
+        let is = |s: &str| cop.eq_ignore_ascii_case(s.as_bytes());
+        let first = op.first().copied().unwrap_or(0);
+        let second = op.get(1).copied().unwrap_or(0);
+        if is("allkeys") || is("~*") {
+            self.all_keys = true;
+            self.patterns.clear();
+        } else if is("resetkeys") {
+            self.all_keys = false;
+            self.patterns.clear();
+        } else if is("allchannels") || is("&*") {
+            self.all_channels = true;
+            self.channels.clear();
+        } else if is("resetchannels") {
+            self.all_channels = false;
+            self.channels.clear();
+        } else if is("allcommands") || is("+@all") {
+            self.allow_all();
+        } else if is("nocommands") || is("-@all") {
+            self.deny_all();
+        } else if first == b'~' || first == b'%' {
+            if self.all_keys {
+                return Err(Errno::Exist);
+            }
+            let mut flags = 0u8;
+            let mut offset = 1usize;
+            if first == b'%' {
+                while let Some(&c) = op.get(offset) {
+                    if c.eq_ignore_ascii_case(&b'R') && flags & KEY_READ == 0 {
+                        flags |= KEY_READ;
+                    } else if c.eq_ignore_ascii_case(&b'W') && flags & KEY_WRITE == 0 {
+                        flags |= KEY_WRITE;
+                    } else if c == b'~' {
+                        offset += 1;
+                        break;
+                    } else {
+                        return Err(Errno::Inval);
+                    }
+                    offset += 1;
+                }
+                // The CVE-2024-31227 fix shipped in 7.0.15 builds: `%~pat` (no R or W) is
+                // refused instead of creating a pattern that crashes `ACL LIST`.
+                if flags == 0 {
+                    return Err(Errno::Inval);
+                }
+            } else {
+                flags = KEY_READ | KEY_WRITE;
+            }
+            let pattern = op.get(offset..).unwrap_or_default();
+            if has_spaces(pattern) {
+                return Err(Errno::Inval);
+            }
+            match self.patterns.iter_mut().find(|p| p.pattern == pattern) {
+                Some(existing) => existing.flags |= flags,
+                None => self.patterns.push(KeyPattern {
+                    flags,
+                    pattern: pattern.to_vec(),
+                }),
+            }
+            self.all_keys = false;
+        } else if first == b'&' {
+            if self.all_channels {
+                return Err(Errno::IsDir);
+            }
+            let pattern = op.get(1..).unwrap_or_default();
+            if has_spaces(pattern) {
+                return Err(Errno::Inval);
+            }
+            if !self.channels.iter().any(|c| c == pattern) {
+                self.channels.push(pattern.to_vec());
+            }
+            self.all_channels = false;
+        } else if first == b'+' && second != b'@' {
+            let name = cop.get(1..).unwrap_or_default();
+            match name.iter().rposition(|&c| c == b'|') {
+                None => {
+                    let cmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
+                    self.change_perm(cmd, true);
+                }
+                Some(bar) => {
+                    let (base, sub) = (
+                        name.get(..bar).unwrap_or_default(),
+                        name.get(bar + 1..).unwrap_or_default(),
+                    );
+                    let cmd = lookup_by_fullname(base).ok_or(Errno::NoEnt)?;
+                    if cmd.name.contains('|') {
+                        return Err(Errno::Child);
+                    }
+                    if sub.is_empty() {
+                        return Err(Errno::Inval);
+                    }
+                    if cmd.subcommands.is_empty() {
+                        let id = command_id(cmd).ok_or(Errno::NoEnt)?;
+                        self.add_firstarg(id, sub);
+                    } else {
+                        let subcmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
+                        self.change_perm(subcmd, true);
+                    }
+                }
+            }
+        } else if first == b'-' && second != b'@' {
+            let cmd = lookup_by_fullname(cop.get(1..).unwrap_or_default()).ok_or(Errno::NoEnt)?;
+            self.change_perm(cmd, false);
+        } else if (first == b'+' || first == b'-') && second == b'@' {
+            let name = std::str::from_utf8(cop.get(2..).unwrap_or_default()).unwrap_or("");
+            let idx = commands::category_index(name).ok_or(Errno::NoEnt)?;
+            self.set_category(1u32 << idx, first == b'+');
+        } else {
+            return Err(Errno::Inval);
+        }
+        Ok(())
+    }
+}
+
+impl Default for Selector {
+    fn default() -> Self {
+        Selector::new()
+    }
+}
+
+/// The part of `s` C functions see: up to the first NUL.
+pub(crate) fn c_str(s: &[u8]) -> &[u8] {
+    let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+    s.get(..end).unwrap_or_default()
+}
+
+/// `ACLStringHasSpaces`: C `isspace` or NUL anywhere.
+pub(crate) fn has_spaces(s: &[u8]) -> bool {
+    s.iter().any(|&c| c == 0 || is_c_space(c))
+}
+
+/// C `isspace` in the "C" locale.
+pub(crate) fn is_c_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// `ACLLookupCommand` / `lookupCommandBySdsLogic`: `name` or `container|sub`, strictly
+/// (a subcommand name on a command without subcommands, or more than one `|`, is unknown).
+pub(crate) fn lookup_by_fullname(name: &[u8]) -> Option<&'static CommandSpec> {
+    // sdssplitlen on "|" returns no parts for an empty string.
+    if name.is_empty() {
+        return None;
+    }
+    let mut parts = name.split(|&c| c == b'|');
+    let base = parts.next()?;
+    let sub = parts.next();
+    if parts.next().is_some() {
+        return None;
+    }
+    let cmd = commands::lookup(base)?;
+    match sub {
+        None => Some(cmd),
+        Some(sub) if !cmd.subcommands.is_empty() => commands::lookup_subcommand(cmd, sub),
+        Some(_) => None,
+    }
+}
+
+/// Command ids: top-level commands in table order, then each container's subcommands.
+pub(crate) struct Ids {
+    /// For each top-level command, the id of its first subcommand.
+    sub_base: Vec<usize>,
+    /// Number of ids.
+    pub(crate) total: usize,
+}
+
+/// The id table, built once from the command table.
+pub(crate) fn ids() -> &'static Ids {
+    static IDS: OnceLock<Ids> = OnceLock::new();
+    IDS.get_or_init(|| {
+        let cmds = commands::commands();
+        let mut next = cmds.len();
+        let mut sub_base = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            sub_base.push(next);
+            next += c.subcommands.len();
+        }
+        Ids {
+            sub_base,
+            total: next,
+        }
+    })
+}
+
+/// Index of `x` inside `slice`, by address (the table entries are `'static`).
+fn index_in(slice: &[CommandSpec], x: &CommandSpec) -> Option<usize> {
+    let size = std::mem::size_of::<CommandSpec>();
+    let offset = (x as *const CommandSpec as usize).checked_sub(slice.as_ptr() as usize)?;
+    if size == 0 || offset % size != 0 {
+        return None;
+    }
+    let i = offset / size;
+    (i < slice.len()).then_some(i)
+}
+
+/// The ACL bit of a command or subcommand of the table (Redis's `cmd->id`); `None` for a
+/// spec that is not part of the table.
+pub fn command_id(spec: &CommandSpec) -> Option<usize> {
+    let cmds = commands::commands();
+    if let Some(i) = index_in(cmds, spec) {
+        return Some(i);
+    }
+    let (parent, _) = spec.name.split_once('|')?;
+    let p = commands::lookup(parent.as_bytes())?;
+    let pi = index_in(cmds, p)?;
+    let si = index_in(p.subcommands, spec)?;
+    Some(ids().sub_base.get(pi)? + si)
+}
+
+/// Builds a user from its rules string (whitespace-separated, as in a Redis aclfile line),
+/// applying every rule in order to a fresh user exactly like `ACL SETUSER name rules...`
+/// (`ACLStringSetUser`, which merges `(`...`)` selector arguments first).
+///
+/// # Errors
+/// The first rule `ACL SETUSER` would reject, as a [`RuleError`] with Redis's reason text.
+pub fn parse_user(name: &str, rules: &str) -> Result<User, RuleError> {
+    let args: Vec<&[u8]> = rules.split_ascii_whitespace().map(str::as_bytes).collect();
+    parse_user_args(name, &args)
+}
+
+/// Like [`parse_user`], with the rules already split into arguments (as `ACL SETUSER`
+/// receives them; an argument may then contain any byte).
+///
+/// # Errors
+/// The first rule `ACL SETUSER` would reject, as a [`RuleError`].
+pub fn parse_user_args<T: AsRef<[u8]>>(name: &str, args: &[T]) -> Result<User, RuleError> {
+    let mut user = User::new(name);
+    if has_spaces(name.as_bytes()) {
+        return Err(RuleError {
+            user: name.to_owned(),
+            rule: name.to_owned(),
+            reason: BAD_USERNAME,
+        });
+    }
+    let merged = merge_selector_args(args).map_err(|start| RuleError {
+        user: name.to_owned(),
+        rule: redact(start),
+        reason: UNMATCHED_PARENTHESIS,
+    })?;
+    for op in &merged {
+        user.apply(op).map_err(|e| RuleError {
+            user: name.to_owned(),
+            rule: redact(op),
+            reason: e.text(),
+        })?;
+    }
+    Ok(user)
+}
+
+/// `ACLMergeSelectorArguments`: joins `(a`, `b`, `c)` into `(a b c)`. On an unclosed `(`,
+/// returns the argument that opened it.
+fn merge_selector_args<T: AsRef<[u8]>>(args: &[T]) -> Result<Vec<Vec<u8>>, &[u8]> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut open: Option<(Vec<u8>, &[u8])> = None;
+    for arg in args {
+        let op = arg.as_ref();
+        let last = op.last().copied().unwrap_or(0);
+        if op.first() == Some(&b'(') && last != b')' {
+            // A new "(" while one is open restarts the selector, as in Redis.
+            open = Some((op.to_vec(), op));
+            continue;
+        }
+        if let Some((mut sel, start)) = open.take() {
+            sel.push(b' ');
+            sel.extend_from_slice(op);
+            if last == b')' {
+                out.push(sel);
+            } else {
+                open = Some((sel, start));
+            }
+            continue;
+        }
+        out.push(op.to_vec());
+    }
+    match open {
+        Some((_, start)) => Err(start),
+        None => Ok(out),
+    }
+}
+
+impl User {
+    /// `ACLSetUser`: applies one (merged) rule.
+    pub(crate) fn apply(&mut self, op: &[u8]) -> Result<(), Errno> {
+        if op.is_empty() {
+            return Ok(());
+        }
+        let cop = c_str(op);
+        let is = |s: &str| cop.eq_ignore_ascii_case(s.as_bytes());
+        let first = op.first().copied().unwrap_or(0);
+        let last = op.last().copied().unwrap_or(0);
+        if is("on") {
+            self.enabled = true;
+        } else if is("off") {
+            self.enabled = false;
+        } else if is("skip-sanitize-payload") {
+            self.sanitize_payload = Some(false);
+        } else if is("sanitize-payload") {
+            self.sanitize_payload = Some(true);
+        } else if is("nopass") {
+            self.nopass = true;
+            self.passwords.clear();
+        } else if is("resetpass") {
+            self.nopass = false;
+            self.passwords.clear();
+        } else if first == b'>' || first == b'#' {
+            let hash = if first == b'>' {
+                sha256(op.get(1..).unwrap_or_default())
+            } else {
+                parse_hash(op.get(1..).unwrap_or_default())?
+            };
+            if !self.passwords.contains(&hash) {
+                self.passwords.push(hash);
+            }
+            self.nopass = false;
+        } else if first == b'<' || first == b'!' {
+            let hash = if first == b'<' {
+                sha256(op.get(1..).unwrap_or_default())
+            } else {
+                parse_hash(op.get(1..).unwrap_or_default())?
+            };
+            let pos = self
+                .passwords
+                .iter()
+                .position(|p| *p == hash)
+                .ok_or(Errno::NoDev)?;
+            self.passwords.remove(pos);
+        } else if first == b'(' && last == b')' {
+            let inner = op.get(1..op.len().saturating_sub(1)).unwrap_or_default();
+            let mut sel = Selector::new();
+            for sub in split_args(inner) {
+                sel.apply(&sub)?;
+            }
+            self.selectors.push(sel);
+        } else if is("clearselectors") {
+            self.selectors.clear();
+        } else if is("reset") {
+            self.nopass = false;
+            self.passwords.clear();
+            self.root.all_keys = false;
+            self.root.patterns.clear();
+            self.root.all_channels = false;
+            self.root.channels.clear();
+            self.enabled = false;
+            self.sanitize_payload = Some(true);
+            self.selectors.clear();
+            self.root.deny_all();
+        } else {
+            self.root.apply(op)?;
+        }
+        self.unrestricted = self.root.allows_all_commands()
+            && self.root.all_keys
+            && self.root.all_channels
+            && self.selectors.is_empty();
+        Ok(())
+    }
+}
+
+fn sha256(password: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(password).into()
+}
+
+/// `ACLCheckPasswordHash`: exactly 64 lowercase hex digits.
+fn parse_hash(hex_hash: &[u8]) -> Result<[u8; 32], Errno> {
+    if hex_hash.len() != 64
+        || !hex_hash
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(Errno::BadMsg);
+    }
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut bytes).map_err(|_| Errno::BadMsg)?;
+    Ok(bytes)
+}
+
+/// `sdssplitargs` (`sds.c`), which Redis uses to split a selector's inside: blanks separate
+/// arguments, `"..."` (with `\n`, `\xHH`... escapes) and `'...'` quote. Any quoting error makes
+/// Redis see *no* arguments at all (an empty selector), which is reproduced.
+pub(crate) fn split_args(line: &[u8]) -> Vec<Vec<u8>> {
+    split_args_inner(c_str(line)).unwrap_or_default()
+}
+
+fn split_args_inner(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let at = |i: usize| line.get(i).copied().unwrap_or(0);
+    let mut out = Vec::new();
+    let mut p = 0usize;
+    loop {
+        while at(p) != 0 && is_c_space(at(p)) {
+            p += 1;
+        }
+        if at(p) == 0 {
+            return Some(out);
+        }
+        let (mut inq, mut insq, mut done) = (false, false, false);
+        let mut cur = Vec::new();
+        while !done {
+            let c = at(p);
+            if inq {
+                if c == b'\\' && at(p + 1) == b'x' && is_hex(at(p + 2)) && is_hex(at(p + 3)) {
+                    cur.push(hex_val(at(p + 2)) * 16 + hex_val(at(p + 3)));
+                    p += 3;
+                } else if c == b'\\' && at(p + 1) != 0 {
+                    p += 1;
+                    cur.push(match at(p) {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    if at(p + 1) != 0 && !is_c_space(at(p + 1)) {
+                        return None;
+                    }
+                    done = true;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    cur.push(c);
+                }
+            } else if insq {
+                if c == b'\\' && at(p + 1) == b'\'' {
+                    p += 1;
+                    cur.push(b'\'');
+                } else if c == b'\'' {
+                    if at(p + 1) != 0 && !is_c_space(at(p + 1)) {
+                        return None;
+                    }
+                    done = true;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    cur.push(c);
+                }
+            } else {
+                match c {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => done = true,
+                    b'"' => inq = true,
+                    b'\'' => insq = true,
+                    _ => cur.push(c),
+                }
+            }
+            if at(p) != 0 {
+                p += 1;
+            }
+        }
+        out.push(cur);
+    }
+}
+
+fn is_hex(c: u8) -> bool {
+    c.is_ascii_hexdigit()
+}
+
+fn hex_val(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// A rule as it may appear in an error message: passwords are replaced, also inside a
+/// selector (where Redis would reject them but echo them).
+fn redact(rule: &[u8]) -> String {
+    let text = String::from_utf8_lossy(rule);
+    let hide = |w: &str| -> String {
+        let w2 = w.trim_start_matches('(');
+        let prefix = "(".repeat(w.len() - w2.len());
+        let suffix = if w2.len() > 1 && w2.ends_with(')') {
+            ")"
+        } else {
+            ""
+        };
+        match w2.chars().next() {
+            Some(c @ ('>' | '<')) => format!("{prefix}{c}<redacted>{suffix}"),
+            _ => w.to_owned(),
+        }
+    };
+    if text.starts_with('(') {
+        text.split(' ').map(hide).collect::<Vec<_>>().join(" ")
+    } else {
+        hide(&text)
+    }
+}

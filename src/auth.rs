@@ -1,0 +1,154 @@
+//! AUTH and HELLO, answered by redward the way Redis 7.0 answers them (`authCommand` in
+//! `acl.c`, `helloCommand` in `networking.c`), against redward's own users.
+//!
+//! Pure functions: they read the request and the user table and say who the client is
+//! afterwards and what to reply. Only they produce an authenticated user, and a password never
+//! leaves them (it is hashed and compared in constant time by `acl::User::check_password`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::acl::User;
+use crate::config::Users;
+use crate::resp::replies;
+use crate::resp::request::{string2ll, Request};
+
+/// What an AUTH request did.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    /// Logged in as this user; reply `+OK`.
+    LoggedIn(Arc<User>),
+    /// Refused with this reply (the connection's login state is unchanged).
+    Refused {
+        reply: Bytes,
+        failed_user: Option<String>,
+    },
+}
+
+/// `AUTH <password>` (user `default`) or `AUTH <user> <password>`; arity already checked
+/// (`argc >= 2`).
+pub fn auth(users: &Users, req: &Request<'_>) -> AuthOutcome {
+    if req.argc() > 3 {
+        return AuthOutcome::Refused {
+            reply: Bytes::from_static(replies::SYNTAX),
+            failed_user: None,
+        };
+    }
+    let (name, password): (&[u8], &[u8]) = if req.argc() == 2 {
+        if users.default_is_nopass() {
+            return AuthOutcome::Refused {
+                reply: Bytes::from_static(replies::AUTH_NOPASS_DEFAULT),
+                failed_user: None,
+            };
+        }
+        (b"default", req.arg(1))
+    } else {
+        (req.arg(1), req.arg(2))
+    };
+    match authenticate(users, name, password) {
+        Some(user) => AuthOutcome::LoggedIn(user),
+        None => AuthOutcome::Refused {
+            reply: Bytes::from_static(replies::WRONGPASS),
+            failed_user: Some(String::from_utf8_lossy(name).into_owned()),
+        },
+    }
+}
+
+/// Redis's `ACLAuthenticateUser`: the user must exist, be `on`, and the password must match.
+pub fn authenticate(users: &Users, name: &[u8], password: &[u8]) -> Option<Arc<User>> {
+    let user = users.get(name)?;
+    user.check_password(password).then(|| Arc::clone(user))
+}
+
+/// What a HELLO request did.
+#[derive(Debug)]
+pub struct HelloOutcome<'a> {
+    /// Set when an AUTH option logged the client in (even if a later option then failed, as
+    /// in Redis, which applies options in order).
+    pub login: Option<Arc<User>>,
+    /// A failed AUTH option's user name, for the audit log.
+    pub failed_user: Option<String>,
+    /// `Ok`: forward HELLO to Redis as `HELLO [version] [SETNAME name]`, without the AUTH
+    /// option, so the client gets Redis's own reply. `Err`: answer locally with this reply.
+    pub result: Result<HelloForward<'a>, Bytes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloForward<'a> {
+    pub version: Option<&'a [u8]>,
+    pub setname: Option<&'a [u8]>,
+    /// Whether the request had an AUTH option (then it must be rewritten before forwarding).
+    pub had_auth: bool,
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`, checked in Redis 7.0's order: version,
+/// then each option in turn, then the authentication requirement.
+pub fn hello<'a>(users: &Users, req: &Request<'a>, authenticated: bool) -> HelloOutcome<'a> {
+    let mut out = HelloOutcome {
+        login: None,
+        failed_user: None,
+        result: Err(Bytes::new()),
+    };
+    let mut fwd = HelloForward {
+        version: None,
+        setname: None,
+        had_auth: false,
+    };
+    let mut next = 1;
+    if req.argc() >= 2 {
+        let v = req.arg(1);
+        match string2ll(v) {
+            None => {
+                out.result = Err(Bytes::from_static(replies::HELLO_BAD_VERSION));
+                return out;
+            }
+            Some(2 | 3) => fwd.version = Some(v),
+            Some(_) => {
+                out.result = Err(Bytes::from_static(replies::NOPROTO));
+                return out;
+            }
+        }
+        next = 2;
+    }
+    let mut j = next;
+    while j < req.argc() {
+        let more = req.argc() - 1 - j;
+        let opt = req.arg(j);
+        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+            fwd.had_auth = true;
+            let name = req.arg(j + 1);
+            match authenticate(users, name, req.arg(j + 2)) {
+                Some(user) => out.login = Some(user),
+                None => {
+                    out.failed_user = Some(String::from_utf8_lossy(name).into_owned());
+                    out.result = Err(Bytes::from_static(replies::WRONGPASS));
+                    return out;
+                }
+            }
+            j += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+            let name = req.arg(j + 1);
+            if !valid_client_name(name) {
+                out.result = Err(Bytes::from_static(replies::BAD_CLIENT_NAME));
+                return out;
+            }
+            fwd.setname = Some(name);
+            j += 2;
+        } else {
+            out.result = Err(Bytes::from(replies::hello_syntax(opt)));
+            return out;
+        }
+    }
+    if !authenticated && out.login.is_none() {
+        out.result = Err(Bytes::from_static(replies::HELLO_NOAUTH));
+        return out;
+    }
+    out.result = Ok(fwd);
+    out
+}
+
+/// `clientSetName` (`networking.c`): empty clears the name; otherwise only '!'..='~'.
+pub fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}

@@ -1,0 +1,285 @@
+//! The YAML configuration: serde types exactly as an operator writes them ([`RawConfig`]), and
+//! the checked [`Config`] the proxy runs with (`validate.rs`).
+//!
+//! YAML is read with serde-saphyr (the maintained successor of the archived serde_yaml), with
+//! duplicate keys and unknown fields refused: a typo must never silently drop a setting on a
+//! security proxy. Every error is one line that names the field or the file.
+
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub use validate::{
+    ClientTls, Config, ListenerConfig, LogFormat, ProtocolLimits, Secret, UpstreamAddr,
+    UpstreamConfig, UpstreamTls, Users,
+};
+
+/// A configuration that cannot be used. Its `Display` is the one line redward prints before
+/// exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{field}: {path}: {message}")]
+    File {
+        field: String,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn file(
+        field: impl Into<String>,
+        path: &Path,
+        message: impl std::fmt::Display,
+    ) -> Self {
+        ConfigError::File {
+            field: field.into(),
+            path: path.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Vec<RawListener>,
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(default, deserialize_with = "duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// Runtime worker threads; 0 or absent means one per core.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+    pub tls: RawTls,
+    /// A plaintext listener on a non-loopback address exposes Redis's protocol (and AUTH
+    /// passwords) to the network; it must be asked for by name.
+    #[serde(default)]
+    pub allow_plaintext_non_loopback: bool,
+}
+
+/// `tls: off`, or the listener's certificate settings.
+#[derive(Debug)]
+pub enum RawTls {
+    Off,
+    On(RawServerTls),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// Stateless session tickets (resumption); on by default.
+    #[serde(default)]
+    pub session_tickets: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Word(String),
+            Flag(bool),
+            Files(RawServerTls),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Word(w)) if w == "off" => Ok(RawTls::Off),
+            Ok(Either::Flag(false)) => Ok(RawTls::Off),
+            Ok(Either::Files(f)) => Ok(RawTls::On(f)),
+            Ok(_) => Err(serde::de::Error::custom(
+                "expected `off` or a map with `cert` and `key`",
+            )),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected `off` or a map with `cert`, `key` and optionally `min_version`, `session_tickets` (no other fields)",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `host:port` or `unix:/path/to/redis.sock`.
+    pub address: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// CA bundle that signs the upstream's certificate; the system/webpki roots otherwise.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Name to verify the upstream certificate against; the address's host otherwise.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    pub rules: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default, deserialize_with = "duration")]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub auth_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "size")]
+    pub max_bulk_len: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub max_inline_len: Option<u64>,
+    #[serde(default, deserialize_with = "duration")]
+    pub client_write_timeout: Option<Duration>,
+    /// Requests in flight per connection before redward stops reading from the client.
+    #[serde(default)]
+    pub max_pipeline: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// Reads, parses and checks a configuration file.
+///
+/// # Errors
+/// A [`ConfigError`] naming the file or the field at fault.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let raw = parse(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate::validate(raw, base)
+}
+
+/// Parses YAML text into the raw form. The error is a single line.
+pub fn parse(text: &str) -> Result<RawConfig, String> {
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        strict_booleans: true,
+    };
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        e.to_string()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+/// `10s`, `500ms`, `1m 30s` (humantime), for every duration field.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim())
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e}")))
+}
+
+/// Sizes the way redis.conf writes them (`memtoull` in `util.c`): `512mb`, `64kb`, `1gb`,
+/// `100k` (1000s), or plain bytes.
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(u64),
+        Str(String),
+    }
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(Some(n)),
+        NumOrStr::Str(s) => parse_size(&s).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid size `{s}` (e.g. 512mb, 64kb)"))
+        }),
+    }
+}
+
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    let n: u64 = num.parse().ok()?;
+    let mul: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+/// Resolves `host:port` when it is a literal socket address (listeners must be).
+pub(crate) fn socket_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::invalid(
+            field,
+            format!("`{s}` is not an IP:port address (e.g. 127.0.0.1:6380, [::1]:6380)"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

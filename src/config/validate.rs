@@ -1,0 +1,484 @@
+//! From the file as written to the checked configuration: durations and sizes resolved,
+//! defaults applied (each named and explained in `docs/defaults.md`), secrets read, users parsed,
+//! and every choice that would weaken the proxy refused unless spelled out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{socket_addr, ConfigError, RawConfig, RawTls};
+use crate::acl::{self, User};
+
+/// A TLS handshake that has not finished by then is dropped: a stalled handshake holds a
+/// socket and a task, and costs an attacker nothing.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that has not authenticated by then is closed (Redis has no such limit; an
+/// unauthenticated connection is pure cost on an exposed port).
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upstream connect deadline: long enough for a loaded Redis, short enough that a client gets
+/// a clear error instead of hanging.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that accepts no bytes for this long while replies wait is disconnected.
+pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time for in-flight requests to finish on SIGTERM before connections are closed.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Requests awaiting replies per connection before redward stops reading more from the client
+/// (backpressure); deep enough for any sane pipeline.
+pub const DEFAULT_MAX_PIPELINE: usize = 64 * 1024;
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub upstream: UpstreamConfig,
+    pub users: Users,
+    pub limits: ProtocolLimits,
+    pub shutdown_grace: Duration,
+    /// Runtime worker threads (0 = one per core).
+    pub workers: usize,
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// `None` only when the file says `tls: off`.
+    pub tls: Option<ClientTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Only TLS 1.3 when true; TLS 1.2 and 1.3 otherwise.
+    pub tls13_only: bool,
+    pub session_tickets: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub addr: UpstreamAddr,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub connect_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            UpstreamAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: String,
+}
+
+/// A secret (upstream password). Never printed: `Debug` says `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Limits on what one client may make redward hold or wait for.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtocolLimits {
+    pub handshake_timeout: Duration,
+    pub auth_timeout: Duration,
+    pub max_bulk_len: i64,
+    pub max_inline_len: usize,
+    pub client_write_timeout: Duration,
+    pub max_pipeline: usize,
+}
+
+impl Default for ProtocolLimits {
+    fn default() -> Self {
+        ProtocolLimits {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            max_bulk_len: crate::resp::request::DEFAULT_MAX_BULK_LEN,
+            max_inline_len: crate::resp::request::PROTO_INLINE_MAX_SIZE,
+            client_write_timeout: DEFAULT_CLIENT_WRITE_TIMEOUT,
+            max_pipeline: DEFAULT_MAX_PIPELINE,
+        }
+    }
+}
+
+/// The user table. `default` is Redis's default user; when the file does not define it, it
+/// exists but is `off`, so `AUTH <password>` always fails (as Redis with `user default off`).
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    by_name: HashMap<String, Arc<User>>,
+}
+
+impl Users {
+    pub fn from_users(users: impl IntoIterator<Item = User>) -> Self {
+        Users {
+            by_name: users
+                .into_iter()
+                .map(|u| (u.name.clone(), Arc::new(u)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<User>> {
+        std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| self.by_name.get(n))
+    }
+
+    /// The `default` user if it starts connections authenticated (`nopass` and `on`), as
+    /// Redis's `authRequired()` decides.
+    pub fn implicit_default(&self) -> Option<&Arc<User>> {
+        self.by_name
+            .get("default")
+            .filter(|u| u.nopass && u.enabled)
+    }
+
+    /// Whether `default` has `nopass` (even if `off`): `AUTH <password>` then errors in Redis.
+    pub fn default_is_nopass(&self) -> bool {
+        self.by_name.get("default").is_some_and(|u| u.nopass)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    if raw.listen.is_empty() {
+        return Err(ConfigError::invalid(
+            "listen",
+            "at least one listener is required",
+        ));
+    }
+    let mut listeners = Vec::with_capacity(raw.listen.len());
+    for (i, l) in raw.listen.into_iter().enumerate() {
+        let field = format!("listen[{i}].address");
+        let addr = socket_addr(&field, &l.address)?;
+        let tls = match l.tls {
+            RawTls::On(t) => {
+                let tls13_only = match t.min_version.as_deref() {
+                    None | Some("1.2") => false,
+                    Some("1.3") => true,
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            format!("listen[{i}].tls.min_version"),
+                            format!("`{other}` is not supported (use \"1.2\" or \"1.3\")"),
+                        ))
+                    }
+                };
+                Some(ClientTls {
+                    cert: resolve(base, &t.cert),
+                    key: resolve(base, &t.key),
+                    tls13_only,
+                    session_tickets: t.session_tickets.unwrap_or(true),
+                })
+            }
+            RawTls::Off => {
+                if !addr.ip().is_loopback() && !l.allow_plaintext_non_loopback {
+                    return Err(ConfigError::invalid(
+                        format!("listen[{i}].tls"),
+                        format!(
+                            "`tls: off` on non-loopback address {addr} would send passwords in clear; \
+                             set `allow_plaintext_non_loopback: true` on this listener if that is really meant"
+                        ),
+                    ));
+                }
+                None
+            }
+        };
+        listeners.push(ListenerConfig { addr, tls });
+    }
+
+    let upstream = upstream(raw.upstream, base)?;
+
+    let mut users = Vec::with_capacity(raw.users.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, u) in raw.users.into_iter().enumerate() {
+        let field = format!("users[{i}]");
+        if u.name.is_empty()
+            || u.name
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(ConfigError::invalid(
+                format!("{field}.name"),
+                "must be non-empty without spaces",
+            ));
+        }
+        if !seen.insert(u.name.clone()) {
+            return Err(ConfigError::invalid(
+                format!("{field}.name"),
+                format!("user '{}' is defined twice", u.name),
+            ));
+        }
+        let rules = expand_env(&format!("{field}.rules"), &u.rules)?;
+        let user = acl::parse_user(&u.name, &rules)
+            .map_err(|e| ConfigError::invalid(format!("{field}.rules"), e.to_string()))?;
+        if !user.unrestricted {
+            return Err(ConfigError::invalid(
+                format!("{field}.rules"),
+                format!(
+                    "user '{}' has command, key or channel restrictions; this build enforces only \
+                     full access (`~* &* +@all`), and refuses to start rather than not enforce them",
+                    u.name
+                ),
+            ));
+        }
+        users.push(user);
+    }
+
+    let d = ProtocolLimits::default();
+    let l = raw.limits;
+    let max_bulk_len = match l.max_bulk_len {
+        None => d.max_bulk_len,
+        Some(n) if n >= 1024 && n <= i64::MAX as u64 => n as i64,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                "limits.max_bulk_len",
+                "must be at least 1kb",
+            ))
+        }
+    };
+    let max_inline_len = match l.max_inline_len {
+        None => d.max_inline_len,
+        Some(n) if (1024..=16 * 1024 * 1024).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                "limits.max_inline_len",
+                "must be between 1kb and 16mb",
+            ))
+        }
+    };
+    let nonzero = |field: &str, v: Option<Duration>, default: Duration| match v {
+        Some(d) if d.is_zero() => Err(ConfigError::invalid(field, "must be greater than 0")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    };
+    let limits = ProtocolLimits {
+        handshake_timeout: nonzero(
+            "limits.handshake_timeout",
+            l.handshake_timeout,
+            d.handshake_timeout,
+        )?,
+        auth_timeout: nonzero("limits.auth_timeout", l.auth_timeout, d.auth_timeout)?,
+        max_bulk_len,
+        max_inline_len,
+        client_write_timeout: nonzero(
+            "limits.client_write_timeout",
+            l.client_write_timeout,
+            d.client_write_timeout,
+        )?,
+        max_pipeline: match l.max_pipeline {
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "limits.max_pipeline",
+                    "must be greater than 0",
+                ))
+            }
+            Some(n) => n,
+            None => d.max_pipeline,
+        },
+    };
+
+    let log_format = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "log.format",
+                format!("`{other}`: use text or json"),
+            ))
+        }
+    };
+
+    Ok(Config {
+        listeners,
+        upstream,
+        users: Users::from_users(users),
+        limits,
+        shutdown_grace: raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        workers: raw.workers.unwrap_or(0),
+        log_level: raw.log.level,
+        log_format,
+    })
+}
+
+fn upstream(raw: super::RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
+    let addr = if let Some(path) = raw.address.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(ConfigError::invalid(
+                "upstream.address",
+                "unix: needs a socket path",
+            ));
+        }
+        UpstreamAddr::Unix(resolve(base, Path::new(path)))
+    } else {
+        let (host, port) = raw.address.rsplit_once(':').ok_or_else(|| {
+            ConfigError::invalid(
+                "upstream.address",
+                format!("`{}` is not host:port or unix:/path", raw.address),
+            )
+        })?;
+        let port: u16 = port.parse().map_err(|_| {
+            ConfigError::invalid(
+                "upstream.address",
+                format!("`{}`: invalid port", raw.address),
+            )
+        })?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(ConfigError::invalid("upstream.address", "missing host"));
+        }
+        UpstreamAddr::Tcp {
+            host: host.to_owned(),
+            port,
+        }
+    };
+    let password = match (raw.password, raw.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "upstream.password",
+                "set password or password_file, not both",
+            ))
+        }
+        (Some(p), None) => Some(Secret(expand_env("upstream.password", &p)?)),
+        (None, Some(f)) => {
+            let f = PathBuf::from(expand_env("upstream.password_file", &f.to_string_lossy())?);
+            let path = resolve(base, &f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::file("upstream.password_file", &path, e))?;
+            let p = text.trim_end_matches(['\r', '\n']).to_owned();
+            if p.is_empty() {
+                return Err(ConfigError::file(
+                    "upstream.password_file",
+                    &path,
+                    "file is empty",
+                ));
+            }
+            Some(Secret(p))
+        }
+        (None, None) => None,
+    };
+    let username = match raw.username {
+        Some(u) => Some(expand_env("upstream.username", &u)?),
+        None => None,
+    };
+    if username.is_some() && password.is_none() {
+        return Err(ConfigError::invalid(
+            "upstream.username",
+            "a username needs password or password_file",
+        ));
+    }
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            let server_name = match (t.server_name, &addr) {
+                (Some(n), _) => n,
+                (None, UpstreamAddr::Tcp { host, .. }) => host.clone(),
+                (None, UpstreamAddr::Unix(_)) => {
+                    return Err(ConfigError::invalid(
+                        "upstream.tls.server_name",
+                        "required with a unix socket",
+                    ))
+                }
+            };
+            Some(UpstreamTls {
+                ca: t.ca.map(|p| resolve(base, &p)),
+                server_name,
+            })
+        }
+    };
+    Ok(UpstreamConfig {
+        addr,
+        username,
+        password,
+        connect_timeout: match raw.connect_timeout {
+            Some(d) if d.is_zero() => {
+                return Err(ConfigError::invalid(
+                    "upstream.connect_timeout",
+                    "must be greater than 0",
+                ))
+            }
+            Some(d) => d,
+            None => DEFAULT_CONNECT_TIMEOUT,
+        },
+        tls,
+    })
+}
+
+/// Relative paths in the file are relative to the file's own directory, so a config works
+/// the same whatever the working directory (systemd starts services in `/`).
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Replaces every `${NAME}` with the environment variable NAME; an unset one is an error naming
+/// the field (the value is never echoed: it may be a secret).
+fn expand_env(field: &str, s: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| ConfigError::invalid(field, "unterminated ${...}"))?;
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| {
+            ConfigError::invalid(field, format!("environment variable {name} is not set"))
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

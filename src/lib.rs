@@ -1,0 +1,134 @@
+//! redward: a proxy that stands in front of Redis and makes an exposed Redis safe.
+//!
+//! # Layout
+//! - [`config`]: the YAML file, checked into a [`Config`]; errors name the field or file.
+//! - [`tls`]: rustls server/client configs, development certificates.
+//! - [`listener`]: bind, accept, TLS handshake under a deadline, spawn a session.
+//! - [`session`]: one client's life: login, then forwarding with replies kept in order.
+//! - [`resp`]: request framing and reply scanning (no I/O), Redis's own reply texts.
+//! - [`commands`]: Redis's command table (generated), existence and arity like Redis.
+//! - [`auth`]: AUTH and HELLO against redward's users. [`acl`]: users and rules.
+//! - [`upstream`]: connections to Redis, authenticated with redward's own credential.
+//! - [`shutdown`]: the signal future.
+
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod listener;
+pub mod resp;
+pub mod session;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+/// Why redward could not start. Each is one line naming the culprit.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("listen[{index}].tls: {source}")]
+    Tls { index: usize, source: tls::TlsError },
+    #[error("upstream.tls: {0}")]
+    UpstreamTls(tls::TlsError),
+    #[error("listen[{index}].address {addr}: {source}")]
+    Bind {
+        index: usize,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready-to-run proxy. Binding is separate from running so that every start-up
+/// failure happens before anyone is served, and so tests can bind port 0 and read the port.
+pub struct Server {
+    listeners: Vec<listener::Listener>,
+    shared: Arc<session::Shared>,
+    grace: std::time::Duration,
+}
+
+impl Server {
+    /// Loads certificates, prepares the upstream connector and binds every listener.
+    ///
+    /// # Errors
+    /// A [`StartError`] naming the listener, file or address at fault.
+    pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
+        let connector = upstream::Connector::new(&cfg.upstream).map_err(StartError::UpstreamTls)?;
+        let mut listeners = Vec::with_capacity(cfg.listeners.len());
+        for (index, l) in cfg.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => Some(TlsAcceptor::from(
+                    tls::server_config(t).map_err(|source| StartError::Tls { index, source })?,
+                )),
+                None => None,
+            };
+            let tcp = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    index,
+                    addr: l.addr,
+                    source,
+                })?;
+            let listener =
+                listener::Listener::new(tcp, tls).map_err(|source| StartError::Bind {
+                    index,
+                    addr: l.addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        let shared = Arc::new(session::Shared {
+            users: cfg.users.clone(),
+            limits: cfg.limits,
+            connector,
+        });
+        Ok(Server {
+            listeners,
+            shared,
+            grace: cfg.shutdown_grace,
+        })
+    }
+
+    /// The bound addresses, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .map(listener::Listener::local_addr)
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and gives connections the grace
+    /// period to finish the requests in flight.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        for l in self.listeners {
+            tasks.spawn(l.accept_loop(Arc::clone(&self.shared), stop.clone(), tasks.clone()));
+        }
+        shutdown.await;
+        stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(self.grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(grace = ?self.grace, "shutdown grace period over; closing remaining connections");
+        } else {
+            info!("all connections closed");
+        }
+    }
+}

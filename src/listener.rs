@@ -1,0 +1,110 @@
+//! Listening sockets: bind (failing start-up with the address named), accept, TLS handshake
+//! under a deadline, then hand the connection to a session.
+//!
+//! Accept errors (out of file descriptors, a connection reset before accept) are logged and
+//! backed off, never fatal: the proxy stays up for everyone else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::session::{self, Shared};
+
+/// Pause after a failed accept, so a persistent error (EMFILE) does not spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    pub fn new(tcp: TcpListener, tls: Option<TlsAcceptor>) -> std::io::Result<Self> {
+        let addr = tcp.local_addr()?;
+        Ok(Listener { tcp, tls, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts until `stop` fires; every connection runs as a task on `tasks`.
+    pub async fn accept_loop(
+        self,
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) {
+        info!(addr = %self.addr, tls = self.tls.is_some(), "listening");
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => break,
+                r = self.tcp.accept() => r,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(addr = %self.addr, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let span = tracing::debug_span!("conn", %peer);
+            tasks.spawn(
+                handle(
+                    tcp,
+                    peer,
+                    self.tls.clone(),
+                    Arc::clone(&shared),
+                    stop.clone(),
+                )
+                .instrument(span),
+            );
+        }
+        info!(addr = %self.addr, "stopped accepting");
+    }
+}
+
+/// One connection: TLS handshake within `handshake_timeout`, then the session.
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    // Redis traffic is request/response; Nagle would add delay to every small reply.
+    let _ = tcp.set_nodelay(true);
+    let result = match tls {
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp));
+            match handshake.await {
+                Ok(Ok(stream)) => session::serve(stream, peer, shared, stop).await,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        None => session::serve(tcp, peer, shared, stop).await,
+    };
+    match result {
+        Ok(()) => debug!(%peer, "connection closed"),
+        Err(e) if e.is_upstream() => {
+            error!(%peer, error = %e, "connection closed: upstream failure")
+        }
+        Err(e) => debug!(%peer, error = %e, "connection closed"),
+    }
+}

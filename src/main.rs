@@ -1,0 +1,164 @@
+//! The `redward` binary: command line, logging, runtime, exit codes. The only place that uses
+//! `anyhow`; everything else returns typed errors.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use redward::config::{self, LogFormat};
+
+/// Exit status for a configuration that cannot be used (sysexits EX_CONFIG); systemd and
+/// operators can tell it from a crash.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "redward",
+    version,
+    about = "A TLS-terminating, authenticating proxy that makes an exposed Redis safe"
+)]
+struct Cli {
+    /// Run with this configuration file (YAML).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and certificates, print a summary, and exit.
+    Check,
+    /// Write a development CA and server certificate (ca.crt, ca.key, server.crt, server.key).
+    GenCerts {
+        /// Directory to write into.
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the server certificate.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Read a password on stdin and print the `#<sha256>` rule for it.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::GenCerts { out, names }) => {
+            match redward::tls::generate_dev_certs(&out, &names) {
+                Ok(c) => {
+                    println!(
+                        "wrote {}, {}, {}, {}",
+                        c.ca_cert.display(),
+                        c.ca_key.display(),
+                        c.server_cert.display(),
+                        c.server_key.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
+            }
+        }
+        Some(Command::HashPassword) => {
+            let mut input = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                return fail(1, &e);
+            }
+            let pw = input.strip_suffix('\n').unwrap_or(&input);
+            let pw = pw.strip_suffix('\r').unwrap_or(pw);
+            println!("#{}", redward::acl::hash_password(pw.as_bytes()));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => {
+            let Some(path) = cli.config else {
+                return fail(2, &"check needs --config FILE");
+            };
+            check(&path)
+        }
+        None => {
+            let Some(path) = cli.config else {
+                return fail(2, &"--config FILE is required (see --help)");
+            };
+            run(&path)
+        }
+    }
+}
+
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("redward: {e}");
+    ExitCode::from(code)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(EXIT_CONFIG, &e),
+    };
+    for (index, l) in cfg.listeners.iter().enumerate() {
+        if let Some(t) = &l.tls {
+            if let Err(source) = redward::tls::server_config(t) {
+                return fail(EXIT_CONFIG, &redward::StartError::Tls { index, source });
+            }
+        }
+        let tls = if l.tls.is_some() { "tls" } else { "plaintext" };
+        println!("listener {}: {tls}", l.addr);
+    }
+    if let Err(e) = redward::upstream::Connector::new(&cfg.upstream) {
+        return fail(EXIT_CONFIG, &redward::StartError::UpstreamTls(e));
+    }
+    println!(
+        "upstream {}{}",
+        cfg.upstream.addr,
+        if cfg.upstream.tls.is_some() {
+            " (tls)"
+        } else {
+            ""
+        }
+    );
+    let mut names: Vec<&str> = cfg.users.names().collect();
+    names.sort_unstable();
+    println!("users: {}", names.join(", "));
+    println!("config OK");
+    ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(EXIT_CONFIG, &e),
+    };
+    init_logging(&cfg);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.workers > 0 {
+        builder.worker_threads(cfg.workers);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let server = redward::Server::bind(&cfg).await?;
+        server.run(redward::shutdown::signal()).await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_CONFIG, &e),
+    }
+}
+
+fn init_logging(cfg: &redward::Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(cfg.log_level.as_deref().unwrap_or("info")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,54 @@
+//! Reply texts redward writes itself. Each is the exact line redis-server 7.0 writes in the same
+//! situation (source named on each); `tests/transparency.rs` compares them with a real server.
+
+/// `shared.ok`.
+pub const OK: &[u8] = b"+OK\r\n";
+/// `resetCommand` (`networking.c`).
+pub const RESET: &[u8] = b"+RESET\r\n";
+/// `shared.noautherr` (`server.c`).
+pub const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+/// `authCommand` and `helloCommand`.
+pub const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+/// `helloCommand`, when the client is not authenticated and gave no AUTH option (7.0 wording).
+pub const HELLO_NOAUTH: &[u8] = b"-NOAUTH HELLO must be called with the client already \
+authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the \
+client and select the RESP protocol version at the same time\r\n";
+/// `helloCommand`: protocol version other than 2 or 3.
+pub const NOPROTO: &[u8] = b"-NOPROTO unsupported protocol version\r\n";
+/// `helloCommand`: `getLongLongFromObjectOrReply` on the version.
+pub const HELLO_BAD_VERSION: &[u8] = b"-ERR Protocol version is not an integer or out of range\r\n";
+/// `shared.syntaxerr`.
+pub const SYNTAX: &[u8] = b"-ERR syntax error\r\n";
+/// `authCommand`, two-argument form while `default` has `nopass`.
+pub const AUTH_NOPASS_DEFAULT: &[u8] = b"-ERR AUTH <password> called without any password \
+configured for the default user. Are you sure your configuration is correct?\r\n";
+/// `clientSetNameOrReply` (`networking.c`).
+pub const BAD_CLIENT_NAME: &[u8] =
+    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
+
+/// redward's own: the upstream Redis could not be reached or refused redward's credentials.
+/// The client may retry; nothing of the request was sent.
+pub const UPSTREAM_UNAVAILABLE: &[u8] = b"-ERR upstream Redis unavailable, try again later\r\n";
+/// redward's own: the upstream connection broke while this request was in flight.
+pub const UPSTREAM_LOST: &[u8] = b"-ERR upstream Redis connection lost\r\n";
+
+/// `-ERR Syntax error in HELLO option '<opt>'` (`helloCommand`, `addReplyErrorFormat`, which
+/// turns CR and LF into spaces and stops `%s` at a NUL byte).
+pub fn hello_syntax(opt: &[u8]) -> Vec<u8> {
+    let mut out = b"-ERR Syntax error in HELLO option '".to_vec();
+    push_c_string(&mut out, opt, usize::MAX);
+    out.extend_from_slice(b"'\r\n");
+    out
+}
+
+/// Appends `s` as C's `%.*s` would print it (stopping at NUL, at most `max` bytes), with CR and
+/// LF replaced by spaces as `addReplyErrorFormat` does.
+pub fn push_c_string(out: &mut Vec<u8>, s: &[u8], max: usize) {
+    for &b in s.iter().take(max) {
+        match b {
+            0 => break,
+            b'\r' | b'\n' => out.push(b' '),
+            other => out.push(other),
+        }
+    }
+}

@@ -1,0 +1,987 @@
+//! One client's life, from the first byte after the TLS handshake to close.
+//!
+//! The order of operations is the security model:
+//! 1. Requests are framed with Redis's pre-authentication limits until the client logs in.
+//! 2. Before login only AUTH, HELLO, QUIT and RESET are served, by redward; everything else is
+//!    answered with Redis's own NOAUTH text, and no upstream connection exists yet.
+//! 3. After login, requests are forwarded byte for byte over this client's own upstream
+//!    connection (opened lazily, authenticated with redward's credential), so MULTI, WATCH,
+//!    SELECT, blocking commands, pub/sub and CLIENT TRACKING keep their meaning.
+//! 4. Replies that redward writes itself are slotted between Redis's replies in request order
+//!    (`slots.rs`); replies are scanned for boundaries only, and streamed through.
+//!
+//! Every wait is bounded: the login deadline, the client write timeout, the upstream connect
+//! timeout; every buffer is capped, and a full one stops reading on the other side.
+
+mod slots;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::acl::User;
+use crate::auth::{self, AuthOutcome};
+use crate::commands;
+use crate::config::{ProtocolLimits, Users};
+use crate::resp::replies;
+use crate::resp::{
+    encode_command, Frame, FrameInfo, Limits, PubSub, ReplyScanner, Request, RequestParser, Step,
+};
+use crate::upstream::{Connector, UpstreamStream};
+
+pub use slots::{Expect, Family, Hook, Slot, Slots};
+
+/// Bytes read from a socket at a time (and the read buffer's minimum spare room).
+const READ_CHUNK: usize = 16 * 1024;
+/// Replies buffered for the client beyond which redward stops reading from Redis: a client
+/// that does not read makes Redis hold the data (and apply its own output limits), not us.
+const CLIENT_OUT_HIGH: usize = 1024 * 1024;
+/// Requests buffered for Redis beyond which redward stops reading from the client.
+const UPSTREAM_OUT_HIGH: usize = 1024 * 1024;
+/// An idle connection's buffers are shrunk back when they grew past this.
+const IDLE_BUFFER_KEEP: usize = 64 * 1024;
+
+/// What every session shares: the user table, limits and the upstream connector.
+#[derive(Debug)]
+pub struct Shared {
+    pub users: Users,
+    pub limits: ProtocolLimits,
+    pub connector: Connector,
+}
+
+/// Why a session ended abnormally (the peer hanging up is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client I/O: {0}")]
+    ClientIo(std::io::Error),
+    #[error("upstream I/O: {0}")]
+    UpstreamIo(std::io::Error),
+    #[error("upstream closed the connection")]
+    UpstreamClosed,
+    #[error("upstream protocol: {0}")]
+    UpstreamProtocol(#[from] crate::resp::ReplyError),
+    #[error("upstream sent a reply no request was waiting for")]
+    UnexpectedReply,
+    #[error("upstream rejected redward's AUTH after RESET")]
+    UpstreamReauth,
+    #[error("client did not authenticate in time")]
+    AuthTimeout,
+    #[error("client stopped reading replies")]
+    WriteTimeout,
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl SessionError {
+    /// Whether the fault lies with the upstream side (logged louder: it affects every client).
+    pub fn is_upstream(&self) -> bool {
+        matches!(
+            self,
+            SessionError::UpstreamIo(_)
+                | SessionError::UpstreamClosed
+                | SessionError::UpstreamProtocol(_)
+                | SessionError::UnexpectedReply
+                | SessionError::UpstreamReauth
+                | SessionError::Internal(_)
+        )
+    }
+}
+
+/// Serves one client connection until it closes, the upstream fails, or `shutdown` fires and
+/// the requests in flight are answered.
+///
+/// # Errors
+/// A [`SessionError`] saying why the connection was closed by redward.
+pub async fn serve<S>(
+    mut client: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut st = State::new(shared, peer);
+    let mut parser = RequestParser::new();
+    let mut cin = BytesMut::with_capacity(READ_CHUNK);
+    let mut uin = BytesMut::new();
+    let mut scanner = ReplyScanner::new();
+    let mut upstream: Option<UpstreamStream> = None;
+    let mut client_flush = false;
+    let mut draining = false;
+    let login_deadline = Instant::now() + st.shared.limits.auth_timeout;
+    let mut write_deadline: Option<Instant> = None;
+
+    let result = 'session: loop {
+        // 1. Requests already read: frame, check and dispatch as many as the bounds allow.
+        while !st.closing
+            && !draining
+            && st.slots.len() < st.shared.limits.max_pipeline
+            && st.uout.len() < UPSTREAM_OUT_HIGH
+        {
+            let limits = st.frame_limits();
+            let frame = match parser.parse(&cin, &limits) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(%peer, error = %e, "protocol error from client");
+                    st.local(Bytes::from(e.reply()));
+                    st.close_after_replies();
+                    break;
+                }
+            };
+            let len = frame.len();
+            let outcome = match frame {
+                Frame::Empty { .. } => {
+                    st.end_of_command();
+                    Outcome::Done
+                }
+                Frame::Command { .. } => {
+                    let req = parser.request(&cin, &frame);
+                    st.dispatch(&req, cin.get(..len).unwrap_or(&[]), upstream.is_some())
+                }
+            };
+            if outcome == Outcome::NeedUpstream {
+                if upstream.is_some() {
+                    // dispatch asked for a connection it already has: a bug, never a loop.
+                    break 'session Err(SessionError::Internal(
+                        "dispatch requested an upstream twice",
+                    ));
+                }
+                match st.shared.connector.connect().await {
+                    Ok(stream) => {
+                        debug!(%peer, "upstream connected");
+                        upstream = Some(stream);
+                        continue; // dispatch the same request again, now with an upstream
+                    }
+                    Err(e) => {
+                        warn!(%peer, error = %e, "upstream unavailable");
+                        st.local(Bytes::from_static(replies::UPSTREAM_UNAVAILABLE));
+                        st.end_of_command();
+                    }
+                }
+            }
+            cin.advance(len);
+        }
+
+        // 2. Replies already read: find their ends and move them, in slot order, to the client.
+        if let Err(e) = st.take_replies(&mut scanner, &mut uin) {
+            break Err(e);
+        }
+
+        // 3. Done? (QUIT or a protocol error answered, or a drain finished.)
+        if st.closed && st.cout.is_empty() && !client_flush {
+            break Ok(());
+        }
+        if draining && st.slots.is_empty() && st.cout.is_empty() && !client_flush {
+            break Ok(());
+        }
+        if cin.is_empty() && uin.is_empty() && st.slots.is_empty() {
+            shrink(&mut cin);
+            shrink(&mut uin);
+        }
+
+        // 4. Wait for the next thing to do.
+        let read_client = !st.closing
+            && !draining
+            && st.slots.len() < st.shared.limits.max_pipeline
+            && st.uout.len() < UPSTREAM_OUT_HIGH;
+        let read_upstream = upstream.is_some() && st.cout.len() < CLIENT_OUT_HIGH;
+        let logged_in = st.user.is_some();
+        if st.cout.is_empty() && !client_flush {
+            write_deadline = None;
+        } else if write_deadline.is_none() {
+            write_deadline = Some(Instant::now() + st.shared.limits.client_write_timeout);
+        }
+        let write_by = write_deadline.unwrap_or_else(Instant::now);
+        if read_client {
+            cin.reserve(READ_CHUNK);
+        }
+        if read_upstream {
+            uin.reserve(READ_CHUNK);
+        }
+        let want = Want {
+            write_client: !st.cout.is_empty() || client_flush,
+            write_upstream: !st.uout.is_empty(),
+            read_client,
+            read_upstream,
+        };
+        let io = std::future::poll_fn(|cx| {
+            poll_io(
+                cx,
+                &mut client,
+                upstream.as_mut(),
+                &mut st.cout,
+                &mut st.uout,
+                &mut cin,
+                &mut uin,
+                &mut client_flush,
+                want,
+            )
+        });
+        let event = tokio::select! {
+            biased;
+            ev = io => ev,
+            () = sleep_until(login_deadline), if !logged_in && !st.closing => {
+                break Err(SessionError::AuthTimeout);
+            }
+            () = sleep_until(write_by), if write_deadline.is_some() => {
+                break Err(SessionError::WriteTimeout);
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                continue;
+            }
+        };
+        match event {
+            IoEvent::ClientWrote(Ok(())) => write_deadline = None,
+            IoEvent::ClientWrote(Err(e)) => break Err(SessionError::ClientIo(e)),
+            IoEvent::UpstreamWrote(Ok(())) => {}
+            IoEvent::UpstreamWrote(Err(e)) => {
+                break st.upstream_failed(&scanner, SessionError::UpstreamIo(e));
+            }
+            // The client hung up; Redis drops a closed client's pending replies too.
+            IoEvent::ClientRead(Ok(0)) => break Ok(()),
+            IoEvent::ClientRead(Ok(_)) => {}
+            IoEvent::ClientRead(Err(e)) => break Err(SessionError::ClientIo(e)),
+            IoEvent::UpstreamRead(Ok(0)) => {
+                break st.upstream_failed(&scanner, SessionError::UpstreamClosed);
+            }
+            IoEvent::UpstreamRead(Ok(_)) => {}
+            IoEvent::UpstreamRead(Err(e)) => {
+                break st.upstream_failed(&scanner, SessionError::UpstreamIo(e));
+            }
+        }
+    };
+
+    // Whatever ended the session, give the client what is already owed, briefly.
+    if !st.cout.is_empty() || client_flush {
+        let grace = st
+            .shared
+            .limits
+            .client_write_timeout
+            .min(std::time::Duration::from_secs(5));
+        let _ = tokio::time::timeout(grace, async {
+            client.write_all(&st.cout).await?;
+            client.flush().await
+        })
+        .await;
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.shutdown()).await;
+    result
+}
+
+/// Which directions the session wants to make progress in.
+#[derive(Clone, Copy, Debug)]
+struct Want {
+    write_client: bool,
+    write_upstream: bool,
+    read_client: bool,
+    read_upstream: bool,
+}
+
+#[derive(Debug)]
+enum IoEvent {
+    ClientWrote(std::io::Result<()>),
+    UpstreamWrote(std::io::Result<()>),
+    ClientRead(std::io::Result<usize>),
+    UpstreamRead(std::io::Result<usize>),
+}
+
+/// Polls both sockets in one future (one task, no locks, no split streams): writes first, so
+/// replies drain before more requests are taken in, then reads. Returns the first event;
+/// every poll is cancel-safe because buffers are only changed by completed operations.
+#[allow(clippy::too_many_arguments)]
+fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    client: &mut S,
+    upstream: Option<&mut UpstreamStream>,
+    cout: &mut BytesMut,
+    uout: &mut BytesMut,
+    cin: &mut BytesMut,
+    uin: &mut BytesMut,
+    client_flush: &mut bool,
+    want: Want,
+) -> Poll<IoEvent> {
+    if want.write_client {
+        if let Poll::Ready(r) = poll_write_out(cx, client, cout, client_flush) {
+            return Poll::Ready(IoEvent::ClientWrote(r));
+        }
+    }
+    let mut upstream = upstream;
+    if want.write_upstream {
+        if let Some(up) = upstream.as_deref_mut() {
+            let mut flush = false;
+            if let Poll::Ready(r) = poll_write_out(cx, up, uout, &mut flush) {
+                return Poll::Ready(IoEvent::UpstreamWrote(r));
+            }
+        }
+    }
+    if want.read_client {
+        if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, cin) {
+            return Poll::Ready(IoEvent::ClientRead(r));
+        }
+    }
+    if want.read_upstream {
+        if let Some(up) = upstream {
+            if let Poll::Ready(r) = poll_read_buf(Pin::new(up), cx, uin) {
+                return Poll::Ready(IoEvent::UpstreamRead(r));
+            }
+        }
+    }
+    Poll::Pending
+}
+
+/// Writes as much of `out` as the socket takes, then flushes once it is empty (TLS holds
+/// records until flushed; `needs_flush` remembers that across wake-ups).
+fn poll_write_out<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    w: &mut W,
+    out: &mut BytesMut,
+    needs_flush: &mut bool,
+) -> Poll<std::io::Result<()>> {
+    let mut progressed = false;
+    while !out.is_empty() {
+        match Pin::new(&mut *w).poll_write(cx, out) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                out.advance(n);
+                *needs_flush = true;
+                progressed = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending if progressed => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    *needs_flush = true;
+    match Pin::new(&mut *w).poll_flush(cx) {
+        Poll::Ready(Ok(())) => {
+            *needs_flush = false;
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending if progressed => Poll::Ready(Ok(())),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Gives back memory a burst left behind, so idle connections stay small.
+fn shrink(buf: &mut BytesMut) {
+    if buf.capacity() > IDLE_BUFFER_KEEP {
+        *buf = BytesMut::new();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    /// The request must go to Redis and there is no upstream connection yet: connect, then
+    /// dispatch it again (nothing was changed by the first attempt).
+    NeedUpstream,
+}
+
+/// Counts of subscriptions Redis holds for this connection, as its confirmations report them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Subscriptions {
+    channels: i64,
+    patterns: i64,
+    shard: i64,
+    /// channels + patterns as last reported (Redis's count in (P)SUBSCRIBE confirmations).
+    last_total: i64,
+}
+
+impl Subscriptions {
+    fn any(&self) -> bool {
+        self.channels + self.patterns + self.shard > 0
+    }
+
+    /// Learns from a confirmation: its count is the new total for its family group.
+    fn observe(&mut self, kind: PubSub, count: Option<i64>) {
+        let Some(count) = count else { return };
+        match kind {
+            PubSub::Subscribe | PubSub::Unsubscribe => {
+                self.channels = (self.channels + count - self.last_total).max(0);
+                self.last_total = count;
+            }
+            PubSub::PSubscribe | PubSub::PUnsubscribe => {
+                self.patterns = (self.patterns + count - self.last_total).max(0);
+                self.last_total = count;
+            }
+            PubSub::SSubscribe | PubSub::SUnsubscribe => self.shard = count.max(0),
+            _ => {}
+        }
+    }
+
+    fn count(&self, family: Family) -> i64 {
+        match family {
+            Family::Channel => self.channels,
+            Family::Pattern => self.patterns,
+            Family::Shard => self.shard,
+        }
+    }
+}
+
+fn confirmation_family(kind: PubSub) -> Option<Family> {
+    match kind {
+        PubSub::Subscribe | PubSub::Unsubscribe => Some(Family::Channel),
+        PubSub::PSubscribe | PubSub::PUnsubscribe => Some(Family::Pattern),
+        PubSub::SSubscribe | PubSub::SUnsubscribe => Some(Family::Shard),
+        _ => None,
+    }
+}
+
+/// `CLIENT REPLY` state (`CLIENT_REPLY_OFF`, `_SKIP`, `_SKIP_NEXT` in `networking.c`).
+#[derive(Debug, Default, Clone, Copy)]
+struct ReplyMode {
+    off: bool,
+    skip_this: bool,
+    skip_next: bool,
+}
+
+/// Per-connection protocol state; owns no sockets so it can be driven and tested alone.
+struct State {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// The logged-in user; `None` while authentication is required.
+    user: Option<Arc<User>>,
+    slots: Slots,
+    /// Requests to send to Redis.
+    uout: BytesMut,
+    /// Replies ready for the client, in order.
+    cout: BytesMut,
+    reply_mode: ReplyMode,
+    /// Inside MULTI (as dispatched): commands are queued and get one reply each.
+    in_multi: bool,
+    /// After MONITOR's +OK: upstream frames answer no request.
+    monitor: bool,
+    /// The protocol of the replies Redis is sending now (stream order).
+    resp3: bool,
+    subs: Subscriptions,
+    /// No more requests are read (QUIT, protocol error).
+    closing: bool,
+    /// The close slot was reached: write what is owed, then close.
+    closed: bool,
+}
+
+impl State {
+    fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        let user = shared.users.implicit_default().cloned();
+        State {
+            shared,
+            peer,
+            user,
+            slots: Slots::default(),
+            uout: BytesMut::new(),
+            cout: BytesMut::new(),
+            reply_mode: ReplyMode::default(),
+            in_multi: false,
+            monitor: false,
+            resp3: false,
+            subs: Subscriptions::default(),
+            closing: false,
+            closed: false,
+        }
+    }
+
+    fn frame_limits(&self) -> Limits {
+        let l = &self.shared.limits;
+        Limits::new(l.max_bulk_len, l.max_inline_len, self.user.is_some())
+    }
+
+    /// Whether the reply to the command being dispatched is suppressed by CLIENT REPLY.
+    fn suppressed(&self) -> bool {
+        self.reply_mode.off || self.reply_mode.skip_this
+    }
+
+    /// Queues a reply redward wrote itself, unless CLIENT REPLY suppresses it.
+    fn local(&mut self, reply: Bytes) {
+        if self.suppressed() {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.cout.extend_from_slice(&reply);
+        } else {
+            self.slots.push(Slot::Local(reply));
+        }
+    }
+
+    fn close_after_replies(&mut self) {
+        self.closing = true;
+        if self.slots.is_empty() {
+            self.closed = true;
+        } else {
+            self.slots.push(Slot::Close);
+        }
+    }
+
+    /// Redis's `resetClient` after every command (and every empty request): a pending
+    /// `CLIENT REPLY SKIP` applies to the next one.
+    fn end_of_command(&mut self) {
+        self.reply_mode.skip_this = false;
+        if self.reply_mode.skip_next {
+            self.reply_mode.skip_this = true;
+            self.reply_mode.skip_next = false;
+        }
+    }
+
+    fn dispatch(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+        let outcome = self.dispatch_inner(req, raw, has_upstream);
+        if outcome == Outcome::Done {
+            self.end_of_command();
+        }
+        outcome
+    }
+
+    fn dispatch_inner(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+        let name = req.name();
+        // processCommand's "possible security attack" check: an HTTP request sent to Redis
+        // (cross-protocol scripting). Redis closes without a reply.
+        if name.eq_ignore_ascii_case(b"host:") || name.eq_ignore_ascii_case(b"post") {
+            warn!(peer = %self.peer, "HTTP request on a Redis port (cross-protocol attack?); closing");
+            self.close_after_replies();
+            return Outcome::Done;
+        }
+        if self.user.is_none() {
+            return self.dispatch_unauthenticated(req, raw, has_upstream);
+        }
+        if name.eq_ignore_ascii_case(b"auth") {
+            match commands::resolve(req) {
+                Ok(_) => self.do_auth(req),
+                Err(e) => self.local(Bytes::from(e.reply(req))),
+            }
+            return Outcome::Done;
+        }
+        if name.eq_ignore_ascii_case(b"hello") {
+            return self.do_hello(req, raw, has_upstream);
+        }
+        if name.eq_ignore_ascii_case(b"quit") {
+            self.local(Bytes::from_static(replies::OK));
+            self.close_after_replies();
+            return Outcome::Done;
+        }
+        if name.eq_ignore_ascii_case(b"reset") && req.argc() == 1 {
+            return self.do_reset(raw, has_upstream);
+        }
+        if name.eq_ignore_ascii_case(b"client")
+            && req.argc() == 3
+            && req.arg(1).eq_ignore_ascii_case(b"reply")
+        {
+            self.client_reply(req.arg(2));
+            return Outcome::Done;
+        }
+        if !has_upstream {
+            return Outcome::NeedUpstream;
+        }
+        let (expect, hook) = self.expectation(req);
+        self.forward(req, raw);
+        let forward = !self.suppressed();
+        self.expect(expect, hook, forward);
+        Outcome::Done
+    }
+
+    /// `CLIENT REPLY ON|OFF|SKIP` is carried out by redward (`clientCommand` in
+    /// `networking.c`): Redis keeps answering everything and redward drops the replies the
+    /// client asked not to get, its own included. Redis is never out of step with redward
+    /// about which replies exist, even when a later command is answered locally.
+    fn client_reply(&mut self, mode: &[u8]) {
+        if self.in_multi {
+            // Redis would queue it and switch modes inside EXEC, where replies can no longer be
+            // matched to requests; refuse rather than risk a desynchronised stream.
+            self.local(Bytes::from_static(
+                b"-ERR CLIENT REPLY inside MULTI is not supported by redward\r\n",
+            ));
+        } else if mode.eq_ignore_ascii_case(b"on") {
+            self.reply_mode = ReplyMode::default();
+            self.local(Bytes::from_static(replies::OK));
+        } else if mode.eq_ignore_ascii_case(b"off") {
+            self.reply_mode.off = true;
+        } else if mode.eq_ignore_ascii_case(b"skip") {
+            if !self.reply_mode.off {
+                self.reply_mode.skip_next = true;
+            }
+        } else {
+            self.local(Bytes::from_static(replies::SYNTAX));
+        }
+    }
+
+    /// Before login Redis checks existence and arity first, then `CMD_NO_AUTH`
+    /// (`processCommand`), so those errors come before NOAUTH.
+    fn dispatch_unauthenticated(
+        &mut self,
+        req: &Request<'_>,
+        raw: &[u8],
+        has_upstream: bool,
+    ) -> Outcome {
+        let spec = match commands::resolve(req) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.local(Bytes::from(e.reply(req)));
+                return Outcome::Done;
+            }
+        };
+        if spec.flags & commands::FLAG_NO_AUTH == 0 {
+            self.local(Bytes::from_static(replies::NOAUTH));
+            return Outcome::Done;
+        }
+        match spec.name {
+            "auth" => self.do_auth(req),
+            "hello" => return self.do_hello(req, raw, has_upstream),
+            "quit" => {
+                self.local(Bytes::from_static(replies::OK));
+                self.close_after_replies();
+            }
+            "reset" => self.local(Bytes::from_static(replies::RESET)),
+            _ => self.local(Bytes::from_static(replies::NOAUTH)),
+        }
+        Outcome::Done
+    }
+
+    fn do_auth(&mut self, req: &Request<'_>) {
+        match auth::auth(&self.shared.users, req) {
+            AuthOutcome::LoggedIn(user) => {
+                debug!(peer = %self.peer, user = %user.name, "authenticated");
+                self.user = Some(user);
+                self.local(Bytes::from_static(replies::OK));
+            }
+            AuthOutcome::Refused { reply, failed_user } => {
+                if let Some(u) = failed_user {
+                    info!(target: "redward::audit", event = "auth_failed", peer = %self.peer, user = %u, "authentication failed");
+                }
+                self.local(reply);
+            }
+        }
+    }
+
+    fn do_hello(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+        if let Err(e) = commands::resolve(req) {
+            self.local(Bytes::from(e.reply(req)));
+            return Outcome::Done;
+        }
+        let out = auth::hello(&self.shared.users, req, self.user.is_some());
+        let fwd = match out.result {
+            Err(reply) => {
+                if let Some(u) = out.failed_user {
+                    info!(target: "redward::audit", event = "auth_failed", peer = %self.peer, user = %u, "authentication failed");
+                }
+                if let Some(user) = out.login {
+                    self.user = Some(user);
+                }
+                self.local(reply);
+                return Outcome::Done;
+            }
+            Ok(fwd) => fwd,
+        };
+        if !has_upstream {
+            // Nothing changed yet: connect, then come back to this same request.
+            return Outcome::NeedUpstream;
+        }
+        if let Some(user) = out.login {
+            debug!(peer = %self.peer, user = %user.name, "authenticated (HELLO)");
+            self.user = Some(user);
+        }
+        if fwd.had_auth || req.is_inline() {
+            let mut args: Vec<&[u8]> = vec![b"HELLO"];
+            if let Some(v) = fwd.version {
+                args.push(v);
+            }
+            if let Some(n) = fwd.setname {
+                args.push(b"SETNAME");
+                args.push(n);
+            }
+            let mut buf = Vec::with_capacity(64);
+            encode_command(&mut buf, args.into_iter());
+            self.uout.extend_from_slice(&buf);
+        } else {
+            self.uout.extend_from_slice(raw);
+        }
+        let forward = !self.suppressed();
+        self.expect(Expect::Replies(1), Hook::Hello, forward);
+        Outcome::Done
+    }
+
+    /// RESET: Redis resets the connection (and logs it out upstream too), so redward forwards
+    /// it for Redis's own reply and state, then logs the upstream connection back in as
+    /// itself; the client is logged out of redward, as `clearClientConnectionState` does.
+    fn do_reset(&mut self, raw: &[u8], has_upstream: bool) -> Outcome {
+        self.user = self.shared.users.implicit_default().cloned();
+        self.in_multi = false;
+        // RESET clears CLIENT REPLY OFF/SKIP before replying, so its reply is always sent.
+        self.reply_mode = ReplyMode::default();
+        if !has_upstream {
+            self.local(Bytes::from_static(replies::RESET));
+            return Outcome::Done;
+        }
+        self.uout.extend_from_slice(raw);
+        self.slots.push(Slot::Upstream {
+            expect: Expect::Replies(1),
+            forward: true,
+            hook: Hook::Reset,
+        });
+        if let Some(auth) = self.shared.connector.auth_request() {
+            self.uout.extend_from_slice(auth);
+            self.slots.push(Slot::Upstream {
+                expect: Expect::Replies(1),
+                forward: false,
+                hook: Hook::UpstreamAuth,
+            });
+        }
+        Outcome::Done
+    }
+
+    fn forward(&mut self, req: &Request<'_>, raw: &[u8]) {
+        if req.is_inline() {
+            // Inline requests are re-encoded so Redis sees exactly the arguments checked here.
+            let mut buf = Vec::with_capacity(raw.len() + 16);
+            encode_command(&mut buf, req.args().collect::<Vec<_>>().into_iter());
+            self.uout.extend_from_slice(&buf);
+        } else {
+            self.uout.extend_from_slice(raw);
+        }
+    }
+
+    fn expect(&mut self, expect: Expect, hook: Hook, forward: bool) {
+        if matches!(expect, Expect::Replies(0) | Expect::Confirms(_, 0)) {
+            return;
+        }
+        if self.monitor {
+            // Monitor lines and replies cannot be told apart; pass everything through.
+            return;
+        }
+        self.slots.push(Slot::Upstream {
+            expect,
+            forward,
+            hook,
+        });
+    }
+
+    /// How many replies Redis owes for a forwarded request, following the commands that change
+    /// that count ((UN)SUBSCRIBE family, MONITOR) and MULTI queueing.
+    fn expectation(&mut self, req: &Request<'_>) -> (Expect, Hook) {
+        let name = req.name();
+        let argc = req.argc();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if self.in_multi {
+            if is(b"exec") || is(b"discard") {
+                self.in_multi = false;
+            }
+            return (Expect::Replies(1), Hook::None);
+        }
+        if is(b"multi") {
+            self.in_multi = argc == 1;
+            return (Expect::Replies(1), Hook::None);
+        }
+        if is(b"monitor") && argc == 1 {
+            return (Expect::Replies(1), Hook::Monitor);
+        }
+        let family = if is(b"subscribe") || is(b"unsubscribe") {
+            Some(Family::Channel)
+        } else if is(b"psubscribe") || is(b"punsubscribe") {
+            Some(Family::Pattern)
+        } else if is(b"ssubscribe") || is(b"sunsubscribe") {
+            Some(Family::Shard)
+        } else {
+            None
+        };
+        if let Some(family) = family {
+            let unsubscribe = name.len() > 2
+                && (name
+                    .get(..5)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"unsub"))
+                    || name
+                        .get(1..6)
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"unsub")));
+            let n = u32::try_from(argc.saturating_sub(1)).unwrap_or(u32::MAX);
+            if unsubscribe && n == 0 {
+                return (Expect::UnsubscribeAll(family), Hook::None);
+            }
+            if n > 0 {
+                return (Expect::Confirms(family, n), Hook::None);
+            }
+        }
+        (Expect::Replies(1), Hook::None)
+    }
+
+    /// Moves complete (or streaming) replies from `uin` to the client, in slot order.
+    fn take_replies(
+        &mut self,
+        scanner: &mut ReplyScanner,
+        uin: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        loop {
+            self.release_front();
+            if self.closed || uin.is_empty() || self.cout.len() >= CLIENT_OUT_HIGH {
+                return Ok(());
+            }
+            let step = scanner.advance(uin)?;
+            let (consumed, info) = match step {
+                Step::Partial { consumed } => (consumed, None),
+                Step::Complete { consumed, info } => (consumed, Some(info)),
+            };
+            let kind = info.map(|i| i.kind).or(scanner.current_kind());
+            let swallow = kind != Some(b'>')
+                && matches!(
+                    self.slots.front(),
+                    Some(Slot::Upstream { forward: false, .. })
+                );
+            if !swallow {
+                self.cout
+                    .extend_from_slice(uin.get(..consumed).unwrap_or(&[]));
+            }
+            uin.advance(consumed);
+            match info {
+                Some(info) => self.on_reply(info)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Accounts one complete top-level frame from Redis against the slots.
+    fn on_reply(&mut self, info: FrameInfo) -> Result<(), SessionError> {
+        if self.monitor {
+            // Monitor lines answer no request; only RESET's own reply ends the mode.
+            let reset_reply = info.kind == b'+' && info.head.as_bytes() == Some(&b"RESET"[..]);
+            let reset_front = matches!(
+                self.slots.front(),
+                Some(Slot::Upstream {
+                    hook: Hook::Reset,
+                    ..
+                })
+            );
+            if !(reset_reply && reset_front) {
+                return Ok(());
+            }
+        }
+        let pubsub = info.pubsub();
+        if let Some(kind) = pubsub {
+            if confirmation_family(kind).is_some() {
+                self.subs.observe(kind, info.count);
+            }
+        }
+        let confirms_front = |slots: &Slots, fam: Option<Family>| match (slots.front(), fam) {
+            (
+                Some(Slot::Upstream {
+                    expect: Expect::Confirms(f, _),
+                    ..
+                }),
+                Some(fam),
+            ) => *f == fam,
+            _ => false,
+        };
+        let family = pubsub.and_then(confirmation_family);
+        if info.is_push() {
+            // RESP3 pushes answer no request, except (un)subscribe confirmations, which
+            // belong to the (un)subscribe request at the front.
+            if !confirms_front(&self.slots, family) {
+                return Ok(());
+            }
+        } else if !self.resp3 && self.subs.any() && pubsub.is_some_and(PubSub::is_message) {
+            return Ok(()); // a RESP2 pub/sub message
+        }
+        let Some(Slot::Upstream { expect, hook, .. }) = self.slots.front_mut() else {
+            return Err(SessionError::UnexpectedReply);
+        };
+        let done = match expect {
+            Expect::Replies(n) | Expect::Confirms(_, n) => {
+                if info.is_error() {
+                    true
+                } else {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                }
+            }
+            Expect::UnsubscribeAll(_) => true, // resolved in release_front; unreachable
+        };
+        if !done {
+            return Ok(());
+        }
+        let hook = *hook;
+        self.slots.pop();
+        match hook {
+            Hook::None => {}
+            Hook::Hello => match info.kind {
+                b'%' => self.resp3 = true,
+                b'*' => self.resp3 = false,
+                _ => {}
+            },
+            Hook::Reset => {
+                if !info.is_error() {
+                    self.resp3 = false;
+                    self.monitor = false;
+                    self.subs = Subscriptions::default();
+                }
+            }
+            Hook::Monitor => {
+                if !info.is_error() {
+                    self.monitor = true;
+                }
+            }
+            Hook::UpstreamAuth => {
+                if info.is_error() {
+                    return Err(SessionError::UpstreamReauth);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every local reply now at the front and resolves an UNSUBSCRIBE-all that reached
+    /// the front (all earlier confirmations have been seen, so the count is Redis's).
+    fn release_front(&mut self) {
+        loop {
+            match self.slots.front_mut() {
+                Some(Slot::Local(_)) => {
+                    if let Some(Slot::Local(bytes)) = self.slots.pop() {
+                        self.cout.extend_from_slice(&bytes);
+                    }
+                }
+                Some(Slot::Close) => {
+                    self.slots.pop();
+                    self.closed = true;
+                    return;
+                }
+                Some(Slot::Upstream { expect, .. }) => {
+                    if let Expect::UnsubscribeAll(family) = *expect {
+                        let n = self.subs.count(family).max(1);
+                        *expect = Expect::Confirms(family, u32::try_from(n).unwrap_or(u32::MAX));
+                    }
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// The upstream failed: every request still waiting gets an error (unless a reply was cut
+    /// in half, which cannot be repaired), then the client connection closes.
+    fn upstream_failed(
+        &mut self,
+        scanner: &ReplyScanner,
+        error: SessionError,
+    ) -> Result<(), SessionError> {
+        if !scanner.in_frame() {
+            for slot in self.slots.drain() {
+                match slot {
+                    Slot::Local(bytes) => self.cout.extend_from_slice(&bytes),
+                    Slot::Upstream { forward: true, .. } => {
+                        self.cout.extend_from_slice(replies::UPSTREAM_LOST)
+                    }
+                    Slot::Upstream { .. } => {}
+                    Slot::Close => break,
+                }
+            }
+        }
+        Err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests;

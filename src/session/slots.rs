@@ -1,0 +1,104 @@
+//! Reply slots: one per request that gets a reply, in request order.
+//!
+//! A slot is either answered by redward itself (its bytes are ready now) or by Redis (it waits
+//! for a number of upstream replies). Replies go to the client strictly in slot order, so a
+//! refusal redward writes at request 5 of a 10,000-deep pipeline reaches the client between
+//! Redis's replies 4 and 6, exactly where Redis would have put it.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// Which subscription family a (un)subscribe request and its confirmations belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+/// How many upstream replies a forwarded request is owed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Plain replies (almost every command: one).
+    Replies(u32),
+    /// (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE with arguments: one confirmation per argument
+    /// (`pubsub.c` replies once per channel, duplicates included). An error ends it early.
+    Confirms(Family, u32),
+    /// (P|S)UNSUBSCRIBE with no argument: one confirmation per subscription held when Redis
+    /// runs it, or one if there is none. Resolved when the slot reaches the front, when every
+    /// earlier confirmation has been seen.
+    UnsubscribeAll(Family),
+}
+
+/// What to learn from a request's reply once it is complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    None,
+    /// HELLO: a map reply means RESP3 from now on, an array RESP2.
+    Hello,
+    /// RESET: Redis dropped subscriptions, MONITOR and RESP3.
+    Reset,
+    /// MONITOR: after its +OK the stream carries monitor lines answering no request.
+    Monitor,
+    /// redward's own AUTH after a RESET: swallowed; anything but +OK breaks the connection.
+    UpstreamAuth,
+}
+
+#[derive(Debug)]
+pub enum Slot {
+    /// A reply redward wrote itself.
+    Local(Bytes),
+    /// Replies owed by Redis. `forward: false` swallows them (redward's own requests).
+    Upstream {
+        expect: Expect,
+        forward: bool,
+        hook: Hook,
+    },
+    /// Close the connection once everything before is written (QUIT, protocol error).
+    Close,
+}
+
+/// The queue of slots. Bounded by the caller (`max_pipeline`): when full, redward stops
+/// reading requests until replies drain.
+#[derive(Debug, Default)]
+pub struct Slots {
+    queue: VecDeque<Slot>,
+}
+
+impl Slots {
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn push(&mut self, slot: Slot) {
+        self.queue.push_back(slot);
+    }
+
+    pub fn front(&self) -> Option<&Slot> {
+        self.queue.front()
+    }
+
+    pub fn front_mut(&mut self) -> Option<&mut Slot> {
+        self.queue.front_mut()
+    }
+
+    pub fn pop(&mut self) -> Option<Slot> {
+        self.queue.pop_front()
+    }
+
+    /// Whether any slot still waits for Redis.
+    pub fn awaiting_upstream(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|s| matches!(s, Slot::Upstream { .. }))
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = Slot> + '_ {
+        self.queue.drain(..)
+    }
+}

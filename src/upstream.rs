@@ -1,0 +1,231 @@
+//! Connections to the Redis behind redward: TCP, unix socket or TLS, opened under a deadline and
+//! authenticated with redward's own credential before any client byte is sent.
+//!
+//! A client's AUTH never reaches Redis. Every upstream connection is logged in as the
+//! configured upstream user, so Redis's own ACLs (if any) see redward, and redward's users are
+//! redward's business.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
+
+use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::resp::encode_command;
+use crate::tls::TlsError;
+
+/// Why an upstream connection could not be used. Client-facing text is always the generic
+/// `UPSTREAM_UNAVAILABLE`; the detail goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connect to {addr}: timed out")]
+    Timeout { addr: String },
+    #[error("TLS to {addr}: {source}")]
+    Tls { addr: String, source: io::Error },
+    /// Redis refused redward's own credential; the text is Redis's (it never holds secrets).
+    #[error("upstream rejected redward's AUTH: {0}")]
+    AuthRejected(String),
+    #[error("upstream closed the connection during AUTH")]
+    ClosedDuringAuth,
+}
+
+/// Opens upstream connections.
+#[derive(Clone)]
+pub struct Connector {
+    cfg: UpstreamConfig,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The pre-encoded `AUTH [user] password` request, sent first on every connection (and
+    /// again after a client's RESET, which logs the upstream connection out).
+    auth: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("addr", &self.cfg.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// # Errors
+    /// A [`TlsError`] when the upstream TLS settings cannot be loaded.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, TlsError> {
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let config = crate::tls::upstream_client_config(t)?;
+                let name = ServerName::try_from(t.server_name.clone()).map_err(|e| {
+                    TlsError::Generate(format!("upstream.tls.server_name `{}`: {e}", t.server_name))
+                })?;
+                Some((TlsConnector::from(config), name))
+            }
+        };
+        let auth = cfg.password.as_ref().map(|pw| {
+            let mut out = Vec::new();
+            match &cfg.username {
+                Some(user) => encode_command(
+                    &mut out,
+                    [&b"AUTH"[..], user.as_bytes(), pw.expose().as_bytes()].into_iter(),
+                ),
+                None => {
+                    encode_command(&mut out, [&b"AUTH"[..], pw.expose().as_bytes()].into_iter())
+                }
+            }
+            Arc::from(out)
+        });
+        Ok(Connector {
+            cfg: cfg.clone(),
+            tls,
+            auth,
+        })
+    }
+
+    pub fn address(&self) -> &UpstreamAddr {
+        &self.cfg.addr
+    }
+
+    /// The AUTH request redward sends upstream, if it has a credential.
+    pub fn auth_request(&self) -> Option<&[u8]> {
+        self.auth.as_deref()
+    }
+
+    /// Connects and authenticates, within `connect_timeout` for the whole exchange.
+    ///
+    /// # Errors
+    /// An [`UpstreamError`]; the caller answers the client with a retryable error.
+    pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
+        let addr = self.cfg.addr.to_string();
+        match tokio::time::timeout(self.cfg.connect_timeout, self.connect_inner(&addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout { addr }),
+        }
+    }
+
+    async fn connect_inner(&self, addr: &str) -> Result<UpstreamStream, UpstreamError> {
+        let connect_err = |source| UpstreamError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let mut stream = match &self.cfg.addr {
+            UpstreamAddr::Unix(path) => {
+                UpstreamStream::Unix(UnixStream::connect(path).await.map_err(connect_err)?)
+            }
+            UpstreamAddr::Tcp { host, port } => {
+                let tcp = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(connect_err)?;
+                // Requests are small and latency-bound; Nagle would hold them back.
+                tcp.set_nodelay(true).map_err(connect_err)?;
+                match &self.tls {
+                    None => UpstreamStream::Tcp(tcp),
+                    Some((connector, name)) => {
+                        let tls = connector
+                            .connect(name.clone(), tcp)
+                            .await
+                            .map_err(|source| UpstreamError::Tls {
+                                addr: addr.to_owned(),
+                                source,
+                            })?;
+                        UpstreamStream::Tls(Box::new(tls))
+                    }
+                }
+            }
+        };
+        if let Some(auth) = &self.auth {
+            stream.write_all(auth).await.map_err(connect_err)?;
+            stream.flush().await.map_err(connect_err)?;
+            let line = read_line(&mut stream).await.map_err(connect_err)?;
+            match line {
+                None => return Err(UpstreamError::ClosedDuringAuth),
+                Some(l) if l.as_ref() == b"+OK" => {}
+                Some(l) => {
+                    return Err(UpstreamError::AuthRejected(
+                        String::from_utf8_lossy(&l).into_owned(),
+                    ))
+                }
+            }
+        }
+        Ok(stream)
+    }
+}
+
+/// Reads one `\r\n`-terminated line (at most 4 KiB): the reply to redward's AUTH.
+async fn read_line(stream: &mut UpstreamStream) -> io::Result<Option<BytesMut>> {
+    let mut buf = BytesMut::with_capacity(128);
+    loop {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            buf.truncate(i);
+            return Ok(Some(buf));
+        }
+        if buf.len() > 4096 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "AUTH reply too long",
+            ));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// One upstream connection, whichever transport.
+#[derive(Debug)]
+pub enum UpstreamStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

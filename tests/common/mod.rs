@@ -1,0 +1,482 @@
+//! The test world: a real `redis-server` on an ephemeral loopback port (never a system one),
+//! redward in front of it in-process on `127.0.0.1:0` with a freshly generated certificate, and
+//! clients that speak real TLS to it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const UPSTREAM_USER: &str = "proxy";
+pub const UPSTREAM_PASSWORD: &str = "upstream-secret";
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app-secret";
+
+/// A redis-server child process on its own port and directory, killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    /// ACL lines the server starts with (`user ...`), kept for restarts.
+    acl: Vec<String>,
+}
+
+impl Redis {
+    /// Starts redis-server with `default off`, the upstream user redward logs in as, and the
+    /// same `app` user redward serves, so direct and proxied sessions can be compared.
+    pub fn start() -> Redis {
+        Redis::start_with_acl(vec![
+            format!("user default off"),
+            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+        ])
+    }
+
+    pub fn start_with_acl(acl: Vec<String>) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut redis = Redis {
+            child: None,
+            port: 0,
+            dir,
+            acl,
+        };
+        for _ in 0..5 {
+            redis.port = free_port();
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start (is the redis-server package installed?)");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let acl_path = self.dir.path().join("users.acl");
+        std::fs::write(&acl_path, self.acl.join("\n") + "\n").expect("write acl file");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--aclfile")
+            .arg(&acl_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return false; // exited: port taken, try another
+                }
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A direct (plaintext) admin connection, logged in as the upstream user.
+    pub fn admin(&self) -> redis::Connection {
+        let url = format!(
+            "redis://{UPSTREAM_USER}:{UPSTREAM_PASSWORD}@127.0.0.1:{}/",
+            self.port
+        );
+        redis::Client::open(url)
+            .expect("client")
+            .get_connection()
+            .expect("direct connection")
+    }
+
+    /// How many client connections the server has, other than the one asking.
+    pub fn client_count(&self) -> usize {
+        let mut c = self.admin();
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut c)
+            .expect("CLIENT LIST");
+        list.lines().count().saturating_sub(1)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Certificates for one test, generated with redward's own rcgen-based generator.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        redward::tls::generate_dev_certs(dir.path(), &[]).expect("generate certs");
+        Certs { dir }
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+/// Builds a redward config the way an operator writes one.
+pub struct ProxyBuilder {
+    users: Vec<(String, String)>,
+    extra: String,
+    listener_extra: String,
+    upstream_addr: Option<String>,
+}
+
+pub fn proxy() -> ProxyBuilder {
+    ProxyBuilder {
+        users: vec![(APP_USER.into(), format!("on >{APP_PASSWORD} ~* &* +@all"))],
+        extra: String::new(),
+        listener_extra: String::new(),
+        upstream_addr: None,
+    }
+}
+
+impl ProxyBuilder {
+    pub fn user(mut self, name: &str, rules: &str) -> Self {
+        self.users.push((name.into(), rules.into()));
+        self
+    }
+    /// Extra top-level YAML (e.g. a `limits:` block).
+    pub fn yaml(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self
+    }
+    /// Extra keys for the TLS map of the listener (e.g. `min_version: "1.3"`).
+    pub fn tls_option(mut self, extra: &str) -> Self {
+        self.listener_extra.push_str(", ");
+        self.listener_extra.push_str(extra);
+        self
+    }
+    pub fn upstream_addr(mut self, addr: &str) -> Self {
+        self.upstream_addr = Some(addr.into());
+        self
+    }
+
+    pub fn config_text(&self, redis: &Redis, certs: &Certs) -> String {
+        let mut users = String::new();
+        for (name, rules) in &self.users {
+            users.push_str(&format!("  - name: {name}\n    rules: \"{rules}\"\n"));
+        }
+        format!(
+            "listen:\n  - address: \"127.0.0.1:0\"\n    tls: {{ cert: {}, key: {}{} }}\n\
+             upstream:\n  address: \"{}\"\n  username: {UPSTREAM_USER}\n  password: \"{UPSTREAM_PASSWORD}\"\n\
+             users:\n{users}{}",
+            certs.cert().display(),
+            certs.key().display(),
+            self.listener_extra,
+            self.upstream_addr.clone().unwrap_or_else(|| redis.addr()),
+            self.extra,
+        )
+    }
+
+    /// Starts redward in this process and returns once it listens.
+    pub async fn start(self, redis: &Redis) -> Proxy {
+        let certs = Certs::new();
+        let text = self.config_text(redis, &certs);
+        let path = certs.dir.path().join("redward.yaml");
+        std::fs::write(&path, &text).expect("write config");
+        let cfg = redward::config::load(&path).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+        let server = redward::Server::bind(&cfg).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr,
+            certs,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub certs: Certs,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sends the shutdown signal and waits for the drain to finish.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+
+    /// A `redis` crate client over TLS (rustls), logged in as `app`.
+    pub fn client(&self) -> redis::Client {
+        self.client_as(APP_USER, APP_PASSWORD)
+    }
+
+    pub fn client_as(&self, user: &str, password: &str) -> redis::Client {
+        let url = format!("rediss://{user}:{password}@localhost:{}/", self.port());
+        let ca = std::fs::read(self.certs.ca()).expect("read ca");
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            },
+        )
+        .expect("tls client")
+    }
+
+    /// A raw TLS connection, for exact bytes.
+    pub async fn raw(&self) -> Raw {
+        Raw::tls(self.addr, &self.certs.ca()).await
+    }
+
+    /// `redis-cli --tls` against redward with `args`; returns stdout.
+    pub fn cli(&self, auth: bool, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["--tls", "--cacert"]).arg(self.certs.ca());
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port().to_string(),
+            "--no-auth-warning",
+        ]);
+        if auth {
+            cmd.args(["--user", APP_USER, "--pass", APP_PASSWORD]);
+        }
+        cmd.args(args)
+            .output()
+            .expect("run redis-cli (apt-get install redis-tools)")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A raw RESP connection (TLS to redward, or plaintext straight to Redis).
+pub enum Raw {
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl Raw {
+    pub async fn tls(addr: SocketAddr, ca: &Path) -> Raw {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in redward::tls::load_certs(ca).expect("ca") {
+            roots.add(cert).expect("add ca");
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).ok();
+        let tls = connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake");
+        Raw::Tls(Box::new(tls))
+    }
+
+    pub async fn plain(addr: &str) -> Raw {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).ok();
+        Raw::Plain(tcp)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Raw::Tls(s) => {
+                s.write_all(bytes).await.expect("write");
+                s.flush().await.expect("flush");
+            }
+            Raw::Plain(s) => s.write_all(bytes).await.expect("write"),
+        }
+    }
+
+    async fn read_some(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = match self {
+            Raw::Tls(s) => s.read(&mut chunk).await?,
+            Raw::Plain(s) => s.read(&mut chunk).await?,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads until `n` complete top-level replies (pushes included) have arrived.
+    pub async fn replies(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if count_frames(&buf) >= n {
+                return buf;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.read_some(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return buf,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!(
+                    "timed out waiting for {n} replies; got {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
+            }
+        }
+    }
+
+    /// Reads everything until the server closes the connection (bounded by 30 s).
+    pub async fn until_close(&mut self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.read_some(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return buf,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!(
+                    "connection not closed; got {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
+            }
+        }
+    }
+
+    /// Reads what arrives within `wait` (for "nothing more comes" checks).
+    pub async fn drain_for(&mut self, wait: Duration) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                match self.read_some(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        buf
+    }
+}
+
+/// Counts complete top-level RESP frames with redward's own scanner.
+pub fn count_frames(buf: &[u8]) -> usize {
+    let mut scanner = redward::resp::ReplyScanner::new();
+    let mut pos = 0;
+    let mut n = 0;
+    while pos < buf.len() {
+        match scanner.advance(&buf[pos..]) {
+            Ok(redward::resp::Step::Complete { consumed, .. }) => {
+                pos += consumed;
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    n
+}
+
+/// Encodes a command as RESP.
+pub fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    redward::resp::encode_command(&mut out, args.iter().map(|a| a.as_bytes()));
+    out
+}
+
+/// Replaces the connection-specific values in HELLO replies (`id`) so direct and proxied
+/// sessions compare equal.
+pub fn normalize(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes).into_owned();
+    let mut out = String::new();
+    let mut lines = s.split_inclusive("\r\n").peekable();
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        if line == "id\r\n" {
+            if let Some(next) = lines.next() {
+                out.push_str(if next.starts_with(':') {
+                    ":<id>\r\n"
+                } else {
+                    next
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs the same bytes against Redis directly and through redward; returns both transcripts.
+pub async fn both(redis: &Redis, proxy: &Proxy, script: &[u8], replies: usize) -> (String, String) {
+    let flush = |redis: &Redis| {
+        let mut c = redis.admin();
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("FLUSHALL");
+    };
+    flush(redis);
+    let mut direct = Raw::plain(&redis.addr()).await;
+    direct.send(script).await;
+    let d = direct.replies(replies).await;
+    flush(redis);
+    let mut via = proxy.raw().await;
+    via.send(script).await;
+    let v = via.replies(replies).await;
+    (normalize(&d), normalize(&v))
+}
