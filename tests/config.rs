@@ -1,0 +1,199 @@
+//! Promise: a bad configuration never starts a half-configured proxy. redward exits non-zero
+//! with one line that names the field or file at fault.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Certs;
+
+/// Runs `redward --config FILE` (or `check`) and returns (exit code, stderr).
+fn run(args: &[&str], config: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redward"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn redward");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            return (
+                status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("redward kept running with a bad config");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn valid(certs: &Certs, listen: &str) -> String {
+    format!(
+        "listen:\n  - address: \"{listen}\"\n    tls: {{ cert: {}, key: {} }}\n\
+         upstream:\n  address: \"127.0.0.1:1\"\n  username: proxy\n  password: x\n\
+         users:\n  - name: app\n    rules: \"on >pw ~* &* +@all\"\n",
+        certs.cert().display(),
+        certs.key().display()
+    )
+}
+
+/// Writes `text` as a config, runs redward on it, and checks the one-line error.
+fn assert_refused(text: &str, must_contain: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redward.yaml");
+    std::fs::write(&path, text).unwrap();
+    for args in [&["check"][..], &[][..]] {
+        let (code, stderr) = run(args, &path);
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "exit {code:?} for {args:?}\n{text}\n{stderr}"
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "want one line, got {stderr:?}");
+        for needle in must_contain {
+            assert!(
+                lines[0].contains(needle),
+                "{:?} does not name {needle:?}",
+                lines[0]
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let certs = Certs::new();
+    let text =
+        valid(&certs, "127.0.0.1:0").replace("  password: x\n", "  password: x\n  passwrod: y\n");
+    assert_refused(&text, &["passwrod"]);
+}
+
+#[test]
+fn duplicate_key_is_refused() {
+    let certs = Certs::new();
+    let text =
+        valid(&certs, "127.0.0.1:0").replace("  password: x\n", "  password: x\n  password: y\n");
+    assert_refused(&text, &["password"]);
+}
+
+#[test]
+fn missing_certificate_file_is_named() {
+    let certs = Certs::new();
+    let text = valid(&certs, "127.0.0.1:0").replace("server.crt", "nope.crt");
+    assert_refused(&text, &["listen[0].tls", "nope.crt"]);
+}
+
+#[test]
+fn key_not_matching_certificate_is_named() {
+    let certs = Certs::new();
+    let other = Certs::new();
+    let text = valid(&certs, "127.0.0.1:0").replace(
+        &certs.key().display().to_string(),
+        &other.key().display().to_string(),
+    );
+    assert_refused(&text, &["does not match", "server.crt"]);
+}
+
+#[test]
+fn address_in_use_is_named() {
+    let certs = Certs::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redward.yaml");
+    std::fs::write(&path, valid(&certs, &addr)).unwrap();
+    let (code, stderr) = run(&[], &path);
+    assert!(code.is_some_and(|c| c != 0));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("listen[0].address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plaintext_listener_on_a_public_address_must_be_asked_for() {
+    let certs = Certs::new();
+    let text = valid(&certs, "0.0.0.0:0").replace(
+        &format!(
+            "tls: {{ cert: {}, key: {} }}",
+            certs.cert().display(),
+            certs.key().display()
+        ),
+        "tls: off",
+    );
+    assert_refused(&text, &["listen[0].tls", "allow_plaintext_non_loopback"]);
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let certs = Certs::new();
+    let text = valid(&certs, "127.0.0.1:0") + "limits:\n  auth_timeout: soon\n";
+    assert_refused(&text, &["soon"]);
+}
+
+#[test]
+fn invalid_acl_rule_names_user_and_rule() {
+    let certs = Certs::new();
+    let text = valid(&certs, "127.0.0.1:0").replace("on >pw ~* &* +@all", "on #abc ~* &* +@all");
+    assert_refused(&text, &["users[0].rules", "'app'", "#abc"]);
+}
+
+#[test]
+fn unset_environment_variable_is_named() {
+    let certs = Certs::new();
+    let text = valid(&certs, "127.0.0.1:0")
+        .replace("password: x", "password: \"${REDWARD_TEST_UNSET_VAR}\"");
+    assert_refused(&text, &["upstream.password", "REDWARD_TEST_UNSET_VAR"]);
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let (code, stderr) = run(&[], Path::new("/nonexistent/redward.yaml"));
+    assert!(code.is_some_and(|c| c != 0));
+    assert!(stderr.contains("/nonexistent/redward.yaml"), "{stderr}");
+}
+
+#[test]
+fn passwords_never_appear_in_errors() {
+    let certs = Certs::new();
+    let text = valid(&certs, "127.0.0.1:0").replace("on >pw ~* &* +@all", "on >hunter2 <nothere");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redward.yaml");
+    std::fs::write(&path, text).unwrap();
+    let (code, stderr) = run(&["check"], &path);
+    assert!(code.is_some_and(|c| c != 0));
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("nothere"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_valid_config_checks_ok() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redward.yaml");
+    std::fs::write(&path, valid(&certs, "127.0.0.1:0")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_redward"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config OK"));
+}
