@@ -354,3 +354,73 @@ fn parse_int(s: &[u8]) -> Option<i64> {
     }
     Some(if neg { -v } else { v })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8]) -> Vec<(usize, FrameInfo)> {
+        let mut s = ReplyScanner::new();
+        let mut pos = 0;
+        let mut out = Vec::new();
+        while pos < input.len() {
+            match s.advance(input.get(pos..).unwrap_or(&[])).unwrap() {
+                Step::Complete { consumed, info } => {
+                    pos += consumed;
+                    out.push((pos, info));
+                }
+                Step::Partial { .. } => panic!("incomplete"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn resp2_nulls_are_single_frames() {
+        let f = frames(b"$-1\r\n*-1\r\n*0\r\n");
+        assert_eq!(f.iter().map(|x| x.0).collect::<Vec<_>>(), vec![5, 10, 14]);
+    }
+
+    #[test]
+    fn pubsub_frames_are_classified() {
+        let f = frames(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:2\r\n");
+        assert_eq!(f[0].1.pubsub(), Some(PubSub::Message));
+        assert_eq!(f[1].1.pubsub(), Some(PubSub::Subscribe));
+        assert_eq!(f[1].1.count, Some(2));
+        assert!(f[1].1.is_push());
+    }
+
+    #[test]
+    fn an_attribute_belongs_to_the_value_after_it() {
+        let f = frames(b"|1\r\n+key\r\n+val\r\n*2\r\n$7\r\nmessage\r\n:1\r\n+OK\r\n");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].1.kind, b'*');
+        assert_eq!(f[0].1.pubsub(), Some(PubSub::Message));
+    }
+
+    #[test]
+    fn a_large_bulk_streams_in_pieces() {
+        let mut s = ReplyScanner::new();
+        assert_eq!(
+            s.advance(b"$10\r\n01234").unwrap(),
+            Step::Partial { consumed: 10 }
+        );
+        assert!(s.in_frame());
+        assert!(matches!(
+            s.advance(b"56789\r\n").unwrap(),
+            Step::Complete { consumed: 7, .. }
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(ReplyScanner::new().advance(b"?what\r\n").is_err());
+        assert!(ReplyScanner::new().advance(b"$abc\r\n").is_err());
+        assert!(ReplyScanner::new().advance(b"*-5\r\n").is_err());
+        let deep = "*1\r\n".repeat(MAX_DEPTH + 1);
+        assert_eq!(
+            ReplyScanner::new().advance(deep.as_bytes()),
+            Err(ReplyError::TooDeep)
+        );
+    }
+}

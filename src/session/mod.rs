@@ -982,6 +982,3 @@ impl State {
         Err(error)
     }
 }
-
-#[cfg(test)]
-mod tests;

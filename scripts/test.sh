@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The test command, and what CI runs (.ci/run calls it):
+#
+#   scripts/test.sh                    # fmt, clippy, then every test
+#   scripts/test.sh --test auth        # extra arguments go to cargo test
+#   scripts/test.sh -- --nocapture
+#
+# Tests start real redis-server processes on ephemeral loopback ports, so
+# redis-server and redis-tools are installed with apt-get when missing (that step
+# alone needs root or sudo), and at most two tests run at a time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+# Runs a command as root: directly when we are root, otherwise through sudo.
+as_root() {
+	if [[ $(id -u) -eq 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		die "root or sudo is needed to run: $*"
+	fi
+}
+
+# apt-get install; the package lists are refreshed only if the first try fails.
+apt_install() {
+	log "installing $* with apt-get"
+	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+	fi
+}
+
+# Prints a command, then runs it; set -e stops at the first failure.
+step() {
+	printf '==> %s\n' "$*" >&2
+	"$@"
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+	missing+=(redis-tools) # redis-cli and redis-benchmark
+fi
+if ((${#missing[@]} > 0)); then
+	apt_install "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
+	PATH=$HOME/.cargo/bin:$PATH
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust from https://rustup.rs"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+	command -v rustup >/dev/null 2>&1 || die "cargo fmt or cargo clippy is missing, and rustup is not there to add them"
+	step rustup component add rustfmt clippy
+fi
+
+step cargo fmt --check
+step cargo clippy --all-targets -- -D warnings
+# Each test may spawn its own redis-server; two at a time keeps small CI
+# machines from running out of CPU and memory.
+export RUST_TEST_THREADS=2
+step cargo test "$@"
