@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
@@ -45,6 +46,11 @@ pub enum StartError {
     Tls { index: usize, source: tls::TlsError },
     #[error("upstream.tls: {0}")]
     UpstreamTls(tls::TlsError),
+    #[error("audit.file: {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("listen[{index}].address {addr}: {source}")]
     Bind {
         index: usize,
@@ -68,6 +74,17 @@ impl Server {
     /// A [`StartError`] naming the listener, file or address at fault.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
         let connector = upstream::Connector::new(&cfg.upstream).map_err(StartError::UpstreamTls)?;
+        let audit = Arc::new(match &cfg.audit_file {
+            Some(path) => {
+                audit::Audit::with_file(path)
+                    .await
+                    .map_err(|source| StartError::Audit {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+            None => audit::Audit::default(),
+        });
         let mut listeners = Vec::with_capacity(cfg.listeners.len());
         for (index, l) in cfg.listeners.iter().enumerate() {
             let tls = match &l.tls {
@@ -95,6 +112,7 @@ impl Server {
             users: cfg.users.clone(),
             limits: cfg.limits,
             connector,
+            audit,
         });
         Ok(Server {
             listeners,

@@ -68,6 +68,11 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     #[serde(default)]
     pub users: Vec<RawUser>,
+    /// A Redis aclfile (`user NAME rules...` lines), loaded beside `users`.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
+    #[serde(default)]
+    pub audit: Option<RawAudit>,
     #[serde(default)]
     pub limits: RawLimits,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -167,6 +172,14 @@ pub struct RawUpstreamTls {
 pub struct RawUser {
     pub name: String,
     pub rules: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Append-only JSON-lines file of auth failures and ACL denials.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

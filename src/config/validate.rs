@@ -40,6 +40,8 @@ pub struct Config {
     pub workers: usize,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
+    /// Where audit events are appended as JSON lines, if anywhere.
+    pub audit_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +185,10 @@ impl Users {
         self.by_name.is_empty()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &User> {
+        self.by_name.values().map(|u| u.as_ref())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }
@@ -259,17 +265,20 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         let rules = expand_env(&format!("{field}.rules"), &u.rules)?;
         let user = acl::parse_user(&u.name, &rules)
             .map_err(|e| ConfigError::invalid(format!("{field}.rules"), e.to_string()))?;
-        if !user.unrestricted {
-            return Err(ConfigError::invalid(
-                format!("{field}.rules"),
-                format!(
-                    "user '{}' has command, key or channel restrictions; this build enforces only \
-                     full access (`~* &* +@all`), and refuses to start rather than not enforce them",
-                    u.name
-                ),
-            ));
-        }
         users.push(user);
+    }
+    if let Some(path) = &raw.acl_file {
+        let path = resolve(base, path);
+        for user in load_acl_file(&path)? {
+            if !seen.insert(user.name.clone()) {
+                return Err(ConfigError::file(
+                    "acl_file",
+                    &path,
+                    format!("user '{}' is also defined in users", user.name),
+                ));
+            }
+            users.push(user);
+        }
     }
 
     let d = ProtocolLimits::default();
@@ -345,7 +354,40 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         workers: raw.workers.unwrap_or(0),
         log_level: raw.log.level,
         log_format,
+        audit_file: raw.audit.and_then(|a| a.file).map(|f| resolve(base, &f)),
     })
+}
+
+/// Reads a Redis aclfile (`ACLLoadFromFile` in `acl.c`): one `user NAME rules...` per line,
+/// split like an inline request. Blank lines and `#` comments are skipped (Redis rejects
+/// comments; accepting them loses nothing).
+fn load_acl_file(path: &Path) -> Result<Vec<User>, ConfigError> {
+    let text = std::fs::read(path).map_err(|e| ConfigError::file("acl_file", path, e))?;
+    let mut users = Vec::new();
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        let at = |message: String| {
+            ConfigError::file("acl_file", path, format!("line {}: {message}", i + 1))
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let trimmed = line.trim_ascii();
+        if trimmed.is_empty() || trimmed.starts_with(b"#") {
+            continue;
+        }
+        let args = crate::resp::request::split_line(line)
+            .ok_or_else(|| at("unbalanced quotes".to_owned()))?;
+        match args.as_slice() {
+            [kw, name, rules @ ..] if kw.eq_ignore_ascii_case(b"user") => {
+                let name = std::str::from_utf8(name)
+                    .map_err(|_| at("user name is not UTF-8".to_owned()))?;
+                if users.iter().any(|u: &User| u.name == name) {
+                    return Err(at(format!("duplicate user '{name}'")));
+                }
+                users.push(acl::parse_user_args(name, rules).map_err(|e| at(e.to_string()))?);
+            }
+            _ => return Err(at("line should start with user keyword".to_owned())),
+        }
+    }
+    Ok(users)
 }
 
 fn upstream(raw: super::RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {

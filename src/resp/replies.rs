@@ -17,6 +17,18 @@ client and select the RESP protocol version at the same time\r\n";
 pub const NOPROTO: &[u8] = b"-NOPROTO unsupported protocol version\r\n";
 /// `helloCommand`: `getLongLongFromObjectOrReply` on the version.
 pub const HELLO_BAD_VERSION: &[u8] = b"-ERR Protocol version is not an integer or out of range\r\n";
+/// `shared.execaborterr`: EXEC after a command of the transaction was refused.
+pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+/// `processCommand`: DEBUG with `enable-debug-command no` (the default).
+pub const DEBUG_NOT_ALLOWED: &[u8] =
+    b"-ERR DEBUG command not allowed. If the enable-debug-command \
+option is set to \"local\", you can run it from a local connection, otherwise you need to set \
+this option in the configuration file, and then restart the server.\r\n";
+/// `processCommand`: MODULE with `enable-module-command no` (the default).
+pub const MODULE_NOT_ALLOWED: &[u8] =
+    b"-ERR MODULE command not allowed. If the enable-module-command \
+option is set to \"local\", you can run it from a local connection, otherwise you need to set \
+this option in the configuration file, and then restart the server.\r\n";
 /// `shared.syntaxerr`.
 pub const SYNTAX: &[u8] = b"-ERR syntax error\r\n";
 /// `authCommand`, two-argument form while `default` has `nopass`.

@@ -449,6 +449,22 @@ pub fn string2ll(s: &[u8]) -> Option<i64> {
     }
 }
 
+/// Splits one line the way Redis splits inline requests and aclfile lines (`sdssplitargs`).
+/// `None` on unbalanced quotes.
+pub fn split_line(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut data = Vec::new();
+    let mut ranges = Vec::new();
+    if !split_args(line, &mut data, &mut ranges) {
+        return None;
+    }
+    Some(
+        ranges
+            .into_iter()
+            .map(|r| data.get(r).unwrap_or(&[]).to_vec())
+            .collect(),
+    )
+}
+
 /// C's `isspace` in the "C" locale.
 fn is_c_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')

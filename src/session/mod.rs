@@ -13,6 +13,7 @@
 //! Every wait is bounded: the login deadline, the client write timeout, the upstream connect
 //! timeout; every buffer is capped, and a full one stops reading on the other side.
 
+mod acl_cmd;
 mod slots;
 
 use std::net::SocketAddr;
@@ -25,9 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::acl::User;
+use crate::acl::{self, Denied, User};
+use crate::audit::{Audit, Event, Reason};
 use crate::auth::{self, AuthOutcome};
 use crate::commands;
 use crate::config::{ProtocolLimits, Users};
@@ -49,12 +51,14 @@ const UPSTREAM_OUT_HIGH: usize = 1024 * 1024;
 /// An idle connection's buffers are shrunk back when they grew past this.
 const IDLE_BUFFER_KEEP: usize = 64 * 1024;
 
-/// What every session shares: the user table, limits and the upstream connector.
+/// What every session shares: the user table, limits, the upstream connector and the audit
+/// sink.
 #[derive(Debug)]
 pub struct Shared {
     pub users: Users,
     pub limits: ProtocolLimits,
     pub connector: Connector,
+    pub audit: Arc<Audit>,
 }
 
 /// Why a session ended abnormally (the peer hanging up is not an error).
@@ -374,6 +378,17 @@ fn poll_write_out<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Redis 7.0's refusal of a protected command (`processCommand`, `CMD_PROTECTED`) when
+/// `enable-debug-command` / `enable-module-command` are left at their default, `no`.
+fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
+    let base = fullname.split('|').next().unwrap_or(fullname);
+    match base {
+        "debug" => Some(replies::DEBUG_NOT_ALLOWED),
+        "module" => Some(replies::MODULE_NOT_ALLOWED),
+        _ => None,
+    }
+}
+
 /// Gives back memory a burst left behind, so idle connections stay small.
 fn shrink(buf: &mut BytesMut) {
     if buf.capacity() > IDLE_BUFFER_KEEP {
@@ -461,6 +476,9 @@ struct State {
     reply_mode: ReplyMode,
     /// Inside MULTI (as dispatched): commands are queued and get one reply each.
     in_multi: bool,
+    /// A command inside this MULTI was refused by redward: EXEC must fail with EXECABORT, as
+    /// Redis's `CLIENT_DIRTY_EXEC` makes it (Redis itself never saw the refused command).
+    multi_dirty: bool,
     /// After MONITOR's +OK: upstream frames answer no request.
     monitor: bool,
     /// The protocol of the replies Redis is sending now (stream order).
@@ -484,6 +502,7 @@ impl State {
             cout: BytesMut::new(),
             reply_mode: ReplyMode::default(),
             in_multi: false,
+            multi_dirty: false,
             monitor: false,
             resp3: false,
             subs: Subscriptions::default(),
@@ -512,6 +531,83 @@ impl State {
         } else {
             self.slots.push(Slot::Local(reply));
         }
+    }
+
+    /// Queues a reply that differs between RESP2 and RESP3; the protocol in force when it is
+    /// written decides.
+    fn local_proto(&mut self, reply: acl_cmd::Reply) {
+        if self.suppressed() {
+            return;
+        }
+        if self.slots.is_empty() {
+            let bytes = if self.resp3 {
+                &reply.resp3
+            } else {
+                &reply.resp2
+            };
+            self.cout.extend_from_slice(bytes);
+        } else {
+            self.slots.push(Slot::LocalProto {
+                resp2: Bytes::from(reply.resp2),
+                resp3: Bytes::from(reply.resp3),
+            });
+        }
+    }
+
+    /// Refuses a command the way Redis's `rejectCommand` does: an error reply, and inside
+    /// MULTI the transaction is doomed to EXECABORT.
+    fn reject(&mut self, reply: Bytes) {
+        if self.in_multi {
+            self.multi_dirty = true;
+        }
+        self.local(reply);
+    }
+
+    fn context(&self) -> &'static str {
+        if self.in_multi {
+            "multi"
+        } else {
+            "toplevel"
+        }
+    }
+
+    fn audit_auth_failure(&self, req: &Request<'_>, username: String) {
+        self.shared.audit.record(&Event {
+            reason: Reason::Auth,
+            context: self.context(),
+            username,
+            peer: self.peer,
+            object: String::from_utf8_lossy(req.name()).into_owned(),
+            command: String::from_utf8_lossy(req.name()).to_ascii_lowercase(),
+        });
+    }
+
+    fn audit_denied(
+        &self,
+        user: &User,
+        spec: &commands::CommandSpec,
+        req: &Request<'_>,
+        d: Denied,
+    ) {
+        let (reason, object) = match d {
+            Denied::Command => (Reason::Command, spec.name.to_owned()),
+            Denied::Key { arg } => (
+                Reason::Key,
+                String::from_utf8_lossy(req.arg(arg)).into_owned(),
+            ),
+            Denied::Channel { arg } => (
+                Reason::Channel,
+                String::from_utf8_lossy(req.arg(arg)).into_owned(),
+            ),
+        };
+        self.shared.audit.record(&Event {
+            reason,
+            context: self.context(),
+            username: user.name.clone(),
+            peer: self.peer,
+            object,
+            command: spec.name.to_owned(),
+        });
     }
 
     fn close_after_replies(&mut self) {
@@ -550,8 +646,65 @@ impl State {
             self.close_after_replies();
             return Outcome::Done;
         }
-        if self.user.is_none() {
+        let Some(user) = self.user.clone() else {
             return self.dispatch_unauthenticated(req, raw, has_upstream);
+        };
+        // Redis's order (`processCommand`): existence, arity, then the ACL check. A user with
+        // every permission takes the fast path: Redis makes the same checks with the same
+        // texts, and commands unknown to redward's table (newer Redis, modules) still work.
+        let is_acl = name.eq_ignore_ascii_case(b"acl");
+        if !user.unrestricted || is_acl {
+            let spec = match commands::resolve(req) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    // Unknown to redward means refused: it cannot be checked.
+                    self.reject(Bytes::from(e.reply(req)));
+                    return Outcome::Done;
+                }
+            };
+            if let Err(d) = acl::check(&user, spec, req) {
+                self.audit_denied(&user, spec, req, d);
+                // Redis refuses DEBUG and MODULE as protected commands before its ACL check
+                // (`processCommand`, with the default enable-*-command no): same text here.
+                let reply = match protected_refusal(spec.name) {
+                    Some(text) => Bytes::from_static(text),
+                    None => Bytes::from(d.reply(spec, req)),
+                };
+                self.reject(reply);
+                return Outcome::Done;
+            }
+        }
+        if is_acl {
+            match acl_cmd::answer(req, &user, &self.shared.users, &self.shared.audit) {
+                acl_cmd::Answer::Local(reply) => {
+                    self.local_proto(reply);
+                    return Outcome::Done;
+                }
+                acl_cmd::Answer::Forward => {}
+            }
+        }
+        if self.in_multi
+            && self.multi_dirty
+            && name.eq_ignore_ascii_case(b"exec")
+            && req.argc() == 1
+        {
+            if !has_upstream {
+                return Outcome::NeedUpstream;
+            }
+            // Redis never saw the refused command, so it would run the transaction: end it
+            // with DISCARD (reply swallowed) and answer EXEC as Redis would have.
+            self.in_multi = false;
+            self.multi_dirty = false;
+            let mut discard = Vec::with_capacity(16);
+            encode_command(&mut discard, [&b"DISCARD"[..]].into_iter());
+            self.uout.extend_from_slice(&discard);
+            self.slots.push(Slot::Upstream {
+                expect: Expect::Replies(1),
+                forward: false,
+                hook: Hook::None,
+            });
+            self.local(Bytes::from_static(replies::EXECABORT));
+            return Outcome::Done;
         }
         if name.eq_ignore_ascii_case(b"auth") {
             match commands::resolve(req) {
@@ -654,7 +807,7 @@ impl State {
             }
             AuthOutcome::Refused { reply, failed_user } => {
                 if let Some(u) = failed_user {
-                    info!(target: "redward::audit", event = "auth_failed", peer = %self.peer, user = %u, "authentication failed");
+                    self.audit_auth_failure(req, u);
                 }
                 self.local(reply);
             }
@@ -670,7 +823,7 @@ impl State {
         let fwd = match out.result {
             Err(reply) => {
                 if let Some(u) = out.failed_user {
-                    info!(target: "redward::audit", event = "auth_failed", peer = %self.peer, user = %u, "authentication failed");
+                    self.audit_auth_failure(req, u);
                 }
                 if let Some(user) = out.login {
                     self.user = Some(user);
@@ -714,6 +867,7 @@ impl State {
     fn do_reset(&mut self, raw: &[u8], has_upstream: bool) -> Outcome {
         self.user = self.shared.users.implicit_default().cloned();
         self.in_multi = false;
+        self.multi_dirty = false;
         // RESET clears CLIENT REPLY OFF/SKIP before replying, so its reply is always sent.
         self.reply_mode = ReplyMode::default();
         if !has_upstream {
@@ -772,11 +926,13 @@ impl State {
         if self.in_multi {
             if is(b"exec") || is(b"discard") {
                 self.in_multi = false;
+                self.multi_dirty = false;
             }
             return (Expect::Replies(1), Hook::None);
         }
         if is(b"multi") {
             self.in_multi = argc == 1;
+            self.multi_dirty = false;
             return (Expect::Replies(1), Hook::None);
         }
         if is(b"monitor") && argc == 1 {
@@ -943,6 +1099,12 @@ impl State {
                         self.cout.extend_from_slice(&bytes);
                     }
                 }
+                Some(Slot::LocalProto { .. }) => {
+                    if let Some(Slot::LocalProto { resp2, resp3 }) = self.slots.pop() {
+                        self.cout
+                            .extend_from_slice(if self.resp3 { &resp3 } else { &resp2 });
+                    }
+                }
                 Some(Slot::Close) => {
                     self.slots.pop();
                     self.closed = true;
@@ -971,6 +1133,9 @@ impl State {
             for slot in self.slots.drain() {
                 match slot {
                     Slot::Local(bytes) => self.cout.extend_from_slice(&bytes),
+                    Slot::LocalProto { resp2, resp3 } => self
+                        .cout
+                        .extend_from_slice(if self.resp3 { &resp3 } else { &resp2 }),
                     Slot::Upstream { forward: true, .. } => {
                         self.cout.extend_from_slice(replies::UPSTREAM_LOST)
                     }

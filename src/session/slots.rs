@@ -49,6 +49,9 @@ pub enum Hook {
 pub enum Slot {
     /// A reply redward wrote itself.
     Local(Bytes),
+    /// A reply redward wrote itself whose encoding depends on the protocol (maps, sets, nulls);
+    /// the one in force when it reaches the client is used.
+    LocalProto { resp2: Bytes, resp3: Bytes },
     /// Replies owed by Redis. `forward: false` swallows them (redward's own requests).
     Upstream {
         expect: Expect,
