@@ -167,6 +167,16 @@ pub fn dryrun<A: Argv + ?Sized>(user: &User, argv: &A) -> Vec<u8> {
     }
 }
 
+/// Whether one selector allows the request (`ACLSelectorCheckCmd(...) == ACL_OK`).
+pub(crate) fn selector_allows<A: Argv + ?Sized>(
+    sel: &Selector,
+    cmd: &'static CommandSpec,
+    argv: &A,
+) -> bool {
+    let mut keys = None;
+    check_selector(sel, cmd, command_id(cmd), argv, &mut keys).is_ok()
+}
+
 /// Redis 7.0 `ACLSelectorCheckCmd`: command bit (or allowed first argument), then keys, then
 /// channels. `keys` caches the key positions between selectors, as Redis does.
 fn check_selector<A: Argv + ?Sized>(

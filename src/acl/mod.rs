@@ -26,6 +26,7 @@ mod describe;
 pub mod glob;
 mod keys;
 pub mod rules;
+mod sort;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +35,7 @@ pub use describe::{describe, describe_selector_commands};
 pub use glob::stringmatch;
 pub use keys::{command_keys, KeyRef};
 pub use rules::{command_id, parse_user, parse_user_args, KeyPattern, RuleError, Selector};
+pub use sort::sort_refusal;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

@@ -673,6 +673,11 @@ impl State {
                 self.reject(reply);
                 return Outcome::Done;
             }
+            if let Some(refusal) = acl::sort_refusal(&user, spec, req) {
+                // Redis refuses these inside SORT itself (not a NOPERM, not in ACL LOG).
+                self.local(Bytes::from_static(refusal));
+                return Outcome::Done;
+            }
         }
         if is_acl {
             match acl_cmd::answer(req, &user, &self.shared.users, &self.shared.audit) {
