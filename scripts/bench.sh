@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh — redward beside Redis's own TLS, stunnel and HAProxy, measured with redis-benchmark.
 #
-# Usage: scripts/bench.sh [options]
+# Usage: scripts/bench.sh [options]        (defaults take ~9 min; --quick ~2 min)
 #   --quick            3 rounds of ~0.8 s runs (default: 5 rounds of ~3 s)
 #   --rounds N         measured rounds; each runs every workload on every target, order rotated
 #   --seconds S        target length of one run; -n is sized by a warm-up run per target/workload
@@ -36,6 +36,7 @@
 # Needs root for apt-get (redis-server redis-tools stunnel4 haproxy openssl procps util-linux are
 # installed when missing). Everything listens on 127.0.0.1 only; every process runs in its own
 # session (setsid) and is stopped on exit, Ctrl-C included.
+# Reprint a saved run: python3 scripts/bench_report.py report DIR
 # Exit status: 0 every run clean, 1 some run had errors (listed under the tables), 2 set-up failed.
 set -uo pipefail
 
@@ -80,6 +81,9 @@ if [ "$QUICK" = 1 ]; then : "${ROUNDS:=3}" "${SECS:=0.8}"; fi
 want() { [[ ",$TARGET_LIST," == *",$1,"* ]]; }
 for t in ${TARGET_LIST//,/ }; do
   case "$t" in direct|redis-tls|stunnel|haproxy|redward) ;; *) die "unknown target: $t" ;; esac
+done
+for w in ${WORKLOADS//,/ }; do
+  case "$w" in set-P1|get-P1|set-P16|get-P16|get-16KiB|churn) ;; *) die "unknown workload: $w" ;; esac
 done
 [ "$IDLE" -gt 0 ] && TARGET_LIST="redward"
 
@@ -244,7 +248,7 @@ if want haproxy; then
   [ -n "$HAPROXY" ] || die "haproxy is not installed"
   cat > "$WORK/haproxy.cfg" <<EOF
 global
-  maxconn 20000
+  maxconn 4000
 defaults
   mode tcp
   timeout connect 5s
@@ -280,7 +284,7 @@ users:
 EOF
   "$REDWARD" check --config "$WORK/redward.yaml" >"$LOGS/redward-check.log" 2>&1 ||
     { cat "$LOGS/redward-check.log" >&2; die "redward check rejects its configuration"; }
-  spawn redward "$REDWARD" --config "$WORK/redward.yaml"
+  spawn redward env NO_COLOR=1 "$REDWARD" --config "$WORK/redward.yaml"
   REDWARD_SID=$SPAWNED
   wait_listening redward "$REDWARD_PORT" "$REDWARD_SID"
   echo "redward $REDWARD_PORT 1 $REDWARD_SID proxy" >> "$TARGETS"
@@ -343,17 +347,27 @@ RUNNER=$!; SIDS=("$RUNNER" "${SIDS[@]}")
 wait "$RUNNER"; rc=$?
 [ "$rc" = 0 ] || die "the measurement loop failed (exit $rc)"
 
-# redward's log: a panic, an error or a warning under load is a finding
+# Findings for the report: a target that stopped during the run (with the end of its log), and
+# panics, errors, warnings or a stop signal in redward's log.
+findings=""
+while read -r name _ _ sid _; do
+  state=$(ps -o stat= -p "$sid" 2>/dev/null)
+  if [ -z "$state" ] || [[ "$state" == Z* ]]; then
+    log=redis; [ "$sid" = "$REDIS_SID" ] || log=$name
+    findings+="$name stopped during the run; end of logs/$log.log: $(tail -n 3 "$LOGS/$log.log" | tr '\n' ' ')"$'\n'
+  fi
+done < "$TARGETS"
 if [ -n "$REDWARD_SID" ]; then
-  findings=$(grep -a -E -i 'panic|\bERROR\b|\bWARN\b' "$LOGS/redward.log" | sort | uniq -c | sort -rn | head -n 10)
-  if [ -n "$findings" ]; then
-    python3 - "$OUT/meta.json" "$findings" <<'EOF'
+  findings+=$(sed 's/\x1b\[[0-9;]*m//g' "$LOGS/redward.log" |
+    grep -a -E -i 'panic|\bERROR\b|\bWARN\b|shutdown requested' | sed 's/^[^ ]* *//' | sort | uniq -c | sort -rn | head -n 10)
+fi
+if [ -n "$findings" ]; then
+  python3 - "$OUT/meta.json" "$findings" <<'EOF'
 import json, sys
 meta = json.load(open(sys.argv[1]))
-meta["log_findings"] = ["redward.log: " + l.strip()[:300] for l in sys.argv[2].splitlines()]
+meta["log_findings"] = [l.strip()[:400] for l in sys.argv[2].splitlines() if l.strip()]
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
-  fi
 fi
 echo >&2
 python3 "$PY" report "$OUT"

@@ -18,6 +18,9 @@ pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod limits;
 pub mod listener;
 pub mod resp;
 pub mod session;
@@ -100,19 +103,28 @@ impl Server {
                     addr: l.addr,
                     source,
                 })?;
-            let listener =
-                listener::Listener::new(tcp, tls).map_err(|source| StartError::Bind {
+            let listener = listener::Listener::new(tcp, tls, l.clone()).map_err(|source| {
+                StartError::Bind {
                     index,
                     addr: l.addr,
                     source,
-                })?;
+                }
+            })?;
             listeners.push(listener);
         }
+        let limiter = Arc::new(limits::Limiter::new(cfg.connection_limits));
+        let command_rates = cfg
+            .command_rates
+            .iter()
+            .map(|(name, rate)| (name.clone(), Arc::new(limits::command_rate(*rate))))
+            .collect();
         let shared = Arc::new(session::Shared {
             users: cfg.users.clone(),
             limits: cfg.limits,
             connector,
             audit,
+            limiter,
+            command_rates,
         });
         Ok(Server {
             listeners,
@@ -137,7 +149,19 @@ impl Server {
         for l in self.listeners {
             tasks.spawn(l.accept_loop(Arc::clone(&self.shared), stop.clone(), tasks.clone()));
         }
+        // Forget rate-limiter state of addresses that went quiet, so it stays bounded.
+        let housekeeping = {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    shared.limiter.housekeeping();
+                }
+            })
+        };
         shutdown.await;
+        housekeeping.abort();
         stop.cancel();
         tasks.close();
         if tokio::time::timeout(self.grace, tasks.wait())

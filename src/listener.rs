@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::config::ListenerConfig;
+use crate::limits::Refused;
 use crate::session::{self, Shared};
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin a core.
@@ -23,12 +25,22 @@ pub struct Listener {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     addr: SocketAddr,
+    cfg: ListenerConfig,
 }
 
 impl Listener {
-    pub fn new(tcp: TcpListener, tls: Option<TlsAcceptor>) -> std::io::Result<Self> {
+    pub fn new(
+        tcp: TcpListener,
+        tls: Option<TlsAcceptor>,
+        cfg: ListenerConfig,
+    ) -> std::io::Result<Self> {
         let addr = tcp.local_addr()?;
-        Ok(Listener { tcp, tls, addr })
+        Ok(Listener {
+            tcp,
+            tls,
+            addr,
+            cfg,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -43,6 +55,7 @@ impl Listener {
         tasks: TaskTracker,
     ) {
         info!(addr = %self.addr, tls = self.tls.is_some(), "listening");
+        let mut refused = RefusalLog::default();
         loop {
             let accepted = tokio::select! {
                 () = stop.cancelled() => break,
@@ -56,19 +69,53 @@ impl Listener {
                     continue;
                 }
             };
+            // Cheap refusals first, before any TLS work: the allow-list, then the caps.
+            if !self.cfg.admits(peer.ip()) {
+                refused.log(Refused::NotAllowed, peer);
+                continue; // dropping the socket closes it
+            }
+            let guard = match shared.limiter.admit(peer.ip()) {
+                Ok(guard) => guard,
+                Err(why) => {
+                    refused.log(why, peer);
+                    continue;
+                }
+            };
             let span = tracing::debug_span!("conn", %peer);
+            let (tls, shared, stop) = (self.tls.clone(), Arc::clone(&shared), stop.clone());
             tasks.spawn(
-                handle(
-                    tcp,
-                    peer,
-                    self.tls.clone(),
-                    Arc::clone(&shared),
-                    stop.clone(),
-                )
+                async move {
+                    handle(tcp, peer, tls, shared, stop).await;
+                    drop(guard);
+                }
                 .instrument(span),
             );
         }
         info!(addr = %self.addr, "stopped accepting");
+    }
+}
+
+/// Logs refused connections without letting a flood flood the log: the first of each second
+/// is logged with the number refused since the last line.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn log(&mut self, why: Refused, peer: SocketAddr) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        warn!(%peer, reason = why.label(), also_refused = self.suppressed, "connection refused: {why}");
+        self.last = Some(now);
+        self.suppressed = 0;
     }
 }
 

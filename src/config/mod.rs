@@ -94,6 +94,12 @@ pub struct RawListener {
     /// passwords) to the network; it must be asked for by name.
     #[serde(default)]
     pub allow_plaintext_non_loopback: bool,
+    /// Networks allowed to connect (default: everyone); checked right after accept.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Networks refused even if allowed.
+    #[serde(default)]
+    pub deny: Vec<ipnet::IpNet>,
 }
 
 /// `tls: off`, or the listener's certificate settings.
@@ -172,6 +178,9 @@ pub struct RawUpstreamTls {
 pub struct RawUser {
     pub name: String,
     pub rules: String,
+    /// Optional per-user command rate; over it commands are refused, not forwarded.
+    #[serde(default)]
+    pub commands_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +207,33 @@ pub struct RawLimits {
     /// Requests in flight per connection before redward stops reading from the client.
     #[serde(default)]
     pub max_pipeline: Option<usize>,
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    #[serde(default)]
+    pub connections_per_second_per_ip: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default)]
+    pub auth_failures_per_minute: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub auth_lockout: Option<Duration>,
+    #[serde(default)]
+    pub output_buffer_limit: Option<RawOutputLimit>,
+}
+
+/// Like Redis's `client-output-buffer-limit pubsub`: what a subscriber or MONITOR client may
+/// leave unread before it is disconnected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutputLimit {
+    #[serde(default, deserialize_with = "size")]
+    pub hard: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub soft: Option<u64>,
+    #[serde(default)]
+    pub soft_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,6 +27,21 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Requests awaiting replies per connection before redward stops reading more from the client
 /// (backpressure); deep enough for any sane pipeline.
 pub const DEFAULT_MAX_PIPELINE: usize = 64 * 1024;
+/// Connections over all listeners (Redis's `maxclients` default).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Connections from one address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+/// New connections per second from one address (burst of the same size).
+pub const DEFAULT_CONNECTIONS_PER_SECOND_PER_IP: u32 = 200;
+/// Failed logins per minute from one address before it is locked out.
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 10;
+/// How long a locked-out address stays locked out.
+pub const DEFAULT_AUTH_LOCKOUT: Duration = Duration::from_secs(300);
+/// Unread output a subscriber/MONITOR client may have before it is disconnected (hard), or
+/// may keep above `soft` for `soft_seconds`.
+pub const DEFAULT_OUTPUT_HARD: usize = 64 * 1024 * 1024;
+pub const DEFAULT_OUTPUT_SOFT: usize = 16 * 1024 * 1024;
+pub const DEFAULT_OUTPUT_SOFT_SECONDS: u64 = 60;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -42,6 +57,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where audit events are appended as JSON lines, if anywhere.
     pub audit_file: Option<PathBuf>,
+    pub connection_limits: crate::limits::LimitSettings,
+    /// `commands_per_second` by user name.
+    pub command_rates: HashMap<String, std::num::NonZeroU32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +73,23 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// `None` only when the file says `tls: off`.
     pub tls: Option<ClientTls>,
+    /// Empty = every address; otherwise the peer must be in one of these networks.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Refused even when allowed.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl ListenerConfig {
+    /// Whether a peer may connect to this listener.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+            && !self.deny.iter().any(|n| n.contains(&ip))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +161,11 @@ pub struct ProtocolLimits {
     pub max_inline_len: usize,
     pub client_write_timeout: Duration,
     pub max_pipeline: usize,
+    /// 0 = off. Never applied to subscribers, MONITOR, or clients waiting for a reply.
+    pub idle_timeout: Duration,
+    pub output_hard: usize,
+    pub output_soft: usize,
+    pub output_soft_seconds: u64,
 }
 
 impl Default for ProtocolLimits {
@@ -137,6 +177,10 @@ impl Default for ProtocolLimits {
             max_inline_len: crate::resp::request::PROTO_INLINE_MAX_SIZE,
             client_write_timeout: DEFAULT_CLIENT_WRITE_TIMEOUT,
             max_pipeline: DEFAULT_MAX_PIPELINE,
+            idle_timeout: Duration::ZERO,
+            output_hard: DEFAULT_OUTPUT_HARD,
+            output_soft: DEFAULT_OUTPUT_SOFT,
+            output_soft_seconds: DEFAULT_OUTPUT_SOFT_SECONDS,
         }
     }
 }
@@ -237,12 +281,18 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
                 None
             }
         };
-        listeners.push(ListenerConfig { addr, tls });
+        listeners.push(ListenerConfig {
+            addr,
+            tls,
+            allow: l.allow,
+            deny: l.deny,
+        });
     }
 
     let upstream = upstream(raw.upstream, base)?;
 
     let mut users = Vec::with_capacity(raw.users.len());
+    let mut command_rates = HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for (i, u) in raw.users.into_iter().enumerate() {
         let field = format!("users[{i}]");
@@ -265,6 +315,15 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         let rules = expand_env(&format!("{field}.rules"), &u.rules)?;
         let user = acl::parse_user(&u.name, &rules)
             .map_err(|e| ConfigError::invalid(format!("{field}.rules"), e.to_string()))?;
+        if let Some(rate) = u.commands_per_second {
+            let rate = std::num::NonZeroU32::new(rate).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{field}.commands_per_second"),
+                    "must be greater than 0",
+                )
+            })?;
+            command_rates.insert(u.name.clone(), rate);
+        }
         users.push(user);
     }
     if let Some(path) = &raw.acl_file {
@@ -332,6 +391,62 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             Some(n) => n,
             None => d.max_pipeline,
         },
+        ..d
+    };
+
+    let positive = |field: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(ConfigError::invalid(field, "must be greater than 0")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let rate = |field: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(ConfigError::invalid(field, "must be greater than 0")),
+        Some(n) => Ok(std::num::NonZeroU32::new(n)),
+        None => Ok(std::num::NonZeroU32::new(default)),
+    };
+    let connection_limits = crate::limits::LimitSettings {
+        max_connections: positive(
+            "limits.max_connections",
+            l.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        )?,
+        max_connections_per_ip: positive(
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip,
+            DEFAULT_MAX_CONNECTIONS_PER_IP,
+        )?,
+        connections_per_second_per_ip: rate(
+            "limits.connections_per_second_per_ip",
+            l.connections_per_second_per_ip,
+            DEFAULT_CONNECTIONS_PER_SECOND_PER_IP,
+        )?,
+        auth_failures_per_minute: rate(
+            "limits.auth_failures_per_minute",
+            l.auth_failures_per_minute,
+            DEFAULT_AUTH_FAILURES_PER_MINUTE,
+        )?,
+        auth_lockout: nonzero("limits.auth_lockout", l.auth_lockout, DEFAULT_AUTH_LOCKOUT)?,
+    };
+    let out = l.output_buffer_limit.unwrap_or_default();
+    let size = |field: &str, v: Option<u64>, default: usize| match v {
+        Some(n) if n >= 1024 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(_) => Err(ConfigError::invalid(field, "must be at least 1kb")),
+        None => Ok(default),
+    };
+    let limits = ProtocolLimits {
+        idle_timeout: l.idle_timeout.unwrap_or(Duration::ZERO),
+        output_hard: size(
+            "limits.output_buffer_limit.hard",
+            out.hard,
+            DEFAULT_OUTPUT_HARD,
+        )?,
+        output_soft: size(
+            "limits.output_buffer_limit.soft",
+            out.soft,
+            DEFAULT_OUTPUT_SOFT,
+        )?,
+        output_soft_seconds: out.soft_seconds.unwrap_or(DEFAULT_OUTPUT_SOFT_SECONDS),
+        ..limits
     };
 
     let log_format = match raw.log.format.as_deref() {
@@ -355,6 +470,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         log_level: raw.log.level,
         log_format,
         audit_file: raw.audit.and_then(|a| a.file).map(|f| resolve(base, &f)),
+        connection_limits,
+        command_rates,
     })
 }
 

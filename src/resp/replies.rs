@@ -38,6 +38,12 @@ configured for the default user. Are you sure your configuration is correct?\r\n
 pub const BAD_CLIENT_NAME: &[u8] =
     b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
 
+/// redward's own: this address failed to log in too often and is locked out for a while.
+pub const AUTH_LOCKED: &[u8] = b"-ERR too many failed authentication attempts, try again later\r\n";
+/// redward's own: the user's `commands_per_second` is exhausted; the command was not sent.
+pub const COMMAND_RATE_EXCEEDED: &[u8] =
+    b"-ERR command rate limit exceeded for this user, try again later\r\n";
+
 /// redward's own: the upstream Redis could not be reached or refused redward's credentials.
 /// The client may retry; nothing of the request was sent.
 pub const UPSTREAM_UNAVAILABLE: &[u8] = b"-ERR upstream Redis unavailable, try again later\r\n";

@@ -59,6 +59,9 @@ pub struct Shared {
     pub limits: ProtocolLimits,
     pub connector: Connector,
     pub audit: Arc<Audit>,
+    pub limiter: Arc<crate::limits::Limiter>,
+    /// `commands_per_second`, by user name.
+    pub command_rates: std::collections::HashMap<String, Arc<crate::limits::CommandRate>>,
 }
 
 /// Why a session ended abnormally (the peer hanging up is not an error).
@@ -80,6 +83,10 @@ pub enum SessionError {
     AuthTimeout,
     #[error("client stopped reading replies")]
     WriteTimeout,
+    #[error("subscriber output buffer over its limit")]
+    OutputLimit,
+    #[error("idle timeout")]
+    IdleTimeout,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -122,6 +129,12 @@ where
     let mut client_flush = false;
     let mut draining = false;
     let login_deadline = Instant::now() + st.shared.limits.auth_timeout;
+    let idle_timeout = st.shared.limits.idle_timeout;
+    let mut idle_deadline = Instant::now() + idle_timeout;
+    let mut soft_since: Option<Instant> = None;
+    // Created once: re-creating it every turn would re-register a waiter each time.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let mut write_deadline: Option<Instant> = None;
 
     let result = 'session: loop {
@@ -180,6 +193,24 @@ where
         if let Err(e) = st.take_replies(&mut scanner, &mut uin) {
             break Err(e);
         }
+        // A subscriber or MONITOR client that does not read: Redis's
+        // client-output-buffer-limit, applied here (hard cap, or soft cap for too long).
+        if st.streaming() {
+            let limits = &st.shared.limits;
+            if st.cout.len() >= limits.output_hard {
+                warn!(%peer, buffered = st.cout.len(), "output buffer hard limit reached; closing");
+                break Err(SessionError::OutputLimit);
+            }
+            if st.cout.len() > limits.output_soft {
+                let since = *soft_since.get_or_insert_with(Instant::now);
+                if since.elapsed().as_secs() >= limits.output_soft_seconds {
+                    warn!(%peer, buffered = st.cout.len(), "output buffer soft limit exceeded for too long; closing");
+                    break Err(SessionError::OutputLimit);
+                }
+            } else {
+                soft_since = None;
+            }
+        }
 
         // 3. Done? (QUIT or a protocol error answered, or a drain finished.)
         if st.closed && st.cout.is_empty() && !client_flush {
@@ -198,7 +229,10 @@ where
             && !draining
             && st.slots.len() < st.shared.limits.max_pipeline
             && st.uout.len() < UPSTREAM_OUT_HIGH;
-        let read_upstream = upstream.is_some() && st.cout.len() < CLIENT_OUT_HIGH;
+        let read_upstream = upstream.is_some() && st.cout.len() < st.client_out_cap();
+        // The idle timeout never applies to subscribers, MONITOR, or a client waiting for a
+        // reply (a blocking command): only to a connection with nothing going on.
+        let idle_applies = !idle_timeout.is_zero() && st.slots.is_empty() && !st.streaming();
         let logged_in = st.user.is_some();
         if st.cout.is_empty() && !client_flush {
             write_deadline = None;
@@ -237,10 +271,13 @@ where
             () = sleep_until(login_deadline), if !logged_in && !st.closing => {
                 break Err(SessionError::AuthTimeout);
             }
+            () = sleep_until(idle_deadline), if idle_applies => {
+                break Err(SessionError::IdleTimeout);
+            }
             () = sleep_until(write_by), if write_deadline.is_some() => {
                 break Err(SessionError::WriteTimeout);
             }
-            () = shutdown.cancelled(), if !draining => {
+            () = &mut cancelled, if !draining => {
                 draining = true;
                 continue;
             }
@@ -254,7 +291,11 @@ where
             }
             // The client hung up; Redis drops a closed client's pending replies too.
             IoEvent::ClientRead(Ok(0)) => break Ok(()),
-            IoEvent::ClientRead(Ok(_)) => {}
+            IoEvent::ClientRead(Ok(_)) => {
+                if !idle_timeout.is_zero() {
+                    idle_deadline = Instant::now() + idle_timeout;
+                }
+            }
             IoEvent::ClientRead(Err(e)) => break Err(SessionError::ClientIo(e)),
             IoEvent::UpstreamRead(Ok(0)) => {
                 break st.upstream_failed(&scanner, SessionError::UpstreamClosed);
@@ -511,6 +552,22 @@ impl State {
         }
     }
 
+    /// A subscriber or MONITOR connection: the upstream sends without being asked.
+    fn streaming(&self) -> bool {
+        self.subs.any() || self.monitor
+    }
+
+    /// Replies buffered for the client before redward stops reading from Redis. Request and
+    /// reply traffic is held back (Redis keeps the data); a stream would only make Redis drop
+    /// redward's connection at its own limit, so it is buffered here up to the output limit.
+    fn client_out_cap(&self) -> usize {
+        if self.streaming() {
+            self.shared.limits.output_hard
+        } else {
+            CLIENT_OUT_HIGH
+        }
+    }
+
     fn frame_limits(&self) -> Limits {
         let l = &self.shared.limits;
         Limits::new(l.max_bulk_len, l.max_inline_len, self.user.is_some())
@@ -679,6 +736,12 @@ impl State {
                 return Outcome::Done;
             }
         }
+        if let Some(rate) = self.shared.command_rates.get(&user.name) {
+            if rate.check().is_err() {
+                self.reject(Bytes::from_static(replies::COMMAND_RATE_EXCEEDED));
+                return Outcome::Done;
+            }
+        }
         if is_acl {
             match acl_cmd::answer(req, &user, &self.shared.users, &self.shared.audit) {
                 acl_cmd::Answer::Local(reply) => {
@@ -803,7 +866,21 @@ impl State {
         Outcome::Done
     }
 
+    /// Brute-force defence: an address over its failed-login quota is refused without the
+    /// password being looked at.
+    fn auth_locked_out(&mut self, req: &Request<'_>) -> bool {
+        if !self.shared.limiter.auth_locked(self.peer.ip()) {
+            return false;
+        }
+        self.audit_auth_failure(req, "(locked out)".to_owned());
+        self.local(Bytes::from_static(replies::AUTH_LOCKED));
+        true
+    }
+
     fn do_auth(&mut self, req: &Request<'_>) {
+        if req.argc() <= 3 && self.auth_locked_out(req) {
+            return;
+        }
         match auth::auth(&self.shared.users, req) {
             AuthOutcome::LoggedIn(user) => {
                 debug!(peer = %self.peer, user = %user.name, "authenticated");
@@ -813,6 +890,7 @@ impl State {
             AuthOutcome::Refused { reply, failed_user } => {
                 if let Some(u) = failed_user {
                     self.audit_auth_failure(req, u);
+                    self.shared.limiter.auth_failed(self.peer.ip());
                 }
                 self.local(reply);
             }
@@ -824,11 +902,16 @@ impl State {
             self.local(Bytes::from(e.reply(req)));
             return Outcome::Done;
         }
+        let has_auth = req.args().skip(2).any(|a| a.eq_ignore_ascii_case(b"auth"));
+        if has_auth && self.auth_locked_out(req) {
+            return Outcome::Done;
+        }
         let out = auth::hello(&self.shared.users, req, self.user.is_some());
         let fwd = match out.result {
             Err(reply) => {
                 if let Some(u) = out.failed_user {
                     self.audit_auth_failure(req, u);
+                    self.shared.limiter.auth_failed(self.peer.ip());
                 }
                 if let Some(user) = out.login {
                     self.user = Some(user);
@@ -979,7 +1062,7 @@ impl State {
     ) -> Result<(), SessionError> {
         loop {
             self.release_front();
-            if self.closed || uin.is_empty() || self.cout.len() >= CLIENT_OUT_HIGH {
+            if self.closed || uin.is_empty() || self.cout.len() >= self.client_out_cap() {
                 return Ok(());
             }
             let step = scanner.advance(uin)?;

@@ -1,0 +1,295 @@
+//! Abuse limits checked where they are cheap: connection caps and per-address connection rate
+//! at accept (before any TLS work), failed logins per address (brute-force lockout), and
+//! per-user command rates. Built on governor (GCRA), generic over its clock so tests can use a
+//! fake one.
+//!
+//! Lockout is per source address, never per account: an attacker guessing `app`'s password
+//! from one address cannot lock `app` out for everyone else.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// Why a connection was refused at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("address not allowed on this listener")]
+    NotAllowed,
+    #[error("max_connections reached")]
+    TooManyConnections,
+    #[error("max_connections_per_ip reached")]
+    TooManyFromAddress,
+    #[error("connections_per_second_per_ip exceeded")]
+    RateExceeded,
+}
+
+impl Refused {
+    /// Short label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::NotAllowed => "not_allowed",
+            Refused::TooManyConnections => "max_connections",
+            Refused::TooManyFromAddress => "max_connections_per_ip",
+            Refused::RateExceeded => "connection_rate",
+        }
+    }
+}
+
+/// Limit settings (from `limits:` in the config).
+#[derive(Clone, Copy, Debug)]
+pub struct LimitSettings {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub connections_per_second_per_ip: Option<NonZeroU32>,
+    pub auth_failures_per_minute: Option<NonZeroU32>,
+    pub auth_lockout: Duration,
+}
+
+type KeyedLimiter<C> =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Process-wide limits.
+pub struct Limiter<C: Clock + Clone = DefaultClock> {
+    settings: LimitSettings,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    conn_rate: Option<KeyedLimiter<C>>,
+    auth_rate: Option<KeyedLimiter<C>>,
+    lockouts: Mutex<HashMap<IpAddr, C::Instant>>,
+    clock: C,
+}
+
+impl<C: Clock + Clone> std::fmt::Debug for Limiter<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limiter<DefaultClock> {
+    pub fn new(settings: LimitSettings) -> Self {
+        Limiter::with_clock(settings, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Limiter<C> {
+    pub fn with_clock(settings: LimitSettings, clock: C) -> Self {
+        let keyed = |rate: Option<NonZeroU32>, per_minute: bool| {
+            rate.map(|r| {
+                let quota = if per_minute {
+                    Quota::per_minute(r)
+                } else {
+                    Quota::per_second(r)
+                };
+                RateLimiter::dashmap_with_clock(quota, clock.clone())
+            })
+        };
+        Limiter {
+            settings,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            conn_rate: keyed(settings.connections_per_second_per_ip, false),
+            auth_rate: keyed(settings.auth_failures_per_minute, true),
+            lockouts: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+
+    /// Admits a new connection from `ip` or says why not. The guard releases the counts when
+    /// the connection ends.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard<C>, Refused> {
+        if let Some(rate) = &self.conn_rate {
+            if rate.check_key(&ip).is_err() {
+                return Err(Refused::RateExceeded);
+            }
+        }
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.settings.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::TooManyConnections);
+        }
+        let Ok(mut per_ip) = self.per_ip.lock() else {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::TooManyConnections);
+        };
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.settings.max_connections_per_ip {
+            drop(per_ip);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::TooManyFromAddress);
+        }
+        *n += 1;
+        Ok(ConnGuard {
+            limiter: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Connections currently open (all listeners).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether logins from `ip` are refused right now (without checking any password).
+    pub fn auth_locked(&self, ip: IpAddr) -> bool {
+        let now = self.clock.now();
+        let Ok(mut lockouts) = self.lockouts.lock() else {
+            return true;
+        };
+        match lockouts.get(&ip) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                lockouts.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a failed login from `ip`; past the quota the address is locked out for
+    /// `auth_lockout`. Returns whether it is now locked.
+    pub fn auth_failed(&self, ip: IpAddr) -> bool {
+        let Some(rate) = &self.auth_rate else {
+            return false;
+        };
+        if rate.check_key(&ip).is_ok() {
+            return false;
+        }
+        let until = self.clock.now() + self.settings.auth_lockout.into();
+        if let Ok(mut lockouts) = self.lockouts.lock() {
+            // Bounded: expired entries go first, and the map never holds more than the
+            // addresses that failed within one lockout period.
+            let now = self.clock.now();
+            if lockouts.len() > 10_000 {
+                lockouts.retain(|_, t| *t > now);
+            }
+            lockouts.insert(ip, until);
+        }
+        true
+    }
+
+    /// Drops rate-limiter state for addresses that have been quiet (call periodically).
+    pub fn housekeeping(&self) {
+        if let Some(r) = &self.conn_rate {
+            r.retain_recent();
+        }
+        if let Some(r) = &self.auth_rate {
+            r.retain_recent();
+        }
+        let now = self.clock.now();
+        if let Ok(mut l) = self.lockouts.lock() {
+            l.retain(|_, t| *t > now);
+        }
+    }
+
+    fn release(&self, ip: IpAddr) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut per_ip) = self.per_ip.lock() {
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Proof that a connection was admitted; releases its slot on drop.
+pub struct ConnGuard<C: Clock + Clone = DefaultClock> {
+    limiter: Arc<Limiter<C>>,
+    ip: IpAddr,
+}
+
+impl<C: Clock + Clone> Drop for ConnGuard<C> {
+    fn drop(&mut self) {
+        self.limiter.release(self.ip);
+    }
+}
+
+/// A user's command rate (`commands_per_second`).
+pub type CommandRate = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+pub fn command_rate(per_second: NonZeroU32) -> CommandRate {
+    RateLimiter::direct(Quota::per_second(per_second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn settings() -> LimitSettings {
+        LimitSettings {
+            max_connections: 3,
+            max_connections_per_ip: 2,
+            connections_per_second_per_ip: NonZeroU32::new(100),
+            auth_failures_per_minute: NonZeroU32::new(3),
+            auth_lockout: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn connection_caps_are_global_and_per_address_and_released_on_drop() {
+        let l = Arc::new(Limiter::with_clock(
+            settings(),
+            FakeRelativeClock::default(),
+        ));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = l.admit(a).unwrap();
+        let _g2 = l.admit(a).unwrap();
+        assert_eq!(l.admit(a).err(), Some(Refused::TooManyFromAddress));
+        let _g3 = l.admit(b).unwrap();
+        assert_eq!(l.admit(b).err(), Some(Refused::TooManyConnections));
+        drop(g1);
+        assert!(l.admit(b).is_ok());
+    }
+
+    #[test]
+    fn failed_logins_lock_out_one_address_for_the_lockout_period() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(settings(), clock.clone());
+        let bad: IpAddr = "10.0.0.1".parse().unwrap();
+        let good: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(!l.auth_failed(bad));
+        }
+        assert!(l.auth_failed(bad));
+        assert!(l.auth_locked(bad));
+        assert!(!l.auth_locked(good));
+        clock.advance(Duration::from_secs(299));
+        assert!(l.auth_locked(bad));
+        clock.advance(Duration::from_secs(2));
+        assert!(!l.auth_locked(bad));
+    }
+
+    #[test]
+    fn connection_rate_is_per_address() {
+        let mut s = settings();
+        s.max_connections = 1000;
+        s.max_connections_per_ip = 1000;
+        s.connections_per_second_per_ip = NonZeroU32::new(5);
+        let clock = FakeRelativeClock::default();
+        let l = Arc::new(Limiter::with_clock(s, clock.clone()));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut guards = Vec::new();
+        for _ in 0..5 {
+            guards.push(l.admit(a).unwrap());
+        }
+        assert_eq!(l.admit(a).err(), Some(Refused::RateExceeded));
+        assert!(l.admit("10.0.0.9".parse().unwrap()).is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert!(l.admit(a).is_ok());
+    }
+}
