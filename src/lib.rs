@@ -62,6 +62,21 @@ pub enum StartError {
     },
 }
 
+/// Listen backlog: a burst of new connections waits in the kernel instead of being dropped
+/// (with SYN cookies a dropped one looks connected to the client but is not).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A bound, ready-to-run proxy. Binding is separate from running so that every start-up
 /// failure happens before anyone is served, and so tests can bind port 0 and read the port.
 pub struct Server {
@@ -96,13 +111,11 @@ impl Server {
                 )),
                 None => None,
             };
-            let tcp = TcpListener::bind(l.addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    index,
-                    addr: l.addr,
-                    source,
-                })?;
+            let tcp = bind(l.addr).map_err(|source| StartError::Bind {
+                index,
+                addr: l.addr,
+                source,
+            })?;
             let listener = listener::Listener::new(tcp, tls, l.clone()).map_err(|source| {
                 StartError::Bind {
                     index,

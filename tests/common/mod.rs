@@ -323,6 +323,26 @@ pub enum Raw {
 
 impl Raw {
     pub async fn tls(addr: SocketAddr, ca: &Path) -> Raw {
+        Raw::tls_from(addr, ca, None).await
+    }
+
+    /// Plain TCP to `addr` from a chosen loopback source address (127.0.0.2, ...).
+    pub async fn tcp_from(addr: SocketAddr, source: Option<&str>) -> std::io::Result<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(src) = source {
+            socket.bind(format!("{src}:0").parse().expect("source address"))?;
+        }
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true).ok();
+        Ok(tcp)
+    }
+
+    /// TLS from a chosen loopback source address; `Err` if redward closes the connection.
+    pub async fn try_tls_from(
+        addr: SocketAddr,
+        ca: &Path,
+        source: Option<&str>,
+    ) -> std::io::Result<Raw> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in redward::tls::load_certs(ca).expect("ca") {
             roots.add(cert).expect("add ca");
@@ -331,19 +351,34 @@ impl Raw {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.set_nodelay(true).ok();
+        let tcp = Raw::tcp_from(addr, source).await?;
         let tls = connector
             .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await?;
+        Ok(Raw::Tls(Box::new(tls)))
+    }
+
+    pub async fn tls_from(addr: SocketAddr, ca: &Path, source: Option<&str>) -> Raw {
+        Raw::try_tls_from(addr, ca, source)
             .await
-            .expect("TLS handshake");
-        Raw::Tls(Box::new(tls))
+            .expect("TLS handshake")
     }
 
     pub async fn plain(addr: &str) -> Raw {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         tcp.set_nodelay(true).ok();
         Raw::Plain(tcp)
+    }
+
+    /// Writes without panicking (the peer may have closed).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Raw::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            Raw::Plain(s) => s.write_all(bytes).await,
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -479,4 +514,68 @@ pub async fn both(redis: &Redis, proxy: &Proxy, script: &[u8], replies: usize) -
     via.send(script).await;
     let v = via.replies(replies).await;
     (normalize(&d), normalize(&v))
+}
+
+/// A well-behaved client that keeps doing SET/GET round trips while a test attacks redward;
+/// it must see no error and make progress.
+pub struct Canary {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Canary {
+    /// Starts the canary and returns once its first round trip succeeded.
+    pub async fn start(proxy: &Proxy) -> Canary {
+        let client = proxy.client();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut first_tx = Some(first_tx);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(async move {
+            let mut ok = 0u64;
+            let mut errors = Vec::new();
+            let mut con = match client.get_multiplexed_async_connection().await {
+                Ok(c) => c,
+                Err(e) => return (0, vec![format!("connect: {e}")]),
+            };
+            let mut i = 0u64;
+            while !*stopped.borrow() {
+                i += 1;
+                let key = format!("canary:{}", i % 100);
+                let set: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(i)
+                    .query_async(&mut con)
+                    .await;
+                let get: redis::RedisResult<u64> =
+                    redis::cmd("GET").arg(&key).query_async(&mut con).await;
+                match (set, get) {
+                    (Ok(()), Ok(v)) if v == i => {
+                        ok += 1;
+                        if let Some(tx) = first_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    (s, g) => errors.push(format!("{s:?} {g:?}")),
+                }
+                tokio::select! {
+                    _ = stopped.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+            (ok, errors)
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), first_rx).await;
+        Canary { stop, handle }
+    }
+
+    /// Stops the canary and asserts it never failed and made progress.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        let (ok, errors) = self.handle.await.expect("canary task");
+        assert!(
+            errors.is_empty(),
+            "the well-behaved client saw errors: {errors:?}"
+        );
+        assert!(ok > 0, "the well-behaved client made no progress");
+    }
 }
