@@ -77,6 +77,27 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Reads the upstream's `COMMAND` so newer commands and modules are known. Redis may be down
+/// when redward starts: then the generated table alone is used, and that is logged.
+async fn learn_upstream_commands(connector: &upstream::Connector) {
+    match connector.command_table().await {
+        Ok(reply) => {
+            let extra = commands::discover::unknown_commands(&reply, |name| {
+                commands::lookup(name.as_bytes()).is_some()
+            });
+            let names: Vec<&str> = extra.iter().map(|c| c.name).collect();
+            let shown = names.join(" ");
+            let n = commands::register_extra(extra);
+            if n > 0 {
+                info!(count = n, commands = %shown, "learned commands from the upstream's COMMAND");
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "could not read COMMAND from the upstream; using the built-in command table")
+        }
+    }
+}
+
 /// A bound, ready-to-run proxy. Binding is separate from running so that every start-up
 /// failure happens before anyone is served, and so tests can bind port 0 and read the port.
 pub struct Server {
@@ -125,6 +146,7 @@ impl Server {
             })?;
             listeners.push(listener);
         }
+        learn_upstream_commands(&connector).await;
         let limiter = Arc::new(limits::Limiter::new(cfg.connection_limits));
         let command_rates = cfg
             .command_rates

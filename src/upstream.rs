@@ -158,6 +158,55 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// Asks the upstream for its `COMMAND` table (decoded). Used once at start-up to learn
+    /// commands the generated table lacks; bounded by `connect_timeout` and 16 MiB.
+    ///
+    /// # Errors
+    /// An [`UpstreamError`] when Redis is unreachable or the reply is not usable.
+    pub async fn command_table(
+        &self,
+    ) -> Result<redis_protocol::resp2::types::OwnedFrame, UpstreamError> {
+        let addr = self.cfg.addr.to_string();
+        let work = async {
+            let mut stream = self.connect_inner(&addr).await?;
+            let io = |source| UpstreamError::Connect {
+                addr: addr.clone(),
+                source,
+            };
+            stream
+                .write_all(b"*1\r\n$7\r\nCOMMAND\r\n")
+                .await
+                .map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            let mut buf = BytesMut::with_capacity(256 * 1024);
+            loop {
+                match redis_protocol::resp2::decode::decode(&buf) {
+                    Ok(Some((frame, _))) => return Ok(frame),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(UpstreamError::AuthRejected(format!("COMMAND reply: {e}")))
+                    }
+                }
+                if buf.len() > 16 * 1024 * 1024 {
+                    return Err(UpstreamError::AuthRejected(
+                        "COMMAND reply too large".into(),
+                    ));
+                }
+                if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                    return Err(UpstreamError::ClosedDuringAuth);
+                }
+            }
+        };
+        match tokio::time::timeout(self.cfg.connect_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout {
+                addr: self.cfg.addr.to_string(),
+            }),
+        }
+    }
+}
+
 /// Reads one `\r\n`-terminated line (at most 4 KiB): the reply to redward's AUTH.
 async fn read_line(stream: &mut UpstreamStream) -> io::Result<Option<BytesMut>> {
     let mut buf = BytesMut::with_capacity(128);

@@ -17,6 +17,7 @@
 
 use std::fmt;
 
+pub mod discover;
 mod table;
 
 pub use table::REDIS_VERSION;
@@ -266,12 +267,39 @@ fn short_name(spec: &CommandSpec) -> &str {
 #[must_use]
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     let mut buf = [0u8; table::MAX_NAME_LEN];
-    let lower = lower_into(name, &mut buf)?;
+    let Some(lower) = lower_into(name, &mut buf) else {
+        return lookup_extra(name);
+    };
     let cmds = table::COMMANDS;
-    let i = cmds
-        .binary_search_by(|c| c.name.as_bytes().cmp(lower))
-        .ok()?;
-    cmds.get(i)
+    match cmds.binary_search_by(|c| c.name.as_bytes().cmp(lower)) {
+        Ok(i) => cmds.get(i),
+        Err(_) => lookup_extra(name),
+    }
+}
+
+/// Commands the upstream knows and the generated table does not (a newer Redis, modules),
+/// learned from its `COMMAND` reply at start-up. Set once, before any client is served.
+static EXTRA: std::sync::OnceLock<Vec<&'static CommandSpec>> = std::sync::OnceLock::new();
+
+/// Registers upstream-only commands. Only the first call has an effect.
+pub fn register_extra(specs: Vec<CommandSpec>) -> usize {
+    let leaked: Vec<&'static CommandSpec> = specs
+        .into_iter()
+        .map(|s| &*Box::leak(Box::new(s)))
+        .collect();
+    let n = leaked.len();
+    if EXTRA.set(leaked).is_err() {
+        return 0;
+    }
+    n
+}
+
+fn lookup_extra(name: &[u8]) -> Option<&'static CommandSpec> {
+    EXTRA
+        .get()?
+        .iter()
+        .copied()
+        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Finds subcommand `name` (without the `parent|` prefix) of a container

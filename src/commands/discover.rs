@@ -1,0 +1,119 @@
+//! Learning commands from the upstream's own `COMMAND` reply, so a newer Redis or a module's
+//! commands are known (and can be allowed by `+@all` rules) without regenerating the table.
+//!
+//! Only commands missing from the generated table are taken. Their keys come from the legacy
+//! (first, last, step) positions and are treated as read *and* write, the conservative choice:
+//! a user needs both permissions on a key such a command touches. They have no ACL command
+//! bit, so only a user allowed every command (`+@all`) may run them.
+
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::{BeginSearch, CommandSpec, FindKeys, KeySpec, CATEGORIES, KS_ACCESS, KS_RW, KS_UPDATE};
+
+/// Parses a `COMMAND` reply (RESP2) into specs for the commands `known` does not have.
+pub fn unknown_commands(reply: &OwnedFrame, known: impl Fn(&str) -> bool) -> Vec<CommandSpec> {
+    let OwnedFrame::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| spec(e))
+        .filter(|s| !known(s.name))
+        .collect()
+}
+
+fn spec(entry: &OwnedFrame) -> Option<CommandSpec> {
+    let OwnedFrame::Array(f) = entry else {
+        return None;
+    };
+    let name = text(f.first()?)?.to_ascii_lowercase();
+    let arity = int(f.get(1)?)?;
+    let first = int(f.get(3)?)?;
+    let last = int(f.get(4)?)?;
+    let step = int(f.get(5)?)?;
+    let mut categories = 0u32;
+    if let Some(OwnedFrame::Array(cats)) = f.get(6) {
+        for c in cats {
+            if let Some(i) = text(c).and_then(|c| {
+                CATEGORIES
+                    .iter()
+                    .position(|k| c.strip_prefix('@') == Some(k))
+            }) {
+                categories |= 1 << i;
+            }
+        }
+    }
+    let key_specs: &'static [KeySpec] = if first > 0 {
+        Box::leak(Box::new([KeySpec {
+            flags: KS_RW | KS_ACCESS | KS_UPDATE,
+            begin_search: BeginSearch::Index(first),
+            find_keys: FindKeys::Range {
+                last_key: if last < 0 { last } else { last - first },
+                key_step: step.max(1),
+                limit: 0,
+            },
+        }]))
+    } else {
+        &[]
+    };
+    Some(CommandSpec {
+        name: Box::leak(name.into_boxed_str()),
+        arity,
+        flags: 0,
+        categories,
+        first_key: first,
+        last_key: last,
+        key_step: step,
+        key_specs,
+        subcommands: &[],
+    })
+}
+
+fn text(f: &OwnedFrame) -> Option<String> {
+    match f {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
+            String::from_utf8(b.clone()).ok()
+        }
+        _ => None,
+    }
+}
+
+fn int(f: &OwnedFrame) -> Option<i32> {
+    match f {
+        OwnedFrame::Integer(n) => i32::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> OwnedFrame {
+        OwnedFrame::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_module_command_is_learned_with_conservative_keys() {
+        let entry = |name: &str| {
+            OwnedFrame::Array(vec![
+                bulk(name),
+                OwnedFrame::Integer(-2),
+                OwnedFrame::Array(vec![OwnedFrame::SimpleString(b"write".to_vec())]),
+                OwnedFrame::Integer(1),
+                OwnedFrame::Integer(1),
+                OwnedFrame::Integer(1),
+                OwnedFrame::Array(vec![OwnedFrame::SimpleString(b"@write".to_vec())]),
+            ])
+        };
+        let reply = OwnedFrame::Array(vec![entry("get"), entry("JSON.SET")]);
+        let learned = unknown_commands(&reply, |n| n == "get");
+        assert_eq!(learned.len(), 1);
+        let spec = &learned[0];
+        assert_eq!(spec.name, "json.set");
+        assert_eq!(spec.arity, -2);
+        assert_eq!(spec.categories, 1 << 2);
+        assert_eq!(spec.key_specs.len(), 1);
+        assert_eq!(spec.key_specs[0].flags & KS_RW, KS_RW);
+    }
+}
