@@ -17,7 +17,7 @@ pub fn unknown_commands(reply: &OwnedFrame, known: impl Fn(&str) -> bool) -> Vec
     };
     entries
         .iter()
-        .filter_map(|e| spec(e))
+        .filter_map(spec)
         .filter(|s| !known(s.name))
         .collect()
 }
@@ -109,11 +109,11 @@ mod tests {
         let reply = OwnedFrame::Array(vec![entry("get"), entry("JSON.SET")]);
         let learned = unknown_commands(&reply, |n| n == "get");
         assert_eq!(learned.len(), 1);
-        let spec = &learned[0];
+        let spec = learned.first().expect("one");
         assert_eq!(spec.name, "json.set");
         assert_eq!(spec.arity, -2);
         assert_eq!(spec.categories, 1 << 2);
         assert_eq!(spec.key_specs.len(), 1);
-        assert_eq!(spec.key_specs[0].flags & KS_RW, KS_RW);
+        assert_eq!(spec.key_specs.first().map(|k| k.flags & KS_RW), Some(KS_RW));
     }
 }
