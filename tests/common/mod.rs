@@ -222,7 +222,11 @@ impl ProxyBuilder {
 
     /// Starts redward in this process and returns once it listens.
     pub async fn start(self, redis: &Redis) -> Proxy {
-        let certs = Certs::new();
+        self.start_with_certs(redis, Certs::new()).await
+    }
+
+    /// Like `start`, with certificates the test prepared.
+    pub async fn start_with_certs(self, redis: &Redis, certs: Certs) -> Proxy {
         let text = self.config_text(redis, &certs);
         let path = certs.dir.path().join("redward.yaml");
         std::fs::write(&path, &text).expect("write config");
