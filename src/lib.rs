@@ -25,6 +25,7 @@ pub mod listener;
 pub mod resp;
 pub mod session;
 pub mod shutdown;
+pub mod stunnel;
 pub mod tls;
 pub mod upstream;
 

@@ -43,6 +43,11 @@ enum Command {
     },
     /// Read a password on stdin and print the `#<sha256>` rule for it.
     HashPassword,
+    /// Convert an stunnel configuration to redward YAML on stdout; warnings on stderr.
+    FromStunnel {
+        /// The stunnel configuration file, e.g. /etc/stunnel/redis.conf.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,18 @@ fn main() -> ExitCode {
             let pw = input.strip_suffix('\n').unwrap_or(&input);
             let pw = pw.strip_suffix('\r').unwrap_or(pw);
             println!("#{}", redward::acl::hash_password(pw.as_bytes()));
+            ExitCode::SUCCESS
+        }
+        Some(Command::FromStunnel { file }) => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => return fail(EXIT_CONFIG, &format!("{}: {e}", file.display())),
+            };
+            let conversion = redward::stunnel::convert_named(&text, &file.display().to_string());
+            print!("{}", conversion.yaml);
+            for w in &conversion.warnings {
+                eprintln!("redward: warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Some(Command::Check) => {

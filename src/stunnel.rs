@@ -1,0 +1,1164 @@
+//! `redward from-stunnel`: an stunnel configuration in, redward YAML and warnings out.
+//!
+//! Pure text to text, with no I/O: the binary reads the file and prints the result, so every
+//! conversion is tested here on configurations held as strings. Nothing is dropped silently.
+//! Each stunnel option redward cannot carry over becomes one warning naming its line, and the
+//! YAML says what stunnel never had and redward needs (users, the upstream credential).
+//!
+//! stunnel's format (`options.c`): `;` or `#` comment lines, `option = value` lines, option
+//! names case-insensitive, global options first, then `[service]` sections. Service-level
+//! options written in the global section are defaults for every service; a later occurrence
+//! of an option overrides an earlier one.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// The YAML to write and one line per option that was not carried over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversion {
+    pub yaml: String,
+    pub warnings: Vec<String>,
+}
+
+/// Converts stunnel configuration text; the YAML header does not name a source file.
+pub fn convert(text: &str) -> Conversion {
+    convert_named(text, "")
+}
+
+/// Like [`convert`], with `source` (the stunnel file's name) in the YAML header.
+pub fn convert_named(text: &str, source: &str) -> Conversion {
+    let mut notes = Notes::default();
+    let (global, sections) = parse(text, &mut notes);
+
+    let mut services: Vec<Service> = sections
+        .iter()
+        .map(|s| Service {
+            name: Some(s.name),
+            line: s.line,
+            global: &global,
+            own: &s.opts,
+        })
+        .collect();
+    // Without any [section], a global `accept` still describes one service.
+    if services.is_empty() && global.iter().any(|o| o.lower == "accept") {
+        services.push(Service {
+            name: None,
+            line: 0,
+            global: &[],
+            own: &global,
+        });
+    }
+
+    let mut listeners = Vec::new();
+    let mut upstream: Option<(String, String)> = None; // (address, service label)
+    let mut converted: Vec<&Service> = Vec::new();
+    for svc in &services {
+        let label = svc.label();
+        if svc.get("client").is_some_and(|o| is_yes(o.value)) {
+            notes.add(
+                svc.line,
+                format!(
+                    "{label}client = yes: client-mode services (plaintext in, TLS out) are not converted; redward only terminates TLS"
+                ),
+            );
+            continue;
+        }
+        let connects = svc.all("connect");
+        let Some(&connect) = connects.first() else {
+            notes.add(
+                svc.line,
+                format!("{label}has no `connect` (exec or redirect?); service not converted"),
+            );
+            continue;
+        };
+        let accepts = svc.all("accept");
+        if accepts.is_empty() {
+            notes.add(
+                svc.line,
+                format!("{label}has no `accept`; service not converted"),
+            );
+            continue;
+        }
+        let address = match parse_connect(connect.value) {
+            Ok(a) => a,
+            Err(reason) => {
+                notes.opt(connect, &format!("{reason}; service not converted"));
+                continue;
+            }
+        };
+        if connects.len() > 1 {
+            notes.opt(
+                connects[1],
+                &format!("redward has one upstream: only the first connect ({address}) is used"),
+            );
+        }
+        match &upstream {
+            Some((first, from)) if *first != address => {
+                notes.opt(
+                    connect,
+                    &format!(
+                        "redward has one upstream, {first} (from {from}); this service is not converted: run a second redward for it"
+                    ),
+                );
+                continue;
+            }
+            Some(_) => {}
+            None => upstream = Some((address, label.trim_end().to_owned())),
+        }
+        let tls = server_tls(svc, &mut notes);
+        for accept in accepts {
+            match parse_accept(accept.value) {
+                Ok(a) => {
+                    if a.bare {
+                        notes.opt(
+                            accept,
+                            &format!(
+                                "a bare port listens on every interface; so does redward's {}: restrict clients with `allow:` (example in the YAML)",
+                                a.address
+                            ),
+                        );
+                    }
+                    if let Some(reason) = &a.warning {
+                        notes.opt(accept, reason);
+                    }
+                    listeners.push(Listener {
+                        comment: format!("{label}accept = {}", accept.value),
+                        address: a.address,
+                        every_interface: a.unspecified,
+                        tls: tls.clone(),
+                    });
+                }
+                Err(reason) => notes.opt(accept, &reason),
+            }
+        }
+        converted.push(svc);
+    }
+
+    // Every option of the global section and of the converted services, once each.
+    for opt in global.iter().chain(
+        converted
+            .iter()
+            .filter(|s| s.name.is_some())
+            .flat_map(|s| s.own.iter()),
+    ) {
+        if let Some(reason) = unconverted(opt) {
+            notes.opt(opt, &reason);
+        }
+    }
+
+    let idle = one_setting(&converted, "timeoutidle", &mut notes, seconds);
+    let connect_timeout = one_setting(&converted, "timeoutconnect", &mut notes, |v| {
+        seconds(v).filter(|s| *s > 0)
+    });
+    let log_level = one_setting(&converted, "debug", &mut notes, log_level);
+
+    notes.add(
+        usize::MAX,
+        "redward answers AUTH itself and `users: []` lets nobody log in: add users (see the comments in the YAML) before starting it".to_owned(),
+    );
+    notes.add(
+        usize::MAX,
+        "stunnel held no Redis credential: if Redis has requirepass or ACL users, fill in upstream.username / upstream.password_file".to_owned(),
+    );
+
+    let mut y = String::new();
+    let source = if source.is_empty() {
+        String::new()
+    } else {
+        format!(" {source}")
+    };
+    let _ = writeln!(
+        y,
+        "# Converted from stunnel config{source} by `redward from-stunnel`; review before use."
+    );
+    y.push_str(
+        "# Options that were not carried over were printed as warnings. Before starting redward,\n\
+         # add users (see `users:` below), set the upstream credential if Redis has a password,\n\
+         # then run: redward check --config THIS_FILE\n\n",
+    );
+
+    if listeners.is_empty() {
+        y.push_str(
+            "# No server-mode stunnel service could be converted: add a listener.\nlisten: []\n",
+        );
+    } else {
+        y.push_str("listen:\n");
+        for l in &listeners {
+            write_listener(&mut y, l);
+        }
+    }
+
+    y.push_str("\nupstream:\n");
+    match &upstream {
+        Some((address, _)) => {
+            let _ = writeln!(y, "  address: {}", quote(address));
+        }
+        None => {
+            y.push_str(
+                "  address: \"127.0.0.1:6379\"          # no stunnel `connect` found: check this\n",
+            );
+        }
+    }
+    y.push_str(
+        "  # stunnel passed each client's own AUTH to Redis. redward answers AUTH itself and logs in\n\
+         \x20 # to Redis with one credential of its own. If Redis has requirepass or ACL users:\n\
+         \x20 # username: proxy                     # a Redis ACL user; leave out for requirepass\n\
+         \x20 # password_file: /run/secrets/redis   # file holding that user's password (or requirepass)\n",
+    );
+    if let Some(s) = connect_timeout {
+        let _ = writeln!(
+            y,
+            "  connect_timeout: {s}s               # stunnel TIMEOUTconnect"
+        );
+    }
+
+    y.push_str(
+        "\n# Who may log in. stunnel let every client through to Redis; redward checks AUTH itself,\n\
+         # and with `users: []` nobody can log in. Hash each password with\n\
+         #   printf '%s' 'the password' | redward hash-password\n\
+         # and replace `users: []` with entries like these. Clients that sent `AUTH <requirepass>`\n\
+         # log in as \"default\" and keep working unchanged with the first one. (If Redis had no\n\
+         # password, \"on nopass\" instead of \"on #<sha256>\" keeps clients that never sent AUTH\n\
+         # working, and lets in anyone who completes the TLS handshake.)\n\
+         # users:\n\
+         #   - name: default\n\
+         #     rules: \"on #<sha256> ~* &* +@all\"\n\
+         #   - name: app\n\
+         #     rules: \"on #<sha256> ~app:* +@all -@dangerous\"\n\
+         users: []\n",
+    );
+
+    if let Some(s) = idle {
+        let _ = write!(
+            y,
+            "\nlimits:\n  idle_timeout: {s}s                  # stunnel TIMEOUTidle\n"
+        );
+    }
+    if let Some(level) = log_level {
+        let _ = write!(
+            y,
+            "\nlog:\n  level: {level}                        # stunnel debug\n"
+        );
+    }
+
+    Conversion {
+        yaml: y,
+        warnings: notes.finish(),
+    }
+}
+
+/// One `option = value` line.
+struct Opt<'a> {
+    key: &'a str,
+    lower: String,
+    value: &'a str,
+    line: usize,
+    section: Option<&'a str>,
+}
+
+struct Section<'a> {
+    name: &'a str,
+    line: usize,
+    opts: Vec<Opt<'a>>,
+}
+
+/// A service as stunnel runs it: its own options over the global section's defaults.
+struct Service<'a> {
+    name: Option<&'a str>,
+    line: usize,
+    global: &'a [Opt<'a>],
+    own: &'a [Opt<'a>],
+}
+
+impl<'a> Service<'a> {
+    fn label(&self) -> String {
+        self.name.map(|n| format!("[{n}] ")).unwrap_or_default()
+    }
+
+    /// The value in effect: the service's last occurrence, else the global section's.
+    fn get(&self, key: &str) -> Option<&'a Opt<'a>> {
+        let last = |opts: &'a [Opt<'a>]| opts.iter().rev().find(|o| o.lower == key);
+        last(self.own).or_else(|| last(self.global))
+    }
+
+    /// Every occurrence of a repeatable option (accept, connect): the service's own if it has
+    /// any, else the global section's.
+    fn all(&self, key: &str) -> Vec<&'a Opt<'a>> {
+        let own: Vec<_> = self.own.iter().filter(|o| o.lower == key).collect();
+        if own.is_empty() {
+            self.global.iter().filter(|o| o.lower == key).collect()
+        } else {
+            own
+        }
+    }
+
+    /// Every occurrence, global then own (options that accumulate, like `options`).
+    fn every<'k>(&self, key: &'k str) -> impl Iterator<Item = &'a Opt<'a>> + 'k
+    where
+        'a: 'k,
+    {
+        self.global
+            .iter()
+            .chain(self.own.iter())
+            .filter(move |o| o.lower == key)
+    }
+}
+
+/// Warnings, ordered by the line they are about, each said once.
+#[derive(Default)]
+struct Notes(Vec<(usize, String)>);
+
+impl Notes {
+    fn add(&mut self, line: usize, text: String) {
+        let text = if line == 0 || line == usize::MAX {
+            text
+        } else {
+            format!("line {line}: {text}")
+        };
+        if !self.0.iter().any(|(_, t)| *t == text) {
+            self.0.push((line, text));
+        }
+    }
+
+    fn opt(&mut self, o: &Opt, reason: &str) {
+        let section = o.section.map(|n| format!("[{n}] ")).unwrap_or_default();
+        self.add(
+            o.line,
+            format!("{section}{} = {}: {reason}", o.key, o.value),
+        );
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.0.sort_by_key(|(line, _)| *line);
+        self.0.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
+fn parse<'a>(text: &'a str, notes: &mut Notes) -> (Vec<Opt<'a>>, Vec<Section<'a>>) {
+    let mut global = Vec::new();
+    let mut sections: Vec<Section> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let s = raw.trim_start_matches('\u{feff}').trim();
+        if s.is_empty() || s.starts_with(';') || s.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = s.strip_prefix('[') {
+            match rest.strip_suffix(']') {
+                Some(name) => sections.push(Section {
+                    name: name.trim(),
+                    line,
+                    opts: Vec::new(),
+                }),
+                None => notes.add(line, format!("`{s}`: not a [section] line; ignored")),
+            }
+            continue;
+        }
+        let Some((key, value)) = s.split_once('=') else {
+            notes.add(line, format!("`{s}`: not `option = value`; ignored"));
+            continue;
+        };
+        let key = key.trim();
+        let section = sections.last().map(|s| s.name);
+        let opt = Opt {
+            key,
+            lower: key.to_ascii_lowercase(),
+            value: value.trim(),
+            line,
+            section,
+        };
+        match sections.last_mut() {
+            Some(sec) => sec.opts.push(opt),
+            None => global.push(opt),
+        }
+    }
+    (global, sections)
+}
+
+#[derive(Clone)]
+struct Tls {
+    cert: String,
+    key: String,
+    min_version: &'static str,
+    session_tickets: bool,
+    /// (YAML comment key, path) for CAfile/CApath/CRLfile/CRLpath.
+    client_checks: Vec<(&'static str, String)>,
+}
+
+struct Listener {
+    comment: String,
+    address: String,
+    every_interface: bool,
+    tls: Tls,
+}
+
+fn server_tls(svc: &Service, notes: &mut Notes) -> Tls {
+    let label = svc.label();
+    let cert = match svc.get("cert") {
+        Some(o) => o.value.to_owned(),
+        None => {
+            notes.add(
+                svc.line,
+                format!("{label}has no `cert`: fill in listen[].tls.cert and key"),
+            );
+            "/path/to/server.crt".to_owned()
+        }
+    };
+    let key = match svc.get("key") {
+        Some(o) => o.value.to_owned(),
+        None if svc.get("cert").is_some() => {
+            notes.add(
+                svc.get("cert").map_or(svc.line, |o| o.line),
+                format!(
+                    "{label}no `key`: like stunnel, redward is given the cert file ({cert}) as key; it must hold an unencrypted PEM private key (redward uses the first one)"
+                ),
+            );
+            cert.clone()
+        }
+        None => "/path/to/server.key".to_owned(),
+    };
+    let version = svc
+        .get("sslversionmin")
+        .or_else(|| svc.get("sslversion"))
+        .map(|o| o.value.to_ascii_lowercase());
+    let min_version = match version.as_deref() {
+        Some("tlsv1.3") => "1.3",
+        _ => "1.2",
+    };
+    let no_ticket = svc.every("options").any(|o| {
+        o.value
+            .split_whitespace()
+            .any(|w| w.eq_ignore_ascii_case("NO_TICKET"))
+    });
+    let session_tickets = !(no_ticket || svc.get("sessionresume").is_some_and(|o| is_no(o.value)));
+    let mut client_checks = Vec::new();
+    for (stunnel, yaml) in [
+        ("cafile", "client_ca"),
+        ("capath", "client_ca"),
+        ("crlfile", "client_crl"),
+        ("crlpath", "client_crl"),
+    ] {
+        if let Some(o) = svc.get(stunnel) {
+            client_checks.push((yaml, o.value.to_owned()));
+        }
+    }
+    Tls {
+        cert,
+        key,
+        min_version,
+        session_tickets,
+        client_checks,
+    }
+}
+
+fn write_listener(y: &mut String, l: &Listener) {
+    let _ = writeln!(y, "  # {}", l.comment);
+    let _ = writeln!(y, "  - address: {}", quote(&l.address));
+    if l.every_interface {
+        y.push_str(
+            "    # Every interface, as in stunnel. To admit only some networks:\n\
+             \x20   # allow: [\"10.0.0.0/8\", \"192.168.0.0/16\"]\n",
+        );
+    }
+    let t = &l.tls;
+    y.push_str("    tls:\n");
+    let _ = writeln!(y, "      cert: {}", quote(&t.cert));
+    let _ = writeln!(y, "      key: {}", quote(&t.key));
+    let _ = writeln!(y, "      min_version: \"{}\"", t.min_version);
+    if !t.session_tickets {
+        y.push_str("      session_tickets: false\n");
+    }
+    for (field, path) in &t.client_checks {
+        let _ = writeln!(
+            y,
+            "      # {field}: {}   # not supported yet: client certificates are not verified",
+            quote(path)
+        );
+    }
+}
+
+struct Accept {
+    address: String,
+    unspecified: bool,
+    bare: bool,
+    warning: Option<String>,
+}
+
+/// `PORT`, `HOST:PORT`, `:::PORT` (stunnel splits at the last colon), `[V6]:PORT`.
+fn parse_accept(v: &str) -> Result<Accept, String> {
+    if v.starts_with('/') {
+        return Err("redward listens on TCP only; a unix-socket accept is not converted".into());
+    }
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(Accept {
+            address: format!("0.0.0.0:{port}"),
+            unspecified: true,
+            bare: true,
+            warning: None,
+        });
+    }
+    let (host, port) =
+        split_host_port(v).ok_or_else(|| "not [HOST:]PORT; not converted".to_owned())?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(Accept {
+            address: format!("127.0.0.1:{port}"),
+            unspecified: false,
+            bare: false,
+            warning: None,
+        });
+    }
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Ok(Accept {
+            address: SocketAddr::new(ip, port).to_string(),
+            unspecified: ip.is_unspecified(),
+            bare: false,
+            warning: None,
+        }),
+        Err(_) => Ok(Accept {
+            address: format!("{host}:{port}"),
+            unspecified: false,
+            bare: false,
+            warning: Some(format!(
+                "redward listens on IP addresses only: replace {host} with the address it resolves to"
+            )),
+        }),
+    }
+}
+
+/// `HOST:PORT`, `PORT` (stunnel: localhost) or a unix socket path, as redward's upstream.address.
+fn parse_connect(v: &str) -> Result<String, String> {
+    if v.starts_with('/') {
+        return Ok(format!("unix:{v}"));
+    }
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(format!("127.0.0.1:{port}"));
+    }
+    let (host, port) =
+        split_host_port(v).ok_or_else(|| "not [HOST:]PORT or a socket path".to_owned())?;
+    Ok(match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    })
+}
+
+fn split_host_port(v: &str) -> Option<(&str, u16)> {
+    let (host, port) = v.rsplit_once(':')?;
+    let port = port.trim().parse().ok()?;
+    let host = host.trim();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// A setting redward has once, not per service: the first converted service's, with a warning
+/// when another service disagrees.
+fn one_setting<T: PartialEq + std::fmt::Display>(
+    services: &[&Service],
+    key: &str,
+    notes: &mut Notes,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    let mut chosen: Option<(T, &Opt)> = None;
+    for svc in services {
+        let Some(o) = svc.get(key) else { continue };
+        let Some(v) = parse(o.value) else { continue };
+        match &chosen {
+            None => chosen = Some((v, o)),
+            Some((first, at)) if *first != v => notes.opt(
+                o,
+                &format!(
+                    "redward has one setting for all listeners; used {first} from line {}",
+                    at.line
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    chosen.map(|(v, _)| v)
+}
+
+fn seconds(v: &str) -> Option<u64> {
+    v.parse().ok()
+}
+
+/// stunnel's `debug = [FACILITY.]LEVEL` (syslog names or 0-7) as redward's log.level.
+fn log_level(v: &str) -> Option<&'static str> {
+    let level = v.rsplit('.').next().unwrap_or(v).to_ascii_lowercase();
+    Some(match level.as_str() {
+        "0" | "1" | "2" | "3" | "emerg" | "alert" | "crit" | "err" => "error",
+        "4" | "warning" => "warn",
+        "5" | "6" | "notice" | "info" => "info",
+        "7" | "debug" => "debug",
+        _ => return None,
+    })
+}
+
+fn is_yes(v: &str) -> bool {
+    v.eq_ignore_ascii_case("yes")
+}
+
+fn is_no(v: &str) -> bool {
+    v.eq_ignore_ascii_case("no")
+}
+
+const SYSTEMD: &str = "handled by systemd (or the container runtime), not by redward";
+const CLIENT_CERTS: &str =
+    "client certificate verification is not supported yet: redward authenticates clients by AUTH only";
+
+/// Why an option is not carried over, or `None` when it is (or needs nothing: it already is
+/// what redward does).
+fn unconverted(o: &Opt) -> Option<String> {
+    let v = o.value;
+    let lv = v.to_ascii_lowercase();
+    let relative = |what: &str| {
+        (!v.starts_with('/')).then(|| {
+            format!("relative {what} path: redward resolves it from the YAML file's directory, stunnel from its working directory")
+        })
+    };
+    let reason: &str = match o.lower.as_str() {
+        // Carried over where the listeners, upstream, limits and log are built.
+        "accept" | "connect" | "client" | "debug" => return None,
+        "cert" | "key" => return relative("certificate"),
+        "timeoutidle" | "timeoutconnect" => {
+            return match seconds(v) {
+                None => Some("not a number of seconds; not converted".into()),
+                Some(0) if o.lower == "timeoutconnect" => {
+                    Some("0 is not a usable connect timeout; redward's default (5s) applies".into())
+                }
+                Some(_) => None,
+            }
+        }
+        "sessionresume" if is_no(v) => {
+            "session_tickets: false, but redward still resumes TLS 1.2 sessions by session ID"
+        }
+        "sessionresume" => return None,
+        "sslversion" | "sslversionmin" => {
+            return match lv.as_str() {
+                "tlsv1.3" | "all" => None,
+                "tlsv1.2" if o.lower == "sslversion" => Some(
+                    "stunnel allowed only TLS 1.2; redward's min_version \"1.2\" also accepts TLS 1.3".into(),
+                ),
+                "tlsv1.2" => None,
+                "sslv2" | "sslv3" | "tlsv1" | "tlsv1.1" => Some(
+                    "redward speaks TLS 1.2 and 1.3 only (min_version \"1.2\"); clients limited to older versions cannot connect".into(),
+                ),
+                _ => Some("unknown TLS version; min_version \"1.2\" used".into()),
+            }
+        }
+        "sslversionmax" if lv == "tlsv1.3" || lv == "all" => return None,
+        "sslversionmax" => "redward has no maximum TLS version: TLS 1.3 is accepted",
+        "options" => return openssl_options(v),
+        "renegotiation" if is_no(v) => return None,
+        "renegotiation" => "rustls never renegotiates",
+        "foreground" if !is_no(v) => return None,
+        "foreground" => "redward always runs in the foreground; run it under systemd",
+        "delay" => return None, // redward looks the upstream name up on every connection
+        "cafile" | "capath" => {
+            "client certificates are not verified by redward yet; kept as a `# client_ca:` comment"
+        }
+        "crlfile" | "crlpath" => {
+            "client certificates are not verified by redward yet; kept as a `# client_crl:` comment"
+        }
+        "verify" if v == "0" => return None,
+        "verifychain" | "verifypeer" | "requirecert" if is_no(v) => return None,
+        "verify" | "verifychain" | "verifypeer" | "requirecert" | "checkhost" | "checkemail"
+        | "checkip" => CLIENT_CERTS,
+        "ocsp" | "ocspaia" | "ocspflag" | "ocspnonce" | "ocsprequire" | "timeoutocsp" => {
+            "OCSP checks of client certificates are not supported"
+        }
+        "ciphers" | "ciphersuites" | "curves" | "securitylevel" => {
+            "redward uses rustls's safe defaults (TLS 1.3 suites, ECDHE with AEAD ciphers for TLS 1.2)"
+        }
+        "sessioncachesize" | "sessioncachetimeout" | "sessiond" => {
+            "redward's TLS session cache is built in (4096 sessions) and not configurable"
+        }
+        "ticketkeysecret" | "ticketmacsecret" => {
+            "redward generates and rotates its session ticket keys itself"
+        }
+        "pid" | "setuid" | "setgid" | "chroot" => SYSTEMD,
+        "output" | "log" | "syslog" => {
+            "redward logs to stderr (the journal under systemd); log.level sets the level"
+        }
+        "timeoutbusy" => {
+            "no equivalent; limits.client_write_timeout closes clients that stop reading"
+        }
+        "timeoutclose" => "not configurable in redward",
+        "socket" => "redward sets its own socket options (TCP_NODELAY on both sides)",
+        "libwrap" | "service" => {
+            "TCP wrappers are not supported: restrict clients with listen[].allow / deny"
+        }
+        "sni" => "SNI-based service selection is not supported: one certificate per listener",
+        "include" => {
+            "included files are not read: convert them with from-stunnel too and merge the output"
+        }
+        "pskidentity" | "psksecrets" => {
+            "TLS-PSK is not supported: clients need certificate-based TLS (and a redward user)"
+        }
+        "exec" | "execargs" | "pty" => "redward forwards to Redis only",
+        "failover" => "redward has one upstream",
+        "local" => "the OS picks the source address of upstream connections",
+        "transparent" => "not supported: Redis sees redward's address",
+        "compression" => "TLS compression is unsafe (CRIME) and rustls does not support it",
+        "fips" => "not configurable: redward uses aws-lc-rs through rustls",
+        "engine" | "enginectrl" | "enginedefault" | "engineid" | "enginenum" => {
+            "OpenSSL engines (HSMs) are not supported: redward reads PEM keys"
+        }
+        "egd" | "rndbytes" | "rndfile" | "rndoverwrite" => {
+            "rustls uses the operating system's random generator"
+        }
+        "protocol" | "protocolauthentication" | "protocoldomain" | "protocolheader"
+        | "protocolhost" | "protocolpassword" | "protocolusername" => {
+            "protocol negotiation is not supported: redward speaks TLS from the first byte"
+        }
+        "ident" | "redirect" | "reset" | "retry" | "logid" | "stack" | "config" => {
+            "not supported by redward"
+        }
+        "taskbar" | "iconactive" | "iconerror" | "iconidle" => "Windows-only option",
+        _ => "unknown stunnel option; not converted",
+    };
+    Some(reason.to_owned())
+}
+
+/// `options = NO_SSLv3 ...`: OpenSSL flags. Those that describe what rustls does anyway need no
+/// warning; NO_TICKET becomes `session_tickets: false`.
+fn openssl_options(v: &str) -> Option<String> {
+    const ALREADY: &[&str] = &[
+        "NO_SSLv2",
+        "NO_SSLv3",
+        "NO_TLSv1",
+        "NO_TLSv1_1",
+        "NO_TLSv1.1",
+        "NO_COMPRESSION",
+        "SINGLE_DH_USE",
+        "SINGLE_ECDH_USE",
+        "NO_RENEGOTIATION",
+        "NO_TICKET",
+    ];
+    let other: Vec<&str> = v
+        .split_whitespace()
+        .filter(|w| !ALREADY.iter().any(|a| a.eq_ignore_ascii_case(w)))
+        .collect();
+    (!other.is_empty()).then(|| {
+        format!(
+            "OpenSSL option {} has no rustls equivalent (rustls has no SSL, TLS 1.0/1.1, compression or renegotiation)",
+            other.join(" ")
+        )
+    })
+}
+
+/// A YAML double-quoted scalar.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, RawConfig, RawServerTls, RawTls};
+
+    /// Converts, and checks the YAML is a config redward accepts as written.
+    fn conv(text: &str) -> (RawConfig, Conversion) {
+        let c = convert(text);
+        let raw = config::parse(&c.yaml)
+            .unwrap_or_else(|e| panic!("output does not parse: {e}\n{}", c.yaml));
+        (raw, c)
+    }
+
+    fn tls(raw: &RawConfig, i: usize) -> &RawServerTls {
+        match &raw.listen[i].tls {
+            RawTls::On(t) => t,
+            RawTls::Off => panic!("listener {i} is plaintext"),
+        }
+    }
+
+    /// The warning that mentions `needle`; fails listing all of them otherwise.
+    fn warning<'a>(c: &'a Conversion, needle: &str) -> &'a str {
+        c.warnings
+            .iter()
+            .find(|w| w.contains(needle))
+            .unwrap_or_else(|| panic!("no warning mentions {needle:?}: {:#?}", c.warnings))
+    }
+
+    const TYPICAL: &str = "\
+; stunnel configuration for Redis, as in the usual guides
+pid = /var/run/stunnel-redis.pid
+
+[redis]
+accept = 6380
+connect = 127.0.0.1:6379
+cert = /etc/stunnel/redis.pem
+";
+
+    #[test]
+    fn typical_redis_conf() {
+        let (raw, c) = conv(TYPICAL);
+        assert_eq!(raw.listen.len(), 1);
+        assert_eq!(raw.listen[0].address, "0.0.0.0:6380");
+        let t = tls(&raw, 0);
+        assert_eq!(t.cert.to_str(), Some("/etc/stunnel/redis.pem"));
+        // stunnel's default: the key is in the certificate file.
+        assert_eq!(t.key.to_str(), Some("/etc/stunnel/redis.pem"));
+        assert_eq!(t.min_version.as_deref(), Some("1.2"));
+        assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+        assert!(raw.upstream.username.is_none() && raw.upstream.password_file.is_none());
+        assert!(raw.users.is_empty());
+        assert!(c.yaml.starts_with("# Converted from stunnel config"));
+        assert!(c.yaml.contains("review before use"));
+        assert!(c.yaml.contains("# allow:"));
+        assert!(c.yaml.contains("# password_file:") && c.yaml.contains("redward hash-password"));
+        assert!(warning(&c, "line 2: pid =").contains("systemd"));
+        assert!(warning(&c, "line 5: [redis] accept = 6380").contains("every interface"));
+        assert!(warning(&c, "no `key`").contains("first one"));
+        warning(&c, "users: []");
+        warning(&c, "upstream.password_file");
+        assert!(c.warnings.iter().all(|w| !w.contains('\n')));
+    }
+
+    #[test]
+    fn key_cafile_and_verify() {
+        let (raw, c) = conv(
+            "[redis]\naccept = 127.0.0.1:6380\nconnect = 6379\ncert = /etc/stunnel/redis.crt\n\
+             key = /etc/stunnel/redis.key\nCAfile = /etc/stunnel/clients-ca.pem\n\
+             CRLfile = /etc/stunnel/crl.pem\nverify = 2\n",
+        );
+        assert_eq!(raw.listen[0].address, "127.0.0.1:6380");
+        assert!(
+            !c.yaml.contains("# allow:"),
+            "loopback needs no allow example"
+        );
+        assert_eq!(tls(&raw, 0).key.to_str(), Some("/etc/stunnel/redis.key"));
+        // Port only: stunnel connects to localhost.
+        assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+        assert!(c
+            .yaml
+            .contains("# client_ca: \"/etc/stunnel/clients-ca.pem\""));
+        assert!(c.yaml.contains("# client_crl: \"/etc/stunnel/crl.pem\""));
+        assert!(warning(&c, "CAfile = /etc/stunnel/clients-ca.pem").contains("not verified"));
+        warning(&c, "CRLfile = /etc/stunnel/crl.pem");
+        assert!(warning(&c, "verify = 2").contains("not supported yet"));
+        assert!(c.warnings.iter().all(|w| !w.contains("no `key`")));
+        assert!(c.warnings.iter().all(|w| !w.contains("accept =")));
+    }
+
+    #[test]
+    fn tls_versions() {
+        let base = "[r]\naccept = 6380\nconnect = 6379\ncert = /c.pem\nkey = /k.pem\n";
+        let (raw, c) = conv(&format!("{base}sslVersionMin = TLSv1.3\n"));
+        assert_eq!(tls(&raw, 0).min_version.as_deref(), Some("1.3"));
+        assert!(c.warnings.iter().all(|w| !w.contains("sslVersion")));
+
+        let (raw, c) = conv(&format!("{base}sslVersionMin = TLSv1.2\n"));
+        assert_eq!(tls(&raw, 0).min_version.as_deref(), Some("1.2"));
+        assert!(c.warnings.iter().all(|w| !w.contains("sslVersion")));
+
+        let (raw, c) = conv(&format!("{base}sslVersion = TLSv1\n"));
+        assert_eq!(tls(&raw, 0).min_version.as_deref(), Some("1.2"));
+        assert!(warning(&c, "sslVersion = TLSv1:").contains("TLS 1.2 and 1.3 only"));
+
+        let (raw, c) = conv(&format!("{base}sslVersion = TLSv1.2\n"));
+        assert_eq!(tls(&raw, 0).min_version.as_deref(), Some("1.2"));
+        assert!(warning(&c, "sslVersion = TLSv1.2").contains("also accepts TLS 1.3"));
+
+        let (_, c) = conv(&format!("{base}sslVersionMax = TLSv1.2\n"));
+        warning(&c, "sslVersionMax = TLSv1.2");
+
+        // A global default applies to every service; its warning is given once.
+        let (raw, c) = conv(&format!(
+            "sslVersionMin = TLSv1.1\n{base}[s]\naccept = 6381\nconnect = 6379\ncert = /c.pem\nkey = /k.pem\n"
+        ));
+        assert_eq!(raw.listen.len(), 2);
+        assert_eq!(
+            c.warnings.iter().filter(|w| w.contains("TLSv1.1")).count(),
+            1,
+            "{:#?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn two_services_one_upstream() {
+        let (raw, c) = conv(
+            "cert = /etc/stunnel/redis.pem\nkey = /etc/stunnel/redis.key\n\n\
+             [redis-v4]\naccept = 0.0.0.0:6380\nconnect = 127.0.0.1:6379\n\n\
+             [redis-v6]\naccept = :::6380\nconnect = 127.0.0.1:6379\n",
+        );
+        let addrs: Vec<&str> = raw.listen.iter().map(|l| l.address.as_str()).collect();
+        assert_eq!(addrs, ["0.0.0.0:6380", "[::]:6380"]);
+        for i in 0..2 {
+            assert_eq!(tls(&raw, i).cert.to_str(), Some("/etc/stunnel/redis.pem"));
+            assert_eq!(tls(&raw, i).key.to_str(), Some("/etc/stunnel/redis.key"));
+        }
+        assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+        // Explicit wildcard addresses are what was asked for: no warning, but the allow example.
+        assert!(c.warnings.iter().all(|w| !w.contains("accept")));
+        assert_eq!(c.yaml.matches("# allow:").count(), 2);
+    }
+
+    #[test]
+    fn several_connects_use_the_first() {
+        let (raw, c) = conv(
+            "[r]\naccept = 6380\nconnect = 10.0.0.1:6379\nconnect = 10.0.0.2:6379\ncert = /c.pem\n",
+        );
+        assert_eq!(raw.upstream.address, "10.0.0.1:6379");
+        assert!(warning(&c, "connect = 10.0.0.2:6379").contains("only the first"));
+    }
+
+    #[test]
+    fn services_with_different_upstreams() {
+        let (raw, c) = conv(
+            "[cache]\naccept = 6380\nconnect = 127.0.0.1:6379\ncert = /c.pem\n\
+             [queue]\naccept = 6390\nconnect = 10.0.0.5:6379\ncert = /c.pem\nverify = 2\n",
+        );
+        assert_eq!(raw.listen.len(), 1);
+        assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+        let w = warning(&c, "[queue] connect = 10.0.0.5:6379");
+        assert!(
+            w.contains("one upstream") && w.contains("not converted"),
+            "{w}"
+        );
+        // Options of a service that was not converted are not reported one by one.
+        assert!(c.warnings.iter().all(|w| !w.contains("verify")));
+    }
+
+    #[test]
+    fn client_mode_is_not_converted() {
+        let (raw, c) = conv(
+            "[redis-client]\nclient = yes\naccept = 127.0.0.1:6379\nconnect = redis.example.com:6380\n\
+             verifyChain = yes\n",
+        );
+        assert!(raw.listen.is_empty());
+        assert!(c.yaml.contains("listen: []"));
+        assert!(warning(&c, "[redis-client] client = yes").contains("not converted"));
+        assert!(c.warnings.iter().all(|w| !w.contains("verifyChain")));
+
+        // Beside a server service, only the server one is converted.
+        let (raw, c) = conv(
+            "[out]\nclient = yes\naccept = 6379\nconnect = remote:6380\n\
+             [in]\nclient = no\naccept = 6380\nconnect = 6379\ncert = /c.pem\nkey = /k.pem\n",
+        );
+        assert_eq!(raw.listen.len(), 1);
+        assert_eq!(raw.listen[0].address, "0.0.0.0:6380");
+        warning(&c, "[out] client = yes");
+    }
+
+    #[test]
+    fn comments_case_and_spacing() {
+        let text = "\u{feff}# stunnel.conf\r\n;pid = /run/x.pid\r\n   ; indented comment\r\n\
+                    FOREGROUND=yes\r\n\r\n[ redis ]\r\n\tACCEPT\t=\t192.168.1.10:6380  \r\n\
+                    Connect=   localhost:6379\r\n  CERT =/etc/ssl/redis.pem\r\nKey= /etc/ssl/redis.key\r\n\
+                    timeoutIDLE = 600\r\nthis line is junk\r\n";
+        let (raw, c) = conv(text);
+        assert_eq!(raw.listen[0].address, "192.168.1.10:6380");
+        assert_eq!(raw.upstream.address, "localhost:6379");
+        assert_eq!(tls(&raw, 0).cert.to_str(), Some("/etc/ssl/redis.pem"));
+        assert_eq!(tls(&raw, 0).key.to_str(), Some("/etc/ssl/redis.key"));
+        assert_eq!(
+            raw.limits.idle_timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
+        // Commented-out pid and foreground = yes need no warning; the junk line does.
+        assert!(c
+            .warnings
+            .iter()
+            .all(|w| !w.contains("pid") && !w.contains("FOREGROUND")));
+        warning(&c, "line 12: `this line is junk`");
+    }
+
+    #[test]
+    fn unix_socket_upstream() {
+        let (raw, c) = conv(
+            "[redis]\naccept = 127.0.0.1:6380\nconnect = /var/run/redis/redis-server.sock\n\
+             cert = /etc/stunnel/redis.pem\n",
+        );
+        assert_eq!(
+            raw.upstream.address,
+            "unix:/var/run/redis/redis-server.sock"
+        );
+        assert!(c.warnings.iter().all(|w| !w.contains("connect")));
+        // A unix-socket accept cannot be a redward listener.
+        let (raw, c) = conv(
+            "[redis]\naccept = /run/stunnel.sock\nconnect = 6379\ncert = /etc/stunnel/redis.pem\n",
+        );
+        assert!(raw.listen.is_empty());
+        warning(&c, "accept = /run/stunnel.sock");
+    }
+
+    #[test]
+    fn global_options_timeouts_and_log_level() {
+        let (raw, c) = conv(
+            "pid = /var/run/stunnel4/redis.pid\nsetuid = stunnel4\nsetgid = stunnel4\n\
+             foreground = no\noutput = /var/log/stunnel.log\ndebug = daemon.7\nsocket = l:TCP_NODELAY=1\n\
+             options = NO_SSLv2\noptions = NO_SSLv3\noptions = CIPHER_SERVER_PREFERENCE\n\
+             renegotiation = no\nsessionCacheSize = 1000\nsessionCacheTimeout = 300\n\
+             ciphers = ECDHE-RSA-AES256-GCM-SHA384\nciphersuites = TLS_AES_256_GCM_SHA384\n\
+             delay = yes\nsni = redis:redis.example.com\nlibwrap = yes\n\
+             [redis]\naccept = 6380\nconnect = 6379\ncert = /c.pem\nkey = /k.pem\n\
+             TIMEOUTidle = 3600\nTIMEOUTconnect = 3\nTIMEOUTbusy = 300\nTIMEOUTclose = 0\n\
+             sessionResume = no\nPSKsecrets = /etc/stunnel/psk.txt\nmadeUpOption = 1\n",
+        );
+        use std::time::Duration;
+        assert_eq!(raw.limits.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(raw.upstream.connect_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(raw.log.level.as_deref(), Some("debug"));
+        assert_eq!(tls(&raw, 0).session_tickets, Some(false));
+        for (needle, reason) in [
+            ("pid =", "systemd"),
+            ("setuid =", "systemd"),
+            ("setgid =", "systemd"),
+            ("foreground = no", "foreground"),
+            ("output =", "stderr"),
+            ("socket =", "socket options"),
+            ("options = CIPHER_SERVER_PREFERENCE", "no rustls equivalent"),
+            ("sessionCacheSize", "session cache"),
+            ("sessionCacheTimeout", "session cache"),
+            ("ciphers =", "rustls"),
+            ("ciphersuites =", "rustls"),
+            ("sni =", "SNI"),
+            ("libwrap =", "allow"),
+            ("TIMEOUTbusy", "client_write_timeout"),
+            ("TIMEOUTclose", "not configurable"),
+            ("sessionResume = no", "session ID"),
+            ("PSKsecrets", "PSK"),
+            ("madeUpOption", "unknown"),
+        ] {
+            assert!(warning(&c, needle).contains(reason), "{needle}");
+        }
+        // Already what rustls does, or carried over: nothing to say.
+        for quiet in [
+            "NO_SSLv2",
+            "NO_SSLv3",
+            "renegotiation =",
+            "delay =",
+            "debug =",
+            "TIMEOUTidle =",
+            "TIMEOUTconnect =",
+        ] {
+            assert!(
+                c.warnings.iter().all(|w| !w.contains(quiet)),
+                "{quiet}: {:#?}",
+                c.warnings
+            );
+        }
+        // Warnings come in file order.
+        let lines: Vec<usize> = c
+            .warnings
+            .iter()
+            .filter_map(|w| w.strip_prefix("line ")?.split(':').next()?.parse().ok())
+            .collect();
+        assert!(lines.windows(2).all(|p| p[0] <= p[1]), "{lines:?}");
+    }
+
+    #[test]
+    fn accept_and_connect_forms() {
+        let a = |v: &str| parse_accept(v).map(|a| (a.address, a.unspecified, a.bare));
+        assert_eq!(a("6380"), Ok(("0.0.0.0:6380".into(), true, true)));
+        assert_eq!(a("0.0.0.0:6380"), Ok(("0.0.0.0:6380".into(), true, false)));
+        assert_eq!(
+            a("127.0.0.1:6380"),
+            Ok(("127.0.0.1:6380".into(), false, false))
+        );
+        assert_eq!(a(":::6380"), Ok(("[::]:6380".into(), true, false)));
+        assert_eq!(a("::1:6380"), Ok(("[::1]:6380".into(), false, false)));
+        assert_eq!(a("[::1]:6380"), Ok(("[::1]:6380".into(), false, false)));
+        assert_eq!(
+            a("localhost:6380"),
+            Ok(("127.0.0.1:6380".into(), false, false))
+        );
+        assert!(parse_accept("redis.internal:6380")
+            .unwrap()
+            .warning
+            .is_some());
+        assert!(a("/run/redis.sock").is_err());
+        assert!(a("6380x").is_err());
+        assert!(a("99999").is_err());
+
+        assert_eq!(parse_connect("6379").as_deref(), Ok("127.0.0.1:6379"));
+        assert_eq!(
+            parse_connect("10.1.2.3:6379").as_deref(),
+            Ok("10.1.2.3:6379")
+        );
+        assert_eq!(parse_connect("::1:6379").as_deref(), Ok("[::1]:6379"));
+        assert_eq!(parse_connect("redis:6379").as_deref(), Ok("redis:6379"));
+        assert_eq!(
+            parse_connect("/tmp/redis.sock").as_deref(),
+            Ok("unix:/tmp/redis.sock")
+        );
+        assert!(parse_connect("redis").is_err());
+    }
+
+    #[test]
+    fn odd_paths_are_quoted() {
+        let (raw, _) =
+            conv("[r]\naccept = 6380\nconnect = 6379\ncert = /etc/my certs/\"redis\" #1.pem\n");
+        assert_eq!(
+            tls(&raw, 0).cert.to_str(),
+            Some("/etc/my certs/\"redis\" #1.pem")
+        );
+    }
+
+    #[test]
+    fn nothing_to_convert_still_parses() {
+        for text in [
+            "",
+            "; only comments\n",
+            "pid = /run/x.pid\n",
+            "[svc]\nconnect = 6379\n",
+        ] {
+            let (raw, _) = conv(text);
+            assert!(raw.listen.is_empty(), "{text}");
+        }
+        // No sections: a global accept/connect is one service.
+        let (raw, _) = conv("accept = 6380\nconnect = 6379\ncert = /c.pem\n");
+        assert_eq!(raw.listen.len(), 1);
+    }
+
+    /// As converted the file loads (nobody can log in yet); with a user and the upstream
+    /// credential filled in as the comments say, it loads with them.
+    #[test]
+    fn loads_once_placeholders_are_filled() {
+        let c = convert_named(TYPICAL, "/etc/stunnel/redis.conf");
+        assert!(c.yaml.contains("stunnel config /etc/stunnel/redis.conf by"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redward.yaml");
+        std::fs::write(&path, &c.yaml).unwrap();
+        let cfg = config::load(&path).unwrap();
+        assert!(cfg.users.is_empty());
+
+        std::fs::write(dir.path().join("redis.pw"), "upstream-secret\n").unwrap();
+        let hash = crate::acl::hash_password(b"app-secret");
+        let filled = c
+            .yaml
+            .replace("  # username: proxy", "  username: proxy")
+            .replace(
+                "  # password_file: /run/secrets/redis",
+                "  password_file: redis.pw",
+            )
+            .replace(
+                "users: []\n",
+                &format!("users:\n  - name: default\n    rules: \"on #{hash} ~* &* +@all\"\n"),
+            );
+        std::fs::write(&path, filled).unwrap();
+        let cfg = config::load(&path).unwrap();
+        assert_eq!(cfg.users.names().collect::<Vec<_>>(), ["default"]);
+        assert_eq!(cfg.upstream.username.as_deref(), Some("proxy"));
+        assert_eq!(
+            cfg.upstream.password.as_ref().map(|p| p.expose()),
+            Some("upstream-secret")
+        );
+    }
+}
