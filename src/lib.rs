@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod commands;
@@ -22,6 +23,8 @@ pub mod config;
 pub mod fuzzing;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
+pub mod notify;
 pub mod resp;
 pub mod session;
 pub mod shutdown;
@@ -50,6 +53,11 @@ pub enum StartError {
     Tls { index: usize, source: tls::TlsError },
     #[error("upstream.tls: {0}")]
     UpstreamTls(tls::TlsError),
+    #[error("admin.address {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("audit.file: {path}: {source}")]
     Audit {
         path: std::path::PathBuf,
@@ -103,6 +111,7 @@ async fn learn_upstream_commands(connector: &upstream::Connector) {
 /// failure happens before anyone is served, and so tests can bind port 0 and read the port.
 pub struct Server {
     listeners: Vec<listener::Listener>,
+    admin: Option<(TcpListener, Arc<admin::Admin>)>,
     shared: Arc<session::Shared>,
     grace: std::time::Duration,
 }
@@ -148,6 +157,16 @@ impl Server {
             listeners.push(listener);
         }
         learn_upstream_commands(&connector).await;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let admin = match cfg.admin_address {
+            Some(addr) => Some((
+                admin::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Admin { addr, source })?,
+                Arc::new(admin::Admin::new(Arc::clone(&metrics), connector.clone())),
+            )),
+            None => None,
+        };
         let limiter = Arc::new(limits::Limiter::new(cfg.connection_limits));
         let command_rates = cfg
             .command_rates
@@ -161,12 +180,19 @@ impl Server {
             audit,
             limiter,
             command_rates,
+            metrics: Arc::clone(&metrics),
         });
         Ok(Server {
             listeners,
+            admin,
             shared,
             grace: cfg.shutdown_grace,
         })
+    }
+
+    /// The admin endpoint's address, when one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The bound addresses, in config order.
@@ -184,6 +210,9 @@ impl Server {
         let tasks = TaskTracker::new();
         for l in self.listeners {
             tasks.spawn(l.accept_loop(Arc::clone(&self.shared), stop.clone(), tasks.clone()));
+        }
+        if let Some((listener, admin)) = self.admin {
+            tokio::spawn(admin.serve(listener, stop.clone()));
         }
         // Forget rate-limiter state of addresses that went quiet, so it stays bounded.
         let housekeeping = {

@@ -71,21 +71,27 @@ impl Listener {
             };
             // Cheap refusals first, before any TLS work: the allow-list, then the caps.
             if !self.cfg.admits(peer.ip()) {
+                shared.metrics.refused(Refused::NotAllowed);
                 refused.log(Refused::NotAllowed, peer);
                 continue; // dropping the socket closes it
             }
             let guard = match shared.limiter.admit(peer.ip()) {
                 Ok(guard) => guard,
                 Err(why) => {
+                    shared.metrics.refused(why);
                     refused.log(why, peer);
                     continue;
                 }
             };
+            shared.metrics.connections_accepted.inc();
+            shared.metrics.connections_open.inc();
             let span = tracing::debug_span!("conn", %peer);
             let (tls, shared, stop) = (self.tls.clone(), Arc::clone(&shared), stop.clone());
             tasks.spawn(
                 async move {
+                    let metrics = Arc::clone(&shared.metrics);
                     handle(tcp, peer, tls, shared, stop).await;
+                    metrics.connections_open.dec();
                     drop(guard);
                 }
                 .instrument(span),
@@ -136,10 +142,12 @@ async fn handle(
             match handshake.await {
                 Ok(Ok(stream)) => session::serve(stream, peer, shared, stop).await,
                 Ok(Err(e)) => {
+                    shared.metrics.tls_handshake_failures.inc();
                     debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    shared.metrics.tls_handshake_failures.inc();
                     debug!(%peer, "TLS handshake timed out");
                     return;
                 }

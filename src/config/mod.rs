@@ -73,6 +73,9 @@ pub struct RawConfig {
     pub acl_file: Option<PathBuf>,
     #[serde(default)]
     pub audit: Option<RawAudit>,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub limits: RawLimits,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -181,6 +184,13 @@ pub struct RawUser {
     /// Optional per-user command rate; over it commands are refused, not forwarded.
     #[serde(default)]
     pub commands_per_second: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// IP:port; keep it on loopback or a pod-local address.
+    pub address: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

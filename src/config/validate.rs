@@ -58,6 +58,8 @@ pub struct Config {
     /// Where audit events are appended as JSON lines, if anywhere.
     pub audit_file: Option<PathBuf>,
     pub connection_limits: crate::limits::LimitSettings,
+    /// The admin endpoint's address, if enabled.
+    pub admin_address: Option<SocketAddr>,
     /// `commands_per_second` by user name.
     pub command_rates: HashMap<String, std::num::NonZeroU32>,
 }
@@ -472,6 +474,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         audit_file: raw.audit.and_then(|a| a.file).map(|f| resolve(base, &f)),
         connection_limits,
         command_rates,
+        admin_address: match raw.admin {
+            Some(a) => Some(socket_addr("admin.address", &a.address)?),
+            None => None,
+        },
     })
 }
 

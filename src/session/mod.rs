@@ -62,6 +62,7 @@ pub struct Shared {
     pub limiter: Arc<crate::limits::Limiter>,
     /// `commands_per_second`, by user name.
     pub command_rates: std::collections::HashMap<String, Arc<crate::limits::CommandRate>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a session ended abnormally (the peer hanging up is not an error).
@@ -180,6 +181,7 @@ where
                         continue; // dispatch the same request again, now with an upstream
                     }
                     Err(e) => {
+                        st.shared.metrics.upstream_connect_errors.inc();
                         warn!(%peer, error = %e, "upstream unavailable");
                         st.local(Bytes::from_static(replies::UPSTREAM_UNAVAILABLE));
                         st.end_of_command();
@@ -527,6 +529,9 @@ struct State {
     subs: Subscriptions,
     /// No more requests are read (QUIT, protocol error).
     closing: bool,
+    /// Requests forwarded / refused (ACL, rate) on this connection, for the metrics.
+    forwarded: u64,
+    refused: u64,
     /// The close slot was reached: write what is owed, then close.
     closed: bool,
 }
@@ -549,6 +554,8 @@ impl State {
             subs: Subscriptions::default(),
             closing: false,
             closed: false,
+            forwarded: 0,
+            refused: 0,
         }
     }
 
@@ -629,6 +636,7 @@ impl State {
     }
 
     fn audit_auth_failure(&self, req: &Request<'_>, username: String) {
+        self.shared.metrics.auth_failures.inc();
         self.shared.audit.record(&Event {
             reason: Reason::Auth,
             context: self.context(),
@@ -687,8 +695,12 @@ impl State {
     }
 
     fn dispatch(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+        let before = self.forwarded + self.refused;
         let outcome = self.dispatch_inner(req, raw, has_upstream);
         if outcome == Outcome::Done {
+            if self.forwarded + self.refused == before {
+                self.shared.metrics.commands_local.inc();
+            }
             self.end_of_command();
         }
         outcome
@@ -720,6 +732,13 @@ impl State {
                 }
             };
             if let Err(d) = acl::check(&user, spec, req) {
+                self.refused += 1;
+                self.shared.metrics.commands_denied.inc();
+                match d {
+                    Denied::Command => self.shared.metrics.acl_denied_command.inc(),
+                    Denied::Key { .. } => self.shared.metrics.acl_denied_key.inc(),
+                    Denied::Channel { .. } => self.shared.metrics.acl_denied_channel.inc(),
+                };
                 self.audit_denied(&user, spec, req, d);
                 // Redis refuses DEBUG and MODULE as protected commands before its ACL check
                 // (`processCommand`, with the default enable-*-command no): same text here.
@@ -738,6 +757,8 @@ impl State {
         }
         if let Some(rate) = self.shared.command_rates.get(&user.name) {
             if rate.check().is_err() {
+                self.refused += 1;
+                self.shared.metrics.commands_rate_limited.inc();
                 self.reject(Bytes::from_static(replies::COMMAND_RATE_EXCEEDED));
                 return Outcome::Done;
             }
@@ -770,6 +791,7 @@ impl State {
                 expect: Expect::Replies(1),
                 forward: false,
                 hook: Hook::None,
+                sent: Instant::now(),
             });
             self.local(Bytes::from_static(replies::EXECABORT));
             return Outcome::Done;
@@ -872,6 +894,7 @@ impl State {
         if !self.shared.limiter.auth_locked(self.peer.ip()) {
             return false;
         }
+        self.shared.metrics.auth_lockouts.inc();
         self.audit_auth_failure(req, "(locked out)".to_owned());
         self.local(Bytes::from_static(replies::AUTH_LOCKED));
         true
@@ -967,6 +990,7 @@ impl State {
             expect: Expect::Replies(1),
             forward: true,
             hook: Hook::Reset,
+            sent: Instant::now(),
         });
         if let Some(auth) = self.shared.connector.auth_request() {
             self.uout.extend_from_slice(auth);
@@ -974,12 +998,15 @@ impl State {
                 expect: Expect::Replies(1),
                 forward: false,
                 hook: Hook::UpstreamAuth,
+                sent: Instant::now(),
             });
         }
         Outcome::Done
     }
 
     fn forward(&mut self, req: &Request<'_>, raw: &[u8]) {
+        self.forwarded += 1;
+        self.shared.metrics.commands_forwarded.inc();
         if req.is_inline() {
             // Inline requests are re-encoded so Redis sees exactly the arguments checked here.
             let mut buf = Vec::with_capacity(raw.len() + 16);
@@ -1002,6 +1029,7 @@ impl State {
             expect,
             forward,
             hook,
+            sent: Instant::now(),
         });
     }
 
@@ -1130,7 +1158,13 @@ impl State {
         } else if !self.resp3 && self.subs.any() && pubsub.is_some_and(PubSub::is_message) {
             return Ok(()); // a RESP2 pub/sub message
         }
-        let Some(Slot::Upstream { expect, hook, .. }) = self.slots.front_mut() else {
+        let Some(Slot::Upstream {
+            expect,
+            hook,
+            sent,
+            forward,
+        }) = self.slots.front_mut()
+        else {
             return Err(SessionError::UnexpectedReply);
         };
         let done = match expect {
@@ -1148,6 +1182,12 @@ impl State {
             return Ok(());
         }
         let hook = *hook;
+        if *forward {
+            self.shared
+                .metrics
+                .request_duration
+                .observe(sent.elapsed().as_secs_f64());
+        }
         self.slots.pop();
         match hook {
             Hook::None => {}

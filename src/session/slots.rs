@@ -52,10 +52,12 @@ pub enum Slot {
     /// A reply redward wrote itself whose encoding depends on the protocol (maps, sets, nulls);
     /// the one in force when it reaches the client is used.
     LocalProto { resp2: Bytes, resp3: Bytes },
-    /// Replies owed by Redis. `forward: false` swallows them (redward's own requests).
+    /// Replies owed by Redis. `forward: false` swallows them (redward's own requests);
+    /// `sent` times the request for the latency histogram.
     Upstream {
         expect: Expect,
         forward: bool,
+        sent: tokio::time::Instant,
         hook: Hook,
     },
     /// Close the connection once everything before is written (QUIT, protocol error).

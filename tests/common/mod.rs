@@ -233,12 +233,14 @@ impl ProxyBuilder {
         let cfg = redward::config::load(&path).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
         let server = redward::Server::bind(&cfg).await.expect("bind");
         let addr = server.local_addrs()[0];
+        let admin = server.admin_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
         Proxy {
             addr,
+            admin,
             certs,
             stop: Some(stop),
             handle: Some(handle),
@@ -248,6 +250,8 @@ impl ProxyBuilder {
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin endpoint, when the config has `admin:`.
+    pub admin: Option<SocketAddr>,
     pub certs: Certs,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,

@@ -1,0 +1,167 @@
+//! Every metric redward exports, declared once with its help text (`redward_*`, Prometheus
+//! text format on the admin endpoint). Label values are fixed at start-up: the hot path only
+//! increments pre-resolved counters (an atomic add), it never builds a label set.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Result_ {
+    result: &'static str,
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub connections_open: Gauge,
+    pub connections_accepted: Counter,
+    pub refused_not_allowed: Counter,
+    pub refused_max_connections: Counter,
+    pub refused_per_ip: Counter,
+    pub refused_rate: Counter,
+    pub tls_handshake_failures: Counter,
+    pub commands_forwarded: Counter,
+    pub commands_local: Counter,
+    pub commands_denied: Counter,
+    pub commands_rate_limited: Counter,
+    pub auth_failures: Counter,
+    pub auth_lockouts: Counter,
+    pub acl_denied_command: Counter,
+    pub acl_denied_key: Counter,
+    pub acl_denied_channel: Counter,
+    pub upstream_connect_errors: Counter,
+    pub upstream_stream_errors: Counter,
+    pub request_duration: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("redward");
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "Client connections admitted (allow-list and limits passed)",
+            connections_accepted.clone(),
+        );
+        let refused = Family::<Reason, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept, by reason",
+            refused.clone(),
+        );
+        let r = |reason| refused.get_or_create(&Reason { reason }).clone();
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        let commands = Family::<Result_, Counter>::default();
+        registry.register(
+            "commands",
+            "Client commands by result: forwarded to Redis, answered by redward, denied by ACL, rate limited",
+            commands.clone(),
+        );
+        let c = |result| commands.get_or_create(&Result_ { result }).clone();
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Failed AUTH/HELLO AUTH attempts",
+            auth_failures.clone(),
+        );
+        let auth_lockouts = Counter::default();
+        registry.register(
+            "auth_lockouts",
+            "Logins refused because the source address is locked out",
+            auth_lockouts.clone(),
+        );
+        let denials = Family::<Reason, Counter>::default();
+        registry.register(
+            "acl_denials",
+            "Commands refused by ACL rules, by reason",
+            denials.clone(),
+        );
+        let d = |reason| denials.get_or_create(&Reason { reason }).clone();
+        let upstream_errors = Family::<Reason, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream Redis failures: connect (incl. redward's own AUTH) or mid-stream",
+            upstream_errors.clone(),
+        );
+        let u = |reason| upstream_errors.get_or_create(&Reason { reason }).clone();
+        let request_duration = Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0,]);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a forwarded request to the end of its reply",
+            request_duration.clone(),
+        );
+        Metrics {
+            connections_open,
+            connections_accepted,
+            refused_not_allowed: r("not_allowed"),
+            refused_max_connections: r("max_connections"),
+            refused_per_ip: r("max_connections_per_ip"),
+            refused_rate: r("connection_rate"),
+            tls_handshake_failures,
+            commands_forwarded: c("forwarded"),
+            commands_local: c("local"),
+            commands_denied: c("denied"),
+            commands_rate_limited: c("rate_limited"),
+            auth_failures,
+            auth_lockouts,
+            acl_denied_command: d("command"),
+            acl_denied_key: d("key"),
+            acl_denied_channel: d("channel"),
+            upstream_connect_errors: u("connect"),
+            upstream_stream_errors: u("stream"),
+            request_duration,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn refused(&self, why: crate::limits::Refused) {
+        use crate::limits::Refused;
+        match why {
+            Refused::NotAllowed => self.refused_not_allowed.inc(),
+            Refused::TooManyConnections => self.refused_max_connections.inc(),
+            Refused::TooManyFromAddress => self.refused_per_ip.inc(),
+            Refused::RateExceeded => self.refused_rate.inc(),
+        };
+    }
+}

@@ -1,0 +1,76 @@
+//! Promise: operators can alert on redward: `/metrics` in Prometheus text format, `/healthz`
+//! while the process serves, `/readyz` only while the upstream is reachable and authenticated.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_tell_the_truth() {
+    let mut redis = Redis::start();
+    let proxy = proxy()
+        .user("ro", "on >ropw %R~cache:* -@all +get")
+        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
+        .start(&redis)
+        .await;
+    let admin = proxy.admin.expect("admin endpoint");
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    assert_eq!(get(admin, "/nope").await.0, 404);
+
+    let mut raw = proxy.raw().await;
+    raw.send(
+        &[
+            cmd(&["AUTH", "ro", "wrong"]),
+            cmd(&["AUTH", "ro", "ropw"]),
+            cmd(&["GET", "cache:1"]),
+            cmd(&["GET", "other"]),
+            cmd(&["SET", "cache:1", "v"]),
+        ]
+        .concat(),
+    )
+    .await;
+    let _ = raw.replies(5).await;
+    let (status, metrics) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "redward_connections_accepted_total 1",
+        "redward_connections_open 1",
+        "redward_auth_failures_total 1",
+        "redward_commands_total{result=\"forwarded\"} 1",
+        "redward_commands_total{result=\"denied\"} 2",
+        "redward_acl_denials_total{reason=\"key\"} 1",
+        "redward_acl_denials_total{reason=\"command\"} 1",
+        "redward_request_duration_seconds_count 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}` in:\n{metrics}"
+        );
+    }
+
+    redis.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // past the readiness cache
+    assert_eq!(get(admin, "/readyz").await.0, 503);
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    redis.restart();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+}
