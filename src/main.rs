@@ -167,7 +167,14 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         let server = redward::Server::bind(&cfg).await?;
-        server.run(redward::shutdown::signal()).await;
+        // Listeners are bound: tell systemd (Type=notify) we are ready.
+        redward::notify::ready();
+        server
+            .run(async {
+                redward::shutdown::signal().await;
+                redward::notify::stopping();
+            })
+            .await;
         Ok(())
     });
     match result {
