@@ -25,6 +25,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod proxy_header;
 pub mod resp;
 pub mod session;
 pub mod shutdown;

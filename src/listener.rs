@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::ListenerConfig;
-use crate::limits::Refused;
+use crate::limits::{ConnGuard, Refused};
+use crate::proxy_header;
 use crate::session::{self, Shared};
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin a core.
@@ -69,36 +70,82 @@ impl Listener {
                     continue;
                 }
             };
-            // Cheap refusals first, before any TLS work: the allow-list, then the caps.
-            if !self.cfg.admits(peer.ip()) {
-                shared.metrics.refused(Refused::NotAllowed);
-                refused.log(Refused::NotAllowed, peer);
-                continue; // dropping the socket closes it
+            if self.cfg.proxy_protocol {
+                // The real client is only known once the header is read: read it (bounded by
+                // the handshake timeout) in the connection's task, then make the same checks.
+                let (tls, shared, stop, cfg) = (
+                    self.tls.clone(),
+                    Arc::clone(&shared),
+                    stop.clone(),
+                    self.cfg.clone(),
+                );
+                tasks.spawn(async move {
+                    let mut tcp = tcp;
+                    let header =
+                        tokio::time::timeout(shared.limits.handshake_timeout, proxy_header::read(&mut tcp, peer));
+                    let client = match header.await {
+                        Ok(Ok(client)) => client,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "PROXY header refused");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "PROXY header timed out");
+                            return;
+                        }
+                    };
+                    match admit(&cfg, &shared, client) {
+                        Ok(guard) => serve_admitted(tcp, client, tls, shared, stop, guard).await,
+                        Err(why) => debug!(%client, via = %peer, reason = why.label(), "connection refused: {why}"),
+                    }
+                });
+                continue;
             }
-            let guard = match shared.limiter.admit(peer.ip()) {
+            // Cheap refusals first, before any TLS work: the allow-list, then the caps.
+            let guard = match admit(&self.cfg, &shared, peer) {
                 Ok(guard) => guard,
                 Err(why) => {
-                    shared.metrics.refused(why);
                     refused.log(why, peer);
-                    continue;
+                    continue; // dropping the socket closes it
                 }
             };
-            shared.metrics.connections_accepted.inc();
-            shared.metrics.connections_open.inc();
-            let span = tracing::debug_span!("conn", %peer);
             let (tls, shared, stop) = (self.tls.clone(), Arc::clone(&shared), stop.clone());
-            tasks.spawn(
-                async move {
-                    let metrics = Arc::clone(&shared.metrics);
-                    handle(tcp, peer, tls, shared, stop).await;
-                    metrics.connections_open.dec();
-                    drop(guard);
-                }
-                .instrument(span),
-            );
+            tasks.spawn(serve_admitted(tcp, peer, tls, shared, stop, guard));
         }
         info!(addr = %self.addr, "stopped accepting");
     }
+}
+
+/// The allow-list, then the connection caps; counts refusals in the metrics.
+fn admit(cfg: &ListenerConfig, shared: &Shared, peer: SocketAddr) -> Result<ConnGuard, Refused> {
+    let result = if cfg.admits(peer.ip()) {
+        shared.limiter.admit(peer.ip())
+    } else {
+        Err(Refused::NotAllowed)
+    };
+    if let Err(why) = result {
+        shared.metrics.refused(why);
+    }
+    result
+}
+
+/// An admitted connection's task: the session, with the open-connection gauge and the
+/// limiter's slot held for exactly its lifetime.
+async fn serve_admitted(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    guard: ConnGuard,
+) {
+    shared.metrics.connections_accepted.inc();
+    shared.metrics.connections_open.inc();
+    let metrics = Arc::clone(&shared.metrics);
+    let span = tracing::debug_span!("conn", %peer);
+    handle(tcp, peer, tls, shared, stop).instrument(span).await;
+    metrics.connections_open.dec();
+    drop(guard);
 }
 
 /// Logs refused connections without letting a flood flood the log: the first of each second

@@ -116,7 +116,9 @@ impl Metrics {
             upstream_errors.clone(),
         );
         let u = |reason| upstream_errors.get_or_create(&Reason { reason }).clone();
-        let request_duration = Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0,]);
+        let request_duration = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0,
+        ]);
         registry.register(
             "request_duration_seconds",
             "Time from a forwarded request to the end of its reply",

@@ -103,6 +103,9 @@ pub struct RawListener {
     /// Networks refused even if allowed.
     #[serde(default)]
     pub deny: Vec<ipnet::IpNet>,
+    /// Expect a PROXY protocol v1/v2 header first (behind a load balancer).
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// `tls: off`, or the listener's certificate settings.

@@ -79,6 +79,8 @@ pub struct ListenerConfig {
     pub allow: Vec<ipnet::IpNet>,
     /// Refused even when allowed.
     pub deny: Vec<ipnet::IpNet>,
+    /// A PROXY protocol header comes first and names the real client.
+    pub proxy_protocol: bool,
 }
 
 impl ListenerConfig {
@@ -288,6 +290,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             tls,
             allow: l.allow,
             deny: l.deny,
+            proxy_protocol: l.proxy_protocol,
         });
     }
 
