@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::ListenerConfig;
+use crate::config::{ClientAuth, ClientIdentity, ListenerConfig};
 use crate::limits::{ConnGuard, Refused};
 use crate::proxy_header;
 use crate::session::{self, Shared};
@@ -27,6 +27,20 @@ pub struct Listener {
     tls: Option<TlsAcceptor>,
     addr: SocketAddr,
     cfg: ListenerConfig,
+}
+
+impl Listener {
+    /// The acceptor and, for mTLS, how certificates log clients in.
+    fn tls_mode(&self) -> Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)> {
+        let acceptor = self.tls.clone()?;
+        let mtls = self
+            .cfg
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_certs.as_ref())
+            .map(|c| (c.auth, c.identity));
+        Some((acceptor, mtls))
+    }
 }
 
 impl Listener {
@@ -74,7 +88,7 @@ impl Listener {
                 // The real client is only known once the header is read: read it (bounded by
                 // the handshake timeout) in the connection's task, then make the same checks.
                 let (tls, shared, stop, cfg) = (
-                    self.tls.clone(),
+                    self.tls_mode(),
                     Arc::clone(&shared),
                     stop.clone(),
                     self.cfg.clone(),
@@ -109,7 +123,7 @@ impl Listener {
                     continue; // dropping the socket closes it
                 }
             };
-            let (tls, shared, stop) = (self.tls.clone(), Arc::clone(&shared), stop.clone());
+            let (tls, shared, stop) = (self.tls_mode(), Arc::clone(&shared), stop.clone());
             tasks.spawn(serve_admitted(tcp, peer, tls, shared, stop, guard));
         }
         info!(addr = %self.addr, "stopped accepting");
@@ -134,7 +148,7 @@ fn admit(cfg: &ListenerConfig, shared: &Shared, peer: SocketAddr) -> Result<Conn
 async fn serve_admitted(
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     guard: ConnGuard,
@@ -146,6 +160,24 @@ async fn serve_admitted(
     handle(tcp, peer, tls, shared, stop).instrument(span).await;
     metrics.connections_open.dec();
     drop(guard);
+}
+
+/// The enabled redward user a verified client certificate names, if any (mTLS login, as
+/// Redis 8's `tls-auth-clients-user` does).
+fn certificate_user(
+    stream: &tokio_rustls::server::TlsStream<TcpStream>,
+    field: ClientIdentity,
+    shared: &Shared,
+) -> Option<Arc<crate::acl::User>> {
+    let cert = stream.get_ref().1.peer_certificates()?.first()?;
+    let name = crate::tls::client_identity(cert, field)?;
+    let user = shared
+        .users
+        .get(name.as_bytes())
+        .filter(|u| u.enabled)
+        .cloned();
+    debug!(identity = %name, found = user.is_some(), "client certificate identity");
+    user
 }
 
 /// Logs refused connections without letting a flood flood the log: the first of each second
@@ -176,18 +208,32 @@ impl RefusalLog {
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
     // Redis traffic is request/response; Nagle would add delay to every small reply.
     let _ = tcp.set_nodelay(true);
     let result = match tls {
-        Some(acceptor) => {
+        Some((acceptor, mtls)) => {
             let handshake =
                 tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp));
             match handshake.await {
-                Ok(Ok(stream)) => session::serve(stream, peer, shared, stop).await,
+                Ok(Ok(stream)) => {
+                    let login = match mtls {
+                        None => None,
+                        Some((auth, field)) => match certificate_user(&stream, field, &shared) {
+                            Some(user) => Some(user),
+                            None if auth == ClientAuth::Required => {
+                                shared.metrics.tls_handshake_failures.inc();
+                                warn!(%peer, "client certificate names no enabled user; closing");
+                                return;
+                            }
+                            None => None,
+                        },
+                    };
+                    session::serve(stream, peer, shared, stop, login).await
+                }
                 Ok(Err(e)) => {
                     shared.metrics.tls_handshake_failures.inc();
                     debug!(%peer, error = %e, "TLS handshake failed");
@@ -200,7 +246,7 @@ async fn handle(
                 }
             }
         }
-        None => session::serve(tcp, peer, shared, stop).await,
+        None => session::serve(tcp, peer, shared, stop, None).await,
     };
     match result {
         Ok(()) => debug!(%peer, "connection closed"),

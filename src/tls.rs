@@ -15,7 +15,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientTls, UpstreamTls};
+use crate::config::{ClientAuth, ClientCerts, ClientIdentity, ClientTls, UpstreamTls};
 
 /// Sessions remembered for ID-based resumption (TLS 1.2 clients without tickets). Each entry
 /// is a few hundred bytes; 4096 covers a large fleet of clients reconnecting.
@@ -80,10 +80,13 @@ pub fn server_config(tls: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_single_cert(certified.cert, key)?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)?;
+    let builder = match &tls.client_certs {
+        None => builder.with_no_client_auth(),
+        Some(cc) => builder.with_client_cert_verifier(client_verifier(cc, provider)?),
+    };
+    let mut config = builder.with_single_cert(certified.cert, key)?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     if tls.session_tickets {
         config.ticketer = aws_lc_rs::Ticketer::new()?;
@@ -94,6 +97,66 @@ pub fn server_config(tls: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
         config.send_tls13_tickets = 0;
     }
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against `client_ca` (and the CRLs). With `optional`, a
+/// client may also come without a certificate and use AUTH.
+fn client_verifier(
+    cc: &ClientCerts,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(&cc.ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_err(&cc.ca, format!("bad CA certificate: {e}")))?;
+    }
+    let mut crls = Vec::new();
+    for path in &cc.crls {
+        let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+        let found = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&data)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_err(path, format!("not a PEM CRL file: {e}")))?;
+        if found.is_empty() {
+            return Err(file_err(path, "no X509 CRL block found"));
+        }
+        crls.extend(found);
+    }
+    let mut builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(crls);
+    if cc.auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    builder
+        .build()
+        .map_err(|e| file_err(&cc.ca, format!("client certificate verifier: {e}")))
+}
+
+/// The name a verified client certificate gives its holder, from the configured field: the
+/// subject's CN, or the first DNS or URI subject alternative name.
+pub fn client_identity(cert: &CertificateDer<'_>, field: ClientIdentity) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    match field {
+        ClientIdentity::CommonName => parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        ClientIdentity::Dns | ClientIdentity::Uri => {
+            let san = parsed.subject_alternative_name().ok()??;
+            san.value
+                .general_names
+                .iter()
+                .find_map(|n| match (n, field) {
+                    (GeneralName::DNSName(d), ClientIdentity::Dns) => Some((*d).to_owned()),
+                    (GeneralName::URI(u), ClientIdentity::Uri) => Some((*u).to_owned()),
+                    _ => None,
+                })
+        }
+    }
 }
 
 /// Client config for an upstream Redis that terminates TLS itself.

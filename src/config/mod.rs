@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use validate::{
-    ClientTls, Config, ListenerConfig, LogFormat, ProtocolLimits, Secret, UpstreamAddr,
-    UpstreamConfig, UpstreamTls, Users,
+    ClientAuth, ClientCerts, ClientIdentity, ClientTls, Config, ListenerConfig, LogFormat,
+    ProtocolLimits, Secret, UpstreamAddr, UpstreamConfig, UpstreamTls, Users,
 };
 
 /// A configuration that cannot be used. Its `Display` is the one line redward prints before
@@ -126,6 +126,18 @@ pub struct RawServerTls {
     /// Stateless session tickets (resumption); on by default.
     #[serde(default)]
     pub session_tickets: Option<bool>,
+    /// CA bundle for client certificates (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `none` (default), `optional` or `required`.
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    /// Which certificate field names the redward user: `cn` (default), `dns` or `uri`.
+    #[serde(default)]
+    pub client_identity: Option<String>,
+    /// Certificate revocation lists (PEM) for client certificates.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
 }
 
 impl<'de> Deserialize<'de> for RawTls {
@@ -145,7 +157,8 @@ impl<'de> Deserialize<'de> for RawTls {
                 "expected `off` or a map with `cert` and `key`",
             )),
             Err(_) => Err(serde::de::Error::custom(
-                "expected `off` or a map with `cert`, `key` and optionally `min_version`, `session_tickets` (no other fields)",
+                "expected `off` or a map with `cert`, `key` and optionally `min_version`, `session_tickets`, \
+                 `client_ca`, `client_auth`, `client_identity`, `crl` (no other fields)",
             )),
         }
     }

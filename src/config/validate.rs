@@ -103,6 +103,34 @@ pub struct ClientTls {
     /// Only TLS 1.3 when true; TLS 1.2 and 1.3 otherwise.
     pub tls13_only: bool,
     pub session_tickets: bool,
+    /// Client certificates (mTLS), when configured.
+    pub client_certs: Option<ClientCerts>,
+}
+
+/// Whether clients present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A verified certificate that names a user logs in as that user; without one (or with
+    /// one that names nobody) the client uses AUTH.
+    Optional,
+    /// A verified certificate naming an enabled user is required; nothing else is served.
+    Required,
+}
+
+/// The certificate field that names the redward user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIdentity {
+    CommonName,
+    Dns,
+    Uri,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientCerts {
+    pub ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+    pub auth: ClientAuth,
+    pub identity: ClientIdentity,
 }
 
 #[derive(Debug, Clone)]
@@ -265,11 +293,56 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
                         ))
                     }
                 };
+                let field = |f: &str| format!("listen[{i}].tls.{f}");
+                let auth = match t.client_auth.as_deref() {
+                    None | Some("none") => None,
+                    Some("optional") => Some(ClientAuth::Optional),
+                    Some("required") => Some(ClientAuth::Required),
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            field("client_auth"),
+                            format!("`{other}`: use none, optional or required"),
+                        ))
+                    }
+                };
+                let identity = match t.client_identity.as_deref() {
+                    None | Some("cn") => ClientIdentity::CommonName,
+                    Some("dns") => ClientIdentity::Dns,
+                    Some("uri") => ClientIdentity::Uri,
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            field("client_identity"),
+                            format!("`{other}`: use cn, dns or uri"),
+                        ))
+                    }
+                };
+                let client_certs = match (auth, &t.client_ca) {
+                    (None, None) => None,
+                    (None, Some(_)) => {
+                        return Err(ConfigError::invalid(
+                            field("client_auth"),
+                            "client_ca is set: say client_auth: optional or required",
+                        ))
+                    }
+                    (Some(_), None) => {
+                        return Err(ConfigError::invalid(
+                            field("client_ca"),
+                            "client_auth needs a client_ca",
+                        ))
+                    }
+                    (Some(auth), Some(ca)) => Some(ClientCerts {
+                        ca: resolve(base, ca),
+                        crls: t.crl.iter().map(|c| resolve(base, c)).collect(),
+                        auth,
+                        identity,
+                    }),
+                };
                 Some(ClientTls {
                     cert: resolve(base, &t.cert),
                     key: resolve(base, &t.key),
                     tls13_only,
                     session_tickets: t.session_tickets.unwrap_or(true),
+                    client_certs,
                 })
             }
             RawTls::Off => {

@@ -117,11 +117,16 @@ pub async fn serve<S>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    login: Option<Arc<User>>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut st = State::new(shared, peer);
+    if login.is_some() {
+        // A verified client certificate already named the user (mTLS): no AUTH needed.
+        st.user = login;
+    }
     let mut parser = RequestParser::new();
     let mut cin = BytesMut::with_capacity(READ_CHUNK);
     let mut uin = BytesMut::new();
