@@ -26,6 +26,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod proxy_header;
+pub mod reload;
 pub mod resp;
 pub mod session;
 pub mod shutdown;
@@ -113,6 +114,7 @@ async fn learn_upstream_commands(connector: &upstream::Connector) {
 pub struct Server {
     listeners: Vec<listener::Listener>,
     admin: Option<(TcpListener, Arc<admin::Admin>)>,
+    reloader: reload::Reloader,
     shared: Arc<session::Shared>,
     grace: std::time::Duration,
 }
@@ -136,13 +138,18 @@ impl Server {
             None => audit::Audit::default(),
         });
         let mut listeners = Vec::with_capacity(cfg.listeners.len());
+        let mut tls_slots = Vec::with_capacity(cfg.listeners.len());
         for (index, l) in cfg.listeners.iter().enumerate() {
             let tls = match &l.tls {
-                Some(t) => Some(TlsAcceptor::from(
-                    tls::server_config(t).map_err(|source| StartError::Tls { index, source })?,
-                )),
+                Some(t) => Some(Arc::new(arc_swap::ArcSwap::from_pointee(
+                    TlsAcceptor::from(
+                        tls::server_config(t)
+                            .map_err(|source| StartError::Tls { index, source })?,
+                    ),
+                ))),
                 None => None,
             };
+            tls_slots.push(tls.clone());
             let tcp = bind(l.addr).map_err(|source| StartError::Bind {
                 index,
                 addr: l.addr,
@@ -169,26 +176,33 @@ impl Server {
             None => None,
         };
         let limiter = Arc::new(limits::Limiter::new(cfg.connection_limits));
-        let command_rates = cfg
-            .command_rates
-            .iter()
-            .map(|(name, rate)| (name.clone(), Arc::new(limits::command_rate(*rate))))
-            .collect();
         let shared = Arc::new(session::Shared {
-            users: cfg.users.clone(),
-            limits: cfg.limits,
+            live: arc_swap::ArcSwap::from_pointee(reload::live(cfg, 0)),
             connector,
             audit,
             limiter,
-            command_rates,
             metrics: Arc::clone(&metrics),
         });
+        let reloader = reload::Reloader::new(Arc::clone(&shared), tls_slots, cfg);
         Ok(Server {
             listeners,
             admin,
             shared,
+            reloader,
             grace: cfg.shutdown_grace,
         })
+    }
+
+    /// Reloads from this file on SIGHUP and whenever it or a certificate file it names
+    /// changes. Without it the configuration is fixed for the process's life.
+    pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
+        self.reloader.set_path(path);
+        self
+    }
+
+    /// The reload handle (tests trigger reloads with it).
+    pub fn reloader(&self) -> reload::Reloader {
+        self.reloader.clone()
     }
 
     /// The admin endpoint's address, when one is configured.
@@ -226,7 +240,9 @@ impl Server {
                 }
             })
         };
+        let watcher = tokio::spawn(self.reloader.clone().watch(stop.clone()));
         shutdown.await;
+        watcher.abort();
         housekeeping.abort();
         stop.cancel();
         tasks.close();

@@ -24,7 +24,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    /// Swapped by a reload (new certificates take effect for new connections).
+    tls: Option<Arc<arc_swap::ArcSwap<TlsAcceptor>>>,
     addr: SocketAddr,
     cfg: ListenerConfig,
 }
@@ -32,7 +33,7 @@ pub struct Listener {
 impl Listener {
     /// The acceptor and, for mTLS, how certificates log clients in.
     fn tls_mode(&self) -> Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)> {
-        let acceptor = self.tls.clone()?;
+        let acceptor = TlsAcceptor::clone(&self.tls.as_ref()?.load());
         let mtls = self
             .cfg
             .tls
@@ -46,7 +47,7 @@ impl Listener {
 impl Listener {
     pub fn new(
         tcp: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<arc_swap::ArcSwap<TlsAcceptor>>>,
         cfg: ListenerConfig,
     ) -> std::io::Result<Self> {
         let addr = tcp.local_addr()?;
@@ -96,7 +97,7 @@ impl Listener {
                 tasks.spawn(async move {
                     let mut tcp = tcp;
                     let header =
-                        tokio::time::timeout(shared.limits.handshake_timeout, proxy_header::read(&mut tcp, peer));
+                        tokio::time::timeout(shared.live.load().limits.handshake_timeout, proxy_header::read(&mut tcp, peer));
                     let client = match header.await {
                         Ok(Ok(client)) => client,
                         Ok(Err(e)) => {
@@ -172,6 +173,8 @@ fn certificate_user(
     let cert = stream.get_ref().1.peer_certificates()?.first()?;
     let name = crate::tls::client_identity(cert, field)?;
     let user = shared
+        .live
+        .load()
         .users
         .get(name.as_bytes())
         .filter(|u| u.enabled)
@@ -216,8 +219,10 @@ async fn handle(
     let _ = tcp.set_nodelay(true);
     let result = match tls {
         Some((acceptor, mtls)) => {
-            let handshake =
-                tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp));
+            let handshake = tokio::time::timeout(
+                shared.live.load().limits.handshake_timeout,
+                acceptor.accept(tcp),
+            );
             match handshake.await {
                 Ok(Ok(stream)) => {
                     let login = match mtls {

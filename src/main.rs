@@ -166,12 +166,16 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(e) => return fail(1, &e),
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
-        let server = redward::Server::bind(&cfg).await?;
+        // Before binding: a signal during start-up must drain, not kill.
+        let signals = redward::shutdown::Signals::install()?;
+        let server = redward::Server::bind(&cfg)
+            .await?
+            .reload_from(path.to_owned());
         // Listeners are bound: tell systemd (Type=notify) we are ready.
         redward::notify::ready();
         server
             .run(async {
-                redward::shutdown::signal().await;
+                signals.first().await;
                 redward::notify::stopping();
             })
             .await;

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::acl::{self, Denied, User};
 use crate::audit::{Audit, Event, Reason};
@@ -51,18 +51,27 @@ const UPSTREAM_OUT_HIGH: usize = 1024 * 1024;
 /// An idle connection's buffers are shrunk back when they grew past this.
 const IDLE_BUFFER_KEEP: usize = 64 * 1024;
 
-/// What every session shares: the user table, limits, the upstream connector and the audit
-/// sink.
+/// What every session shares: the reloadable part ([`Live`]), the upstream connector, the
+/// audit sink, the limiter and the metrics.
 #[derive(Debug)]
 pub struct Shared {
-    pub users: Users,
-    pub limits: ProtocolLimits,
+    /// Swapped whole by a reload; sessions pick up the new one at their next command.
+    pub live: arc_swap::ArcSwap<Live>,
     pub connector: Connector,
     pub audit: Arc<Audit>,
     pub limiter: Arc<crate::limits::Limiter>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The part of the configuration a reload replaces without dropping connections.
+#[derive(Debug)]
+pub struct Live {
+    pub users: Users,
+    pub limits: ProtocolLimits,
     /// `commands_per_second`, by user name.
     pub command_rates: std::collections::HashMap<String, Arc<crate::limits::CommandRate>>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Increases with every reload.
+    pub generation: u64,
 }
 
 /// Why a session ended abnormally (the peer hanging up is not an error).
@@ -134,8 +143,8 @@ where
     let mut upstream: Option<UpstreamStream> = None;
     let mut client_flush = false;
     let mut draining = false;
-    let login_deadline = Instant::now() + st.shared.limits.auth_timeout;
-    let idle_timeout = st.shared.limits.idle_timeout;
+    let login_deadline = Instant::now() + st.live.limits.auth_timeout;
+    let idle_timeout = st.live.limits.idle_timeout;
     let mut idle_deadline = Instant::now() + idle_timeout;
     let mut soft_since: Option<Instant> = None;
     // Created once: re-creating it every turn would re-register a waiter each time.
@@ -147,7 +156,7 @@ where
         // 1. Requests already read: frame, check and dispatch as many as the bounds allow.
         while !st.closing
             && !draining
-            && st.slots.len() < st.shared.limits.max_pipeline
+            && st.slots.len() < st.live.limits.max_pipeline
             && st.uout.len() < UPSTREAM_OUT_HIGH
         {
             let limits = st.frame_limits();
@@ -203,7 +212,7 @@ where
         // A subscriber or MONITOR client that does not read: Redis's
         // client-output-buffer-limit, applied here (hard cap, or soft cap for too long).
         if st.streaming() {
-            let limits = &st.shared.limits;
+            let limits = &st.live.limits;
             if st.cout.len() >= limits.output_hard {
                 warn!(%peer, buffered = st.cout.len(), "output buffer hard limit reached; closing");
                 break Err(SessionError::OutputLimit);
@@ -234,7 +243,7 @@ where
         // 4. Wait for the next thing to do.
         let read_client = !st.closing
             && !draining
-            && st.slots.len() < st.shared.limits.max_pipeline
+            && st.slots.len() < st.live.limits.max_pipeline
             && st.uout.len() < UPSTREAM_OUT_HIGH;
         let read_upstream = upstream.is_some() && st.cout.len() < st.client_out_cap();
         // The idle timeout never applies to subscribers, MONITOR, or a client waiting for a
@@ -244,7 +253,7 @@ where
         if st.cout.is_empty() && !client_flush {
             write_deadline = None;
         } else if write_deadline.is_none() {
-            write_deadline = Some(Instant::now() + st.shared.limits.client_write_timeout);
+            write_deadline = Some(Instant::now() + st.live.limits.client_write_timeout);
         }
         let write_by = write_deadline.unwrap_or_else(Instant::now);
         if read_client {
@@ -317,7 +326,7 @@ where
     // Whatever ended the session, give the client what is already owed, briefly.
     if !st.cout.is_empty() || client_flush {
         let grace = st
-            .shared
+            .live
             .limits
             .client_write_timeout
             .min(std::time::Duration::from_secs(5));
@@ -513,6 +522,8 @@ struct ReplyMode {
 /// Per-connection protocol state; owns no sockets so it can be driven and tested alone.
 struct State {
     shared: Arc<Shared>,
+    /// The configuration this connection currently runs with (see `refresh`).
+    live: Arc<Live>,
     peer: SocketAddr,
     /// The logged-in user; `None` while authentication is required.
     user: Option<Arc<User>>,
@@ -543,8 +554,10 @@ struct State {
 
 impl State {
     fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
-        let user = shared.users.implicit_default().cloned();
+        let live = shared.live.load_full();
+        let user = live.users.implicit_default().cloned();
         State {
+            live,
             shared,
             peer,
             user,
@@ -574,14 +587,14 @@ impl State {
     /// redward's connection at its own limit, so it is buffered here up to the output limit.
     fn client_out_cap(&self) -> usize {
         if self.streaming() {
-            self.shared.limits.output_hard
+            self.live.limits.output_hard
         } else {
             CLIENT_OUT_HIGH
         }
     }
 
     fn frame_limits(&self) -> Limits {
-        let l = &self.shared.limits;
+        let l = &self.live.limits;
         Limits::new(l.max_bulk_len, l.max_inline_len, self.user.is_some())
     }
 
@@ -699,7 +712,32 @@ impl State {
         }
     }
 
+    /// Picks up a reloaded configuration before the next command, as Redis applies changed ACL
+    /// rules to connected clients: the user's new rules from now on; a user that was removed
+    /// or disabled is disconnected.
+    fn refresh(&mut self) {
+        let current = self.shared.live.load();
+        if current.generation == self.live.generation {
+            return;
+        }
+        self.live = arc_swap::Guard::into_inner(current);
+        if let Some(user) = &self.user {
+            match self.live.users.get(user.name.as_bytes()) {
+                Some(new) if new.enabled => self.user = Some(Arc::clone(new)),
+                _ => {
+                    info!(peer = %self.peer, user = %user.name, "user removed or disabled by reload; closing");
+                    self.user = None;
+                    self.close_after_replies();
+                }
+            }
+        }
+    }
+
     fn dispatch(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+        self.refresh();
+        if self.closing {
+            return Outcome::Done;
+        }
         let before = self.forwarded + self.refused;
         let outcome = self.dispatch_inner(req, raw, has_upstream);
         if outcome == Outcome::Done {
@@ -760,7 +798,7 @@ impl State {
                 return Outcome::Done;
             }
         }
-        if let Some(rate) = self.shared.command_rates.get(&user.name) {
+        if let Some(rate) = self.live.command_rates.get(&user.name) {
             if rate.check().is_err() {
                 self.refused += 1;
                 self.shared.metrics.commands_rate_limited.inc();
@@ -769,7 +807,7 @@ impl State {
             }
         }
         if is_acl {
-            match acl_cmd::answer(req, &user, &self.shared.users, &self.shared.audit) {
+            match acl_cmd::answer(req, &user, &self.live.users, &self.shared.audit) {
                 acl_cmd::Answer::Local(reply) => {
                     self.local_proto(reply);
                     return Outcome::Done;
@@ -909,7 +947,7 @@ impl State {
         if req.argc() <= 3 && self.auth_locked_out(req) {
             return;
         }
-        match auth::auth(&self.shared.users, req) {
+        match auth::auth(&self.live.users, req) {
             AuthOutcome::LoggedIn(user) => {
                 debug!(peer = %self.peer, user = %user.name, "authenticated");
                 self.user = Some(user);
@@ -934,7 +972,7 @@ impl State {
         if has_auth && self.auth_locked_out(req) {
             return Outcome::Done;
         }
-        let out = auth::hello(&self.shared.users, req, self.user.is_some());
+        let out = auth::hello(&self.live.users, req, self.user.is_some());
         let fwd = match out.result {
             Err(reply) => {
                 if let Some(u) = out.failed_user {
@@ -981,7 +1019,7 @@ impl State {
     /// it for Redis's own reply and state, then logs the upstream connection back in as
     /// itself; the client is logged out of redward, as `clearClientConnectionState` does.
     fn do_reset(&mut self, raw: &[u8], has_upstream: bool) -> Outcome {
-        self.user = self.shared.users.implicit_default().cloned();
+        self.user = self.live.users.implicit_default().cloned();
         self.in_multi = false;
         self.multi_dirty = false;
         // RESET clears CLIENT REPLY OFF/SKIP before replying, so its reply is always sent.

@@ -231,9 +231,13 @@ impl ProxyBuilder {
         let path = certs.dir.path().join("redward.yaml");
         std::fs::write(&path, &text).expect("write config");
         let cfg = redward::config::load(&path).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
-        let server = redward::Server::bind(&cfg).await.expect("bind");
+        let server = redward::Server::bind(&cfg)
+            .await
+            .expect("bind")
+            .reload_from(path.clone());
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
+        let reloader = server.reloader();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -241,6 +245,8 @@ impl ProxyBuilder {
         Proxy {
             addr,
             admin,
+            config_path: path,
+            reloader,
             certs,
             stop: Some(stop),
             handle: Some(handle),
@@ -250,6 +256,9 @@ impl ProxyBuilder {
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The config file redward was started with (rewrite it, then reload).
+    pub config_path: PathBuf,
+    pub reloader: redward::reload::Reloader,
     /// The admin endpoint, when the config has `admin:`.
     pub admin: Option<SocketAddr>,
     pub certs: Certs,
