@@ -136,9 +136,17 @@ fn check(path: &std::path::Path) -> ExitCode {
             ""
         }
     );
-    let mut names: Vec<&str> = cfg.users.names().collect();
-    names.sort_unstable();
-    println!("users: {}", names.join(", "));
+    // What each user may do, as ACL LIST shows it (password hashes left out).
+    let mut users: Vec<&redward::acl::User> = cfg.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    for u in users {
+        let line = redward::acl::describe(u)
+            .split(' ')
+            .filter(|t| !t.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!("{line}");
+    }
     println!("config OK");
     ExitCode::SUCCESS
 }

@@ -155,6 +155,33 @@ async fn optional_client_certificates_log_in_their_user_or_fall_back_to_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_user_that_may_get_but_not_set_gets_exactly_that() {
+    let redis = Redis::start();
+    let pki = client_pki(&["reader"], &[]);
+    let opts = format!(
+        "client_ca: {}, client_auth: required, client_identity: cn",
+        pki.dir.path().join("clients-ca.crt").display()
+    );
+    let proxy = proxy()
+        .user("reader", "on nopass ~* &* -@all +get")
+        .tls_option(&opts)
+        .start(&redis)
+        .await;
+    let r = session(
+        &proxy,
+        &pki,
+        Some("reader"),
+        &[cmd(&["GET", "k"]), cmd(&["SET", "k", "v"])].concat(),
+        2,
+    )
+    .await;
+    assert_eq!(
+        r.unwrap(),
+        "$-1\r\n-NOPERM this user has no permissions to run the 'set' command\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_client_certificates_admit_only_known_users() {
     let redis = Redis::start();
     let pki = client_pki(&["app", "stranger"], &[]);

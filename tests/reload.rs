@@ -96,6 +96,8 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_old_ones_conti
     let mut old = proxy.raw().await;
     old.send(&cmd(&["AUTH", APP_USER, APP_PASSWORD])).await;
     assert_eq!(old.replies(1).await, b"+OK\r\n");
+    // A client pipelining SET/GET the whole time, over a connection made before the rotation.
+    let canary = Canary::start(&proxy).await;
     // A new CA and server certificate, written over the files the config names: the watcher
     // notices within a few seconds (bounded wait, no timing assertion).
     let fresh = Certs::new();

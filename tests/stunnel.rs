@@ -105,3 +105,21 @@ fn unreadable_file_is_one_line_and_exit_78() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
 }
+
+#[test]
+fn the_example_stunnel_config_from_the_issue_converts() {
+    let text =
+        "[redis]\naccept = 127.0.0.1:6380\nconnect = 127.0.0.1:6379\ncert = /path/to/ssl.pem\n";
+    let c = redward::stunnel::convert(text);
+    let raw = redward::config::parse(&c.yaml).expect("the YAML parses");
+    assert_eq!(raw.listen.len(), 1);
+    assert_eq!(raw.listen[0].address, "127.0.0.1:6380");
+    assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+    assert!(c.yaml.contains("/path/to/ssl.pem"));
+    // The key defaults to the cert file in stunnel: said so.
+    assert!(
+        c.warnings.iter().any(|w| w.contains("key")),
+        "{:?}",
+        c.warnings
+    );
+}
