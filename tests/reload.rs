@@ -127,4 +127,5 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_old_ones_conti
         b"+PONG\r\n",
         "the established connection survives"
     );
+    canary.finish().await;
 }
