@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Connections from one address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 /// New connections per second from one address (burst of the same size).
-pub const DEFAULT_CONNECTIONS_PER_SECOND_PER_IP: u32 = 200;
+pub const DEFAULT_CONNECTIONS_PER_SECOND_PER_IP: u32 = 5000;
 /// Failed logins per minute from one address before it is locked out.
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 10;
 /// How long a locked-out address stays locked out.

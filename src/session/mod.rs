@@ -153,6 +153,8 @@ where
     let mut write_deadline: Option<Instant> = None;
 
     let result = 'session: loop {
+        // One clock read per turn (not per request): request timestamps and deadlines use it.
+        st.now = Instant::now();
         // 1. Requests already read: frame, check and dispatch as many as the bounds allow.
         while !st.closing
             && !draining
@@ -253,7 +255,7 @@ where
         if st.cout.is_empty() && !client_flush {
             write_deadline = None;
         } else if write_deadline.is_none() {
-            write_deadline = Some(Instant::now() + st.live.limits.client_write_timeout);
+            write_deadline = Some(st.now + st.live.limits.client_write_timeout);
         }
         let write_by = write_deadline.unwrap_or_else(Instant::now);
         if read_client {
@@ -309,7 +311,7 @@ where
             IoEvent::ClientRead(Ok(0)) => break Ok(()),
             IoEvent::ClientRead(Ok(_)) => {
                 if !idle_timeout.is_zero() {
-                    idle_deadline = Instant::now() + idle_timeout;
+                    idle_deadline = st.now + idle_timeout;
                 }
             }
             IoEvent::ClientRead(Err(e)) => break Err(SessionError::ClientIo(e)),
@@ -524,6 +526,8 @@ struct State {
     shared: Arc<Shared>,
     /// The configuration this connection currently runs with (see `refresh`).
     live: Arc<Live>,
+    /// The time at the start of this turn of the loop (one clock read per wake-up).
+    now: Instant,
     peer: SocketAddr,
     /// The logged-in user; `None` while authentication is required.
     user: Option<Arc<User>>,
@@ -558,6 +562,7 @@ impl State {
         let user = live.users.implicit_default().cloned();
         State {
             live,
+            now: Instant::now(),
             shared,
             peer,
             user,
@@ -834,7 +839,7 @@ impl State {
                 expect: Expect::Replies(1),
                 forward: false,
                 hook: Hook::None,
-                sent: Instant::now(),
+                sent: self.now,
             });
             self.local(Bytes::from_static(replies::EXECABORT));
             return Outcome::Done;
@@ -1033,7 +1038,7 @@ impl State {
             expect: Expect::Replies(1),
             forward: true,
             hook: Hook::Reset,
-            sent: Instant::now(),
+            sent: self.now,
         });
         if let Some(auth) = self.shared.connector.auth_request() {
             self.uout.extend_from_slice(auth);
@@ -1041,7 +1046,7 @@ impl State {
                 expect: Expect::Replies(1),
                 forward: false,
                 hook: Hook::UpstreamAuth,
-                sent: Instant::now(),
+                sent: self.now,
             });
         }
         Outcome::Done
@@ -1072,7 +1077,7 @@ impl State {
             expect,
             forward,
             hook,
-            sent: Instant::now(),
+            sent: self.now,
         });
     }
 
