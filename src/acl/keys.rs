@@ -10,6 +10,7 @@ use crate::commands::{
     Argv, BeginSearch, CommandSpec, FindKeys, KS_ACCESS, KS_DELETE, KS_INCOMPLETE, KS_NOT_KEY,
     KS_OW, KS_RO, KS_RW, KS_UPDATE, KS_VARIABLE_FLAGS,
 };
+use crate::resp::request::string2ll;
 
 /// One key argument: its argv index and the key-spec flags (`KS_*`) Redis attaches to it
 /// (`keyReference`). Flags are 0 for keys found by the procs that do not report flags.
@@ -188,39 +189,6 @@ fn keys_from_specs<A: Argv + ?Sized>(cmd: &CommandSpec, argv: &A) -> Option<Vec<
         }
     }
     Some(keys)
-}
-
-/// Redis `string2ll` (`util.c`): strict decimal, no spaces, no `+`, no leading zeros.
-fn string2ll(s: &[u8]) -> Option<i64> {
-    if s.is_empty() || s.len() >= 21 {
-        return None;
-    }
-    if s == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, s),
-    };
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut v: u64 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    if negative {
-        if v > (i64::MAX as u64) + 1 {
-            return None;
-        }
-        Some((v as i64).wrapping_neg())
-    } else {
-        i64::try_from(v).ok()
-    }
 }
 
 /// glibc `atoi`: `(int) strtol(s, NULL, 10)` — leading spaces, a sign, digits, saturating at
