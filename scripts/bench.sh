@@ -181,7 +181,8 @@ wait_listening() {
 }
 
 # enough descriptors for the idle test (client + redward's client and upstream sides + Redis)
-NOFILE=$(( IDLE * 3 + 4096 ))
+# Each process holds one side of every idle connection (twice that for redward with --idle-touch).
+NOFILE=$(( IDLE + 4096 ))
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$NOFILE" ]; then
   if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$NOFILE" ]; then
     ulimit -Hn "$NOFILE" 2>/dev/null || [ "$IDLE" = 0 ] ||
@@ -282,6 +283,11 @@ users:
   - name: $BUSER
     rules: "$RULES"
 EOF
+  if [ "$IDLE" != 0 ]; then
+    # The idle test opens all its connections from one address, in a burst.
+    printf 'limits:\n  max_connections: %d\n  max_connections_per_ip: %d\n' \
+      "$(( IDLE + 100 ))" "$(( IDLE + 100 ))" >> "$WORK/redward.yaml"
+  fi
   "$REDWARD" check --config "$WORK/redward.yaml" >"$LOGS/redward-check.log" 2>&1 ||
     { cat "$LOGS/redward-check.log" >&2; die "redward check rejects its configuration"; }
   spawn redward env NO_COLOR=1 "$REDWARD" --config "$WORK/redward.yaml"
