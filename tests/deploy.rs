@@ -215,5 +215,5 @@ fn configmap_config_passes_redward_check() {
         "redward check rejected the ConfigMap's config:\n{text}"
     );
     assert!(text.contains("config OK"), "{text}");
-    assert!(text.contains("users: app"), "{text}");
+    assert!(text.contains("user app "), "{text}");
 }
