@@ -157,8 +157,8 @@ where
     let mut armed: Option<Instant> = None;
 
     let result = 'session: loop {
-        // One clock read per turn (not per request): request timestamps and deadlines use it.
-        st.now = Instant::now();
+        // At most one clock read per turn (not per request), and only if something needs it.
+        st.now = None;
         // 1. Requests already read: frame, check and dispatch as many as the bounds allow.
         while !st.closing
             && !draining
@@ -259,7 +259,7 @@ where
         if st.cout.is_empty() && !client_flush {
             write_deadline = None;
         } else if write_deadline.is_none() {
-            write_deadline = Some(st.now + st.live.limits.client_write_timeout);
+            write_deadline = Some(st.now() + st.live.limits.client_write_timeout);
         }
         // One timer for every deadline, re-armed only when an earlier one appears: building
         // a fresh timer per deadline on every turn of the loop cost ~5 % of the CPU at -P 16.
@@ -335,7 +335,7 @@ where
             IoEvent::ClientRead(Ok(0)) => break Ok(()),
             IoEvent::ClientRead(Ok(_)) => {
                 if !idle_timeout.is_zero() {
-                    idle_deadline = st.now + idle_timeout;
+                    idle_deadline = st.now() + idle_timeout;
                 }
             }
             IoEvent::ClientRead(Err(e)) => break Err(SessionError::ClientIo(e)),
@@ -550,8 +550,8 @@ struct State {
     shared: Arc<Shared>,
     /// The configuration this connection currently runs with (see `refresh`).
     live: Arc<Live>,
-    /// The time at the start of this turn of the loop (one clock read per wake-up).
-    now: Instant,
+    /// The time of this turn of the loop, read at most once per turn (see [`State::now`]).
+    now: Option<Instant>,
     peer: SocketAddr,
     /// The logged-in user; `None` while authentication is required.
     user: Option<Arc<User>>,
@@ -586,7 +586,7 @@ impl State {
         let user = live.users.implicit_default().cloned();
         State {
             live,
-            now: Instant::now(),
+            now: None,
             shared,
             peer,
             user,
@@ -604,6 +604,11 @@ impl State {
             forwarded: 0,
             refused: 0,
         }
+    }
+
+    /// This turn's time: request timestamps and deadlines share one clock read per wake-up.
+    fn now(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
     }
 
     /// A subscriber or MONITOR connection: the upstream sends without being asked.
@@ -859,11 +864,12 @@ impl State {
             let mut discard = Vec::with_capacity(16);
             encode_command(&mut discard, [&b"DISCARD"[..]].into_iter());
             self.uout.extend_from_slice(&discard);
+            let sent = self.now();
             self.slots.push(Slot::Upstream {
                 expect: Expect::Replies(1),
                 forward: false,
                 hook: Hook::None,
-                sent: self.now,
+                sent,
             });
             self.local(Bytes::from_static(replies::EXECABORT));
             return Outcome::Done;
@@ -1058,19 +1064,21 @@ impl State {
             return Outcome::Done;
         }
         self.uout.extend_from_slice(raw);
+        let sent = self.now();
         self.slots.push(Slot::Upstream {
             expect: Expect::Replies(1),
             forward: true,
             hook: Hook::Reset,
-            sent: self.now,
+            sent,
         });
         if let Some(auth) = self.shared.connector.auth_request() {
             self.uout.extend_from_slice(auth);
+            let sent = self.now();
             self.slots.push(Slot::Upstream {
                 expect: Expect::Replies(1),
                 forward: false,
                 hook: Hook::UpstreamAuth,
-                sent: self.now,
+                sent,
             });
         }
         Outcome::Done
@@ -1097,11 +1105,12 @@ impl State {
             // Monitor lines and replies cannot be told apart; pass everything through.
             return;
         }
+        let sent = self.now();
         self.slots.push(Slot::Upstream {
             expect,
             forward,
             hook,
-            sent: self.now,
+            sent,
         });
     }
 
@@ -1253,12 +1262,13 @@ impl State {
         if !done {
             return Ok(());
         }
-        let hook = *hook;
-        if *forward {
+        let (hook, sent, forward) = (*hook, *sent, *forward);
+        if forward {
+            let took = self.now().saturating_duration_since(sent);
             self.shared
                 .metrics
                 .request_duration
-                .observe(sent.elapsed().as_secs_f64());
+                .observe(took.as_secs_f64());
         }
         self.slots.pop();
         match hook {
