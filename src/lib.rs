@@ -178,6 +178,7 @@ impl Server {
         let limiter = Arc::new(limits::Limiter::new(cfg.connection_limits));
         let shared = Arc::new(session::Shared {
             live: arc_swap::ArcSwap::from_pointee(reload::live(cfg, 0)),
+            generation: std::sync::atomic::AtomicU64::new(0),
             connector,
             audit,
             limiter,

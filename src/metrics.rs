@@ -121,7 +121,7 @@ impl Metrics {
         ]);
         registry.register(
             "request_duration_seconds",
-            "Time from a forwarded request to the end of its reply",
+            "Time from a forwarded request to the end of its reply (one reply in eight is sampled)",
             request_duration.clone(),
         );
         Metrics {
