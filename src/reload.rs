@@ -124,6 +124,12 @@ impl Reloader {
             .shared
             .live
             .store(Arc::new(live(&cfg, generation)));
+        // Published after the new configuration, so a session that sees the new number
+        // also sees what it numbers.
+        self.inner
+            .shared
+            .generation
+            .store(generation, Ordering::Release);
         info!(
             generation,
             users = cfg.users.len(),
