@@ -295,15 +295,7 @@ async fn a_peer_outside_the_allow_list_is_closed_before_tls() {
         "allow: [\"127.0.0.0/8\"]",
         1,
     );
-    let path = certs.dir.path().join("allow.yaml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = redward::config::load(&path).unwrap();
-    let server = redward::Server::bind(&cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let addr = serve_config_text(&certs, &text).await;
     let mut denied = Raw::tcp_from(addr, Some("127.0.0.1")).await.unwrap();
     assert!(closes_within(&mut denied, Duration::from_secs(10)).await);
     assert!(Raw::try_tls_from(addr, &certs.ca(), Some("127.0.0.1"))
@@ -327,15 +319,7 @@ async fn a_user_over_its_command_rate_is_refused_and_others_are_not() {
             "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n",
             "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n    commands_per_second: 5\n",
         );
-    let path = certs.dir.path().join("rate.yaml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = redward::config::load(&path).unwrap();
-    let server = redward::Server::bind(&cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let addr = serve_config_text(&certs, &text).await;
     let mut slow = Raw::tls(addr, &certs.ca()).await;
     let mut script = cmd(&["AUTH", "slow", "slowpw"]);
     for _ in 0..50 {

@@ -16,12 +16,7 @@ async fn start(redis: &Redis) -> (std::net::SocketAddr, Certs) {
         "    proxy_protocol: true\n    allow: [\"203.0.113.0/24\"]\n    tls: {",
         1,
     );
-    let path = certs.dir.path().join("pp.yaml");
-    std::fs::write(&path, text).unwrap();
-    let cfg = redward::config::load(&path).unwrap();
-    let server = redward::Server::bind(&cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    tokio::spawn(server.run(std::future::pending()));
+    let addr = serve_config_text(&certs, &text).await;
     (addr, certs)
 }
 

@@ -206,15 +206,7 @@ async fn an_upstream_redis_that_speaks_tls_itself_is_reached_over_tls() {
             upstream_certs.ca().display()
         ),
     );
-    let path = certs.dir.path().join("tls-upstream.yaml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = redward::config::load(&path).unwrap();
-    let server = redward::Server::bind(&cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let addr = serve_config_text(&certs, &text).await;
     let mut raw = Raw::tls(addr, &certs.ca()).await;
     raw.send(
         &[

@@ -596,3 +596,15 @@ impl Canary {
         assert!(ok > 0, "the well-behaved client made no progress");
     }
 }
+
+/// Starts redward from a config text a test wrote by hand (for settings the builder has no
+/// knob for), beside `certs`; returns the listener's address. It serves until the test ends.
+pub async fn serve_config_text(certs: &Certs, text: &str) -> SocketAddr {
+    let path = certs.dir.path().join("custom.yaml");
+    std::fs::write(&path, text).expect("write config");
+    let cfg = redward::config::load(&path).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+    let server = redward::Server::bind(&cfg).await.expect("bind");
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run(std::future::pending()));
+    addr
+}
