@@ -11,31 +11,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-log() { printf 'test.sh: %s\n' "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
-
-# Runs a command as root: directly when we are root, otherwise through sudo.
-as_root() {
-	if [[ $(id -u) -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1; then
-		sudo "$@"
-	else
-		die "root or sudo is needed to run: $*"
-	fi
-}
-
-# apt-get install; the package lists are refreshed only if the first try fails.
-apt_install() {
-	log "installing $* with apt-get"
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-	fi
-}
+PROG=test.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # Prints a command, then runs it; set -e stops at the first failure.
 step() {
