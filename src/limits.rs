@@ -135,11 +135,6 @@ impl<C: Clock + Clone> Limiter<C> {
         })
     }
 
-    /// Connections currently open (all listeners).
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
     /// Whether logins from `ip` are refused right now (without checking any password).
     pub fn auth_locked(&self, ip: IpAddr) -> bool {
         let now = self.clock.now();

@@ -96,13 +96,6 @@ impl Slots {
         self.queue.pop_front()
     }
 
-    /// Whether any slot still waits for Redis.
-    pub fn awaiting_upstream(&self) -> bool {
-        self.queue
-            .iter()
-            .any(|s| matches!(s, Slot::Upstream { .. }))
-    }
-
     pub fn drain(&mut self) -> impl Iterator<Item = Slot> + '_ {
         self.queue.drain(..)
     }
