@@ -24,6 +24,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod mux;
 pub mod notify;
 pub mod proxy_header;
 pub mod reload;
@@ -176,7 +177,10 @@ impl Server {
             None => None,
         };
         let limiter = Arc::new(limits::Limiter::new(cfg.connection_limits));
+        let pool = (cfg.upstream.shared_connections > 0)
+            .then(|| mux::Pool::start(cfg.upstream.shared_connections, &connector, &metrics));
         let shared = Arc::new(session::Shared {
+            pool,
             live: arc_swap::ArcSwap::from_pointee(reload::live(cfg, 0)),
             generation: std::sync::atomic::AtomicU64::new(0),
             connector,

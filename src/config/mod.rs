@@ -179,6 +179,10 @@ pub struct RawUpstream {
     pub connect_timeout: Option<Duration>,
     #[serde(default)]
     pub tls: Option<RawUpstreamTls>,
+    /// Upstream connections that clients share until they need one of their own (0: every
+    /// client gets its own, as a plain TCP proxy would).
+    #[serde(default)]
+    pub shared_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +251,10 @@ pub struct RawLimits {
     pub auth_lockout: Option<Duration>,
     #[serde(default)]
     pub output_buffer_limit: Option<RawOutputLimit>,
+    /// Unread replies a client on a shared upstream connection may leave before it is
+    /// disconnected (the shared connection never waits for one client).
+    #[serde(default, deserialize_with = "size")]
+    pub shared_reply_buffer: Option<u64>,
 }
 
 /// Like Redis's `client-output-buffer-limit pubsub`: what a subscriber or MONITOR client may

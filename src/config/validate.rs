@@ -40,6 +40,13 @@ pub const DEFAULT_AUTH_LOCKOUT: Duration = Duration::from_secs(300);
 /// Unread output a subscriber/MONITOR client may have before it is disconnected (hard), or
 /// may keep above `soft` for `soft_seconds`.
 pub const DEFAULT_OUTPUT_HARD: usize = 64 * 1024 * 1024;
+/// One shared connection already carries every request one worker can produce; more only
+/// spread Redis's per-connection work.
+pub const DEFAULT_SHARED_CONNECTIONS: usize = 1;
+pub const MAX_SHARED_CONNECTIONS: usize = 64;
+/// As much as the subscriber hard limit: a reply larger than this, read slower than Redis
+/// sends it, disconnects a client on a shared connection.
+pub const DEFAULT_SHARED_REPLY_BUFFER: usize = 64 * 1024 * 1024;
 pub const DEFAULT_OUTPUT_SOFT: usize = 16 * 1024 * 1024;
 pub const DEFAULT_OUTPUT_SOFT_SECONDS: u64 = 60;
 
@@ -140,6 +147,8 @@ pub struct UpstreamConfig {
     pub password: Option<Secret>,
     pub connect_timeout: Duration,
     pub tls: Option<UpstreamTls>,
+    /// 0: a connection per client.
+    pub shared_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +207,7 @@ pub struct ProtocolLimits {
     pub output_hard: usize,
     pub output_soft: usize,
     pub output_soft_seconds: u64,
+    pub shared_reply_buffer: usize,
 }
 
 impl Default for ProtocolLimits {
@@ -213,6 +223,7 @@ impl Default for ProtocolLimits {
             output_hard: DEFAULT_OUTPUT_HARD,
             output_soft: DEFAULT_OUTPUT_SOFT,
             output_soft_seconds: DEFAULT_OUTPUT_SOFT_SECONDS,
+            shared_reply_buffer: DEFAULT_SHARED_REPLY_BUFFER,
         }
     }
 }
@@ -524,6 +535,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             DEFAULT_OUTPUT_SOFT,
         )?,
         output_soft_seconds: out.soft_seconds.unwrap_or(DEFAULT_OUTPUT_SOFT_SECONDS),
+        shared_reply_buffer: size(
+            "limits.shared_reply_buffer",
+            l.shared_reply_buffer,
+            DEFAULT_SHARED_REPLY_BUFFER,
+        )?,
         ..limits
     };
 
@@ -689,6 +705,16 @@ fn upstream(raw: super::RawUpstream, base: &Path) -> Result<UpstreamConfig, Conf
             None => DEFAULT_CONNECT_TIMEOUT,
         },
         tls,
+        shared_connections: match raw.shared_connections {
+            Some(n) if n > MAX_SHARED_CONNECTIONS => {
+                return Err(ConfigError::invalid(
+                    "upstream.shared_connections",
+                    format!("at most {MAX_SHARED_CONNECTIONS}"),
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_SHARED_CONNECTIONS,
+        },
     })
 }
 

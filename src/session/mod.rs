@@ -4,9 +4,11 @@
 //! 1. Requests are framed with Redis's pre-authentication limits until the client logs in.
 //! 2. Before login only AUTH, HELLO, QUIT and RESET are served, by redward; everything else is
 //!    answered with Redis's own NOAUTH text, and no upstream connection exists yet.
-//! 3. After login, requests are forwarded byte for byte over this client's own upstream
-//!    connection (opened lazily, authenticated with redward's credential), so MULTI, WATCH,
-//!    SELECT, blocking commands, pub/sub and CLIENT TRACKING keep their meaning.
+//! 3. After login, requests are forwarded byte for byte: over a shared upstream connection
+//!    (`mux.rs`) while they do not depend on connection state, and from the first one that
+//!    does (MULTI, WATCH, SELECT, HELLO, CLIENT, blocking commands, pub/sub, MONITOR) over
+//!    this client's own connection (opened then, authenticated with redward's credential), so
+//!    they keep their meaning.
 //! 4. Replies that redward writes itself are slotted between Redis's replies in request order
 //!    (`slots.rs`); replies are scanned for boundaries only, and streamed through.
 //!
@@ -33,6 +35,7 @@ use crate::audit::{Audit, Event, Reason};
 use crate::auth::{self, AuthOutcome};
 use crate::commands;
 use crate::config::{ProtocolLimits, Users};
+use crate::mux::Taken;
 use crate::resp::replies;
 use crate::resp::{
     encode_command, Frame, FrameInfo, Limits, PubSub, ReplyScanner, Request, RequestParser, Step,
@@ -61,6 +64,9 @@ pub struct Shared {
     /// `live` itself to find out that nothing changed).
     pub generation: std::sync::atomic::AtomicU64,
     pub connector: Connector,
+    /// Shared upstream connections (`upstream.shared_connections`); `None`: a connection per
+    /// client.
+    pub pool: Option<crate::mux::Pool>,
     pub audit: Arc<Audit>,
     pub limiter: Arc<crate::limits::Limiter>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -143,7 +149,10 @@ where
     let mut cin = BytesMut::with_capacity(READ_CHUNK);
     let mut uin = BytesMut::new();
     let mut scanner = ReplyScanner::new();
-    let mut upstream: Option<UpstreamStream> = None;
+    let mut conn = match &st.shared.pool {
+        Some(pool) => Conn::Shared(pool.attach(st.live.limits.shared_reply_buffer)),
+        None => Conn::None,
+    };
     let mut client_flush = false;
     let mut draining = false;
     let login_deadline = Instant::now() + st.live.limits.auth_timeout;
@@ -165,6 +174,7 @@ where
         // 1. Requests already read: frame, check and dispatch as many as the bounds allow.
         while !st.closing
             && !draining
+            && !st.pin_wait
             && st.slots.len() < st.live.limits.max_pipeline
             && st.uout.len() < UPSTREAM_OUT_HIGH
         {
@@ -187,20 +197,26 @@ where
                 }
                 Frame::Command { .. } => {
                     let req = parser.request(&cin, &frame);
-                    st.dispatch(&req, cin.get(..len).unwrap_or(&[]), upstream.is_some())
+                    st.dispatch(&req, cin.get(..len).unwrap_or(&[]), conn.kind())
                 }
             };
             if outcome == Outcome::NeedUpstream {
-                if upstream.is_some() {
+                if matches!(conn, Conn::Dedicated(_)) {
                     // dispatch asked for a connection it already has: a bug, never a loop.
                     break 'session Err(SessionError::Internal(
                         "dispatch requested an upstream twice",
                     ));
                 }
+                if st.slots.upstream_pending() > 0 {
+                    // Moving off the shared connection: its replies must all be in first, or
+                    // they could come after the new connection's. The request waits in `cin`.
+                    st.pin_wait = true;
+                    break;
+                }
                 match st.shared.connector.connect().await {
                     Ok(stream) => {
                         debug!(%peer, "upstream connected");
-                        upstream = Some(stream);
+                        conn = Conn::Dedicated(stream);
                         continue; // dispatch the same request again, now with an upstream
                     }
                     Err(e) => {
@@ -215,9 +231,21 @@ where
         }
 
         st.report_commands();
+        if let Conn::Shared(handle) = &conn {
+            if !st.uout.is_empty() {
+                handle.send(&st.uout, st.shared_unsent);
+                st.uout.clear();
+                st.shared_unsent = 0;
+            }
+        }
         // 2. Replies already read: find their ends and move them, in slot order, to the client.
         if let Err(e) = st.take_replies(&mut scanner, &mut uin) {
             break Err(e);
+        }
+        if st.pin_wait && st.slots.upstream_pending() == 0 {
+            // The shared connection's replies are all in: dispatch the waiting request.
+            st.pin_wait = false;
+            continue;
         }
         // A subscriber or MONITOR client that does not read: Redis's
         // client-output-buffer-limit, applied here (hard cap, or soft cap for too long).
@@ -253,9 +281,10 @@ where
         // 4. Wait for the next thing to do.
         let read_client = !st.closing
             && !draining
+            && !st.pin_wait
             && st.slots.len() < st.live.limits.max_pipeline
             && st.uout.len() < UPSTREAM_OUT_HIGH;
-        let read_upstream = upstream.is_some() && st.cout.len() < st.client_out_cap();
+        let read_upstream = !matches!(conn, Conn::None) && st.cout.len() < st.client_out_cap();
         // The idle timeout never applies to subscribers, MONITOR, or a client waiting for a
         // reply (a blocking command): only to a connection with nothing going on.
         let idle_applies = !idle_timeout.is_zero() && st.slots.is_empty() && !st.streaming();
@@ -297,7 +326,7 @@ where
             poll_io(
                 cx,
                 &mut client,
-                upstream.as_mut(),
+                &mut conn,
                 &mut st.cout,
                 &mut st.uout,
                 &mut cin,
@@ -346,7 +375,18 @@ where
             IoEvent::UpstreamRead(Ok(0)) => {
                 break st.upstream_failed(&scanner, SessionError::UpstreamClosed);
             }
-            IoEvent::UpstreamRead(Ok(_)) => {}
+            IoEvent::UpstreamRead(Ok(_)) => {
+                if uin.len() > CLIENT_OUT_HIGH && !st.prefer_own {
+                    // Large replies: give this client its own connection from its next
+                    // request that can move, so its reading speed stops mattering to others.
+                    st.prefer_own = true;
+                }
+            }
+            IoEvent::SharedUnavailable(n) => st.shared_unavailable(n),
+            IoEvent::SharedOverflow => {
+                warn!(%peer, "unread replies over limits.shared_reply_buffer; closing");
+                break Err(SessionError::OutputLimit);
+            }
             IoEvent::UpstreamRead(Err(e)) => {
                 break st.upstream_failed(&scanner, SessionError::UpstreamIo(e));
             }
@@ -385,6 +425,38 @@ enum IoEvent {
     UpstreamWrote(std::io::Result<()>),
     ClientRead(std::io::Result<usize>),
     UpstreamRead(std::io::Result<usize>),
+    /// The shared connection could not be opened: this many requests were never sent.
+    SharedUnavailable(u32),
+    /// Too many unread replies held for this client on the shared connection.
+    SharedOverflow,
+}
+
+/// This client's way to Redis.
+enum Conn {
+    /// Not connected (no shared connections configured, or not needed yet).
+    None,
+    /// A shared connection (`mux.rs`), until a request needs its own.
+    Shared(crate::mux::Handle),
+    /// The client's own connection.
+    Dedicated(UpstreamStream),
+}
+
+/// [`Conn`] without the connection, for dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnKind {
+    None,
+    Shared,
+    Dedicated,
+}
+
+impl Conn {
+    fn kind(&self) -> ConnKind {
+        match self {
+            Conn::None => ConnKind::None,
+            Conn::Shared(_) => ConnKind::Shared,
+            Conn::Dedicated(_) => ConnKind::Dedicated,
+        }
+    }
 }
 
 /// Polls both sockets in one future (one task, no locks, no split streams): writes first, so
@@ -394,7 +466,7 @@ enum IoEvent {
 fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     client: &mut S,
-    upstream: Option<&mut UpstreamStream>,
+    conn: &mut Conn,
     cout: &mut BytesMut,
     uout: &mut BytesMut,
     cin: &mut BytesMut,
@@ -407,9 +479,8 @@ fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Ready(IoEvent::ClientWrote(r));
         }
     }
-    let mut upstream = upstream;
     if want.write_upstream {
-        if let Some(up) = upstream.as_deref_mut() {
+        if let Conn::Dedicated(up) = &mut *conn {
             let mut flush = false;
             if let Poll::Ready(r) = poll_write_out(cx, up, uout, &mut flush) {
                 return Poll::Ready(IoEvent::UpstreamWrote(r));
@@ -422,10 +493,24 @@ fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if want.read_upstream {
-        if let Some(up) = upstream {
-            if let Poll::Ready(r) = poll_read_buf(Pin::new(up), cx, uin) {
-                return Poll::Ready(IoEvent::UpstreamRead(r));
+        match conn {
+            Conn::Dedicated(up) => {
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(up), cx, uin) {
+                    return Poll::Ready(IoEvent::UpstreamRead(r));
+                }
             }
+            Conn::Shared(handle) => {
+                if let Poll::Ready(taken) = handle.poll_take(cx, uin) {
+                    return Poll::Ready(match taken {
+                        Taken::Data(n) => IoEvent::UpstreamRead(Ok(n)),
+                        // Handled as the end of a connection of its own would be.
+                        Taken::Lost => IoEvent::UpstreamRead(Ok(0)),
+                        Taken::Unavailable(n) => IoEvent::SharedUnavailable(n),
+                        Taken::Overflow => IoEvent::SharedOverflow,
+                    });
+                }
+            }
+            Conn::None => {}
         }
     }
     Poll::Pending
@@ -474,6 +559,45 @@ fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
         "module" => Some(replies::MODULE_NOT_ALLOWED),
         _ => None,
     }
+}
+
+/// Whether a command must run on the client's own upstream connection: it gives the connection
+/// state Redis keeps per client (`client` struct in `server.h`: transaction, watched keys,
+/// database, protocol, name, tracking, subscriptions, monitor, cluster flags), or it may hold the
+/// connection (blocking commands, WAIT), or it is a module's and could do either. Commands
+/// unknown to Redis get the same error on any connection, so they can share.
+fn needs_own_connection(req: &Request<'_>) -> bool {
+    let Some(spec) = commands::lookup(req.name()) else {
+        return false;
+    };
+    spec.flags & (commands::FLAG_BLOCKING | commands::FLAG_MODULE) != 0
+        || matches!(
+            spec.name,
+            "multi"
+                | "exec"
+                | "discard"
+                | "watch"
+                | "unwatch"
+                | "select"
+                | "hello"
+                | "reset"
+                | "client"
+                | "subscribe"
+                | "psubscribe"
+                | "ssubscribe"
+                | "unsubscribe"
+                | "punsubscribe"
+                | "sunsubscribe"
+                | "monitor"
+                | "sync"
+                | "psync"
+                | "replconf"
+                | "readonly"
+                | "readwrite"
+                | "asking"
+                | "wait"
+                | "waitaof"
+        )
 }
 
 /// Gives back memory a burst left behind, so idle connections stay small.
@@ -588,6 +712,12 @@ struct State {
     unreported_local: u64,
     /// The close slot was reached: write what is owed, then close.
     closed: bool,
+    /// Replies owed for the requests in `uout` (shared connection only).
+    shared_unsent: u32,
+    /// A request needs a connection of its own and waits for the shared replies to come in.
+    pin_wait: bool,
+    /// This client had a large reply: it moves to its own connection at its next request.
+    prefer_own: bool,
 }
 
 impl State {
@@ -616,6 +746,9 @@ impl State {
             completed: 0,
             reported_forwarded: 0,
             unreported_local: 0,
+            shared_unsent: 0,
+            pin_wait: false,
+            prefer_own: false,
         }
     }
 
@@ -800,13 +933,13 @@ impl State {
         }
     }
 
-    fn dispatch(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+    fn dispatch(&mut self, req: &Request<'_>, raw: &[u8], conn: ConnKind) -> Outcome {
         self.refresh();
         if self.closing {
             return Outcome::Done;
         }
         let before = self.forwarded + self.refused;
-        let outcome = self.dispatch_inner(req, raw, has_upstream);
+        let outcome = self.dispatch_inner(req, raw, conn);
         if outcome == Outcome::Done {
             if self.forwarded + self.refused == before {
                 self.unreported_local += 1;
@@ -816,7 +949,7 @@ impl State {
         outcome
     }
 
-    fn dispatch_inner(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+    fn dispatch_inner(&mut self, req: &Request<'_>, raw: &[u8], conn: ConnKind) -> Outcome {
         let name = req.name();
         // processCommand's "possible security attack" check: an HTTP request sent to Redis
         // (cross-protocol scripting). Redis closes without a reply.
@@ -826,7 +959,7 @@ impl State {
             return Outcome::Done;
         }
         let Some(user) = self.user.clone() else {
-            return self.dispatch_unauthenticated(req, raw, has_upstream);
+            return self.dispatch_unauthenticated(req, raw, conn);
         };
         // Redis's order (`processCommand`): existence, arity, then the ACL check. A user with
         // every permission takes the fast path: Redis makes the same checks with the same
@@ -887,7 +1020,7 @@ impl State {
             && name.eq_ignore_ascii_case(b"exec")
             && req.argc() == 1
         {
-            if !has_upstream {
+            if conn != ConnKind::Dedicated {
                 return Outcome::NeedUpstream;
             }
             // Redis never saw the refused command, so it would run the transaction: end it
@@ -915,7 +1048,7 @@ impl State {
             return Outcome::Done;
         }
         if name.eq_ignore_ascii_case(b"hello") {
-            return self.do_hello(req, raw, has_upstream);
+            return self.do_hello(req, raw, conn);
         }
         if name.eq_ignore_ascii_case(b"quit") {
             self.local(Bytes::from_static(replies::OK));
@@ -923,7 +1056,7 @@ impl State {
             return Outcome::Done;
         }
         if name.eq_ignore_ascii_case(b"reset") && req.argc() == 1 {
-            return self.do_reset(raw, has_upstream);
+            return self.do_reset(raw, conn);
         }
         if name.eq_ignore_ascii_case(b"client")
             && req.argc() == 3
@@ -932,8 +1065,12 @@ impl State {
             self.client_reply(req.arg(2));
             return Outcome::Done;
         }
-        if !has_upstream {
-            return Outcome::NeedUpstream;
+        match conn {
+            ConnKind::Dedicated => {}
+            ConnKind::Shared if !self.prefer_own && !needs_own_connection(req) => {
+                self.shared_unsent += 1;
+            }
+            _ => return Outcome::NeedUpstream,
         }
         let (expect, hook) = self.expectation(req);
         self.forward(req, raw);
@@ -973,7 +1110,7 @@ impl State {
         &mut self,
         req: &Request<'_>,
         raw: &[u8],
-        has_upstream: bool,
+        conn: ConnKind,
     ) -> Outcome {
         let spec = match commands::resolve(req) {
             Ok(spec) => spec,
@@ -988,7 +1125,7 @@ impl State {
         }
         match spec.name {
             "auth" => self.do_auth(req),
-            "hello" => return self.do_hello(req, raw, has_upstream),
+            "hello" => return self.do_hello(req, raw, conn),
             "quit" => {
                 self.local(Bytes::from_static(replies::OK));
                 self.close_after_replies();
@@ -1031,7 +1168,7 @@ impl State {
         }
     }
 
-    fn do_hello(&mut self, req: &Request<'_>, raw: &[u8], has_upstream: bool) -> Outcome {
+    fn do_hello(&mut self, req: &Request<'_>, raw: &[u8], conn: ConnKind) -> Outcome {
         if let Err(e) = commands::resolve(req) {
             self.local(Bytes::from(e.reply(req)));
             return Outcome::Done;
@@ -1055,8 +1192,9 @@ impl State {
             }
             Ok(fwd) => fwd,
         };
-        if !has_upstream {
-            // Nothing changed yet: connect, then come back to this same request.
+        if conn != ConnKind::Dedicated {
+            // Nothing changed yet: connect, then come back to this same request. (HELLO sets
+            // the protocol and names the connection: never on a shared one.)
             return Outcome::NeedUpstream;
         }
         if let Some(user) = out.login {
@@ -1086,13 +1224,14 @@ impl State {
     /// RESET: Redis resets the connection (and logs it out upstream too), so redward forwards
     /// it for Redis's own reply and state, then logs the upstream connection back in as
     /// itself; the client is logged out of redward, as `clearClientConnectionState` does.
-    fn do_reset(&mut self, raw: &[u8], has_upstream: bool) -> Outcome {
+    fn do_reset(&mut self, raw: &[u8], conn: ConnKind) -> Outcome {
         self.user = self.live.users.implicit_default().cloned();
         self.in_multi = false;
         self.multi_dirty = false;
         // RESET clears CLIENT REPLY OFF/SKIP before replying, so its reply is always sent.
         self.reply_mode = ReplyMode::default();
-        if !has_upstream {
+        if conn != ConnKind::Dedicated {
+            // No connection, or a shared one: Redis holds no state of this client to reset.
             self.local(Bytes::from_static(replies::RESET));
             return Outcome::Done;
         }
@@ -1366,6 +1505,14 @@ impl State {
                 None => return,
             }
         }
+    }
+
+    /// The shared connection could not be opened: the `n` oldest requests owed by Redis were
+    /// never sent, and are answered as a failed connect of a client's own would be.
+    fn shared_unavailable(&mut self, n: u32) {
+        self.shared.metrics.upstream_connect_errors.inc();
+        let unavailable = Bytes::from_static(replies::UPSTREAM_UNAVAILABLE);
+        self.slots.fail_upstream(n, &unavailable);
     }
 
     /// The upstream failed: every request still waiting gets an error (unless a reply was cut

@@ -69,6 +69,8 @@ pub enum Slot {
 #[derive(Debug, Default)]
 pub struct Slots {
     queue: VecDeque<Slot>,
+    /// How many of the slots are `Upstream`.
+    upstream: usize,
 }
 
 impl Slots {
@@ -80,7 +82,15 @@ impl Slots {
         self.queue.is_empty()
     }
 
+    /// Slots still waiting for Redis.
+    pub fn upstream_pending(&self) -> usize {
+        self.upstream
+    }
+
     pub fn push(&mut self, slot: Slot) {
+        if matches!(slot, Slot::Upstream { .. }) {
+            self.upstream += 1;
+        }
         self.queue.push_back(slot);
     }
 
@@ -93,10 +103,34 @@ impl Slots {
     }
 
     pub fn pop(&mut self) -> Option<Slot> {
-        self.queue.pop_front()
+        let slot = self.queue.pop_front();
+        if matches!(slot, Some(Slot::Upstream { .. })) {
+            self.upstream -= 1;
+        }
+        slot
     }
 
     pub fn drain(&mut self) -> impl Iterator<Item = Slot> + '_ {
+        self.upstream = 0;
         self.queue.drain(..)
+    }
+
+    /// The `n` oldest slots waiting for Redis will get no reply from it: each is answered with
+    /// `reply` instead (or dropped, if its reply was to be swallowed).
+    pub fn fail_upstream(&mut self, n: u32, reply: &Bytes) {
+        let mut left = n;
+        let old = std::mem::take(&mut self.queue);
+        for slot in old {
+            match slot {
+                Slot::Upstream { forward, .. } if left > 0 => {
+                    left -= 1;
+                    self.upstream -= 1;
+                    if forward {
+                        self.queue.push_back(Slot::Local(reply.clone()));
+                    }
+                }
+                other => self.queue.push_back(other),
+            }
+        }
     }
 }

@@ -170,6 +170,7 @@ pub struct ProxyBuilder {
     users: Vec<(String, String)>,
     extra: String,
     listener_extra: String,
+    upstream_extra: String,
     upstream_addr: Option<String>,
 }
 
@@ -178,6 +179,7 @@ pub fn proxy() -> ProxyBuilder {
         users: vec![(APP_USER.into(), format!("on >{APP_PASSWORD} ~* &* +@all"))],
         extra: String::new(),
         listener_extra: String::new(),
+        upstream_extra: String::new(),
         upstream_addr: None,
     }
 }
@@ -198,6 +200,13 @@ impl ProxyBuilder {
         self.listener_extra.push_str(extra);
         self
     }
+    /// Extra keys for the `upstream:` block (e.g. `shared_connections: 0`).
+    pub fn upstream_option(mut self, extra: &str) -> Self {
+        self.upstream_extra.push_str("  ");
+        self.upstream_extra.push_str(extra);
+        self.upstream_extra.push('\n');
+        self
+    }
     pub fn upstream_addr(mut self, addr: &str) -> Self {
         self.upstream_addr = Some(addr.into());
         self
@@ -210,12 +219,13 @@ impl ProxyBuilder {
         }
         format!(
             "listen:\n  - address: \"127.0.0.1:0\"\n    tls: {{ cert: {}, key: {}{} }}\n\
-             upstream:\n  address: \"{}\"\n  username: {UPSTREAM_USER}\n  password: \"{UPSTREAM_PASSWORD}\"\n\
+             upstream:\n  address: \"{}\"\n  username: {UPSTREAM_USER}\n  password: \"{UPSTREAM_PASSWORD}\"\n{}\
              users:\n{users}{}",
             certs.cert().display(),
             certs.key().display(),
             self.listener_extra,
             self.upstream_addr.clone().unwrap_or_else(|| redis.addr()),
+            self.upstream_extra,
             self.extra,
         )
     }

@@ -1,0 +1,406 @@
+//! Shared upstream connections: the requests of many clients over one Redis connection.
+//!
+//! Why: with a Redis connection per client, every request at `-P 1` costs redward a `send`
+//! and a `recv` on its upstream side and costs Redis a read and a write of its own; that is
+//! more than half of the CPU a request costs the server side. Sharing one connection lets the
+//! requests of every client that became ready in one wake-up go to Redis in one write, and
+//! their replies come back in one read: Redis sees a pipeline (`scripts/bench.sh`, README).
+//!
+//! Which clients share: a client starts on a shared connection and stays there while it only
+//! sends commands whose meaning does not depend on the connection. The first command that gives
+//! the connection state (MULTI, WATCH, SELECT, HELLO, CLIENT, blocking commands, pub/sub,
+//! MONITOR, module commands: `session::needs_own_connection`) moves it, once its shared replies
+//! are in, to a connection of its own for the rest of its life. So nothing a client can observe
+//! through its own connection changes.
+//!
+//! Replies are routed back by order: Redis answers one connection's requests in order, one
+//! reply each, and each queued batch of requests carries the client's inbox and its reply
+//! count. Replies are streamed into the inbox as they arrive (a large bulk is not held whole).
+//! A client that stops reading does not stop the shared connection: its unread replies are
+//! held in its inbox up to `limits.shared_reply_buffer`, past which that client is
+//! disconnected, as Redis's `client-output-buffer-limit` would.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio::sync::Notify;
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+use crate::resp::{ReplyScanner, Step};
+use crate::upstream::{Connector, UpstreamStream};
+
+/// Bytes read from the shared connection at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The shared connections, and which one the next client gets.
+#[derive(Debug)]
+pub struct Pool {
+    muxes: Vec<Arc<Mux>>,
+    next: AtomicUsize,
+    /// Stops the connection tasks when the pool (so every session) is gone.
+    stop: CancellationToken,
+}
+
+impl Pool {
+    /// Starts `n` shared connections (each connects on first use). Must run inside the runtime.
+    pub fn start(n: usize, connector: &Connector, metrics: &Arc<Metrics>) -> Self {
+        let stop = CancellationToken::new();
+        let muxes = (0..n.max(1))
+            .map(|_| {
+                let mux = Arc::new(Mux::default());
+                tokio::spawn(run(
+                    Arc::clone(&mux),
+                    connector.clone(),
+                    Arc::clone(metrics),
+                    stop.clone(),
+                ));
+                mux
+            })
+            .collect();
+        Pool {
+            muxes,
+            next: AtomicUsize::new(0),
+            stop,
+        }
+    }
+
+    /// A new client's handle on one of the shared connections (round robin); `reply_limit`
+    /// is `limits.shared_reply_buffer`.
+    pub fn attach(&self, reply_limit: usize) -> Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.muxes.len();
+        let mux = Arc::clone(&self.muxes[i % self.muxes.len()]);
+        Handle {
+            mux,
+            inbox: Arc::new(Inbox {
+                state: Mutex::new(InboxState::default()),
+                limit: reply_limit,
+            }),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// One client's end of a shared connection.
+#[derive(Debug)]
+pub struct Handle {
+    mux: Arc<Mux>,
+    inbox: Arc<Inbox>,
+}
+
+/// What a client finds in its inbox.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Reply bytes (in order) were appended to the caller's buffer.
+    Data(usize),
+    /// This many of the oldest requests were never sent: Redis could not be reached.
+    Unavailable(u32),
+    /// The shared connection broke with requests of this client in flight.
+    Lost,
+    /// Unread replies went over `shared_reply_buffer`; the rest were dropped.
+    Overflow,
+}
+
+impl Handle {
+    /// Queues requests (whole commands) owed `replies` replies, to be written with everyone
+    /// else's on the shared connection's next write.
+    pub fn send(&self, requests: &[u8], replies: u32) {
+        if replies == 0 {
+            return;
+        }
+        let wake = {
+            let mut q = lock(&self.mux.queue);
+            let was_idle = q.out.is_empty();
+            q.out.extend_from_slice(requests);
+            match q.routes.back_mut() {
+                Some(r) if Arc::ptr_eq(&r.inbox, &self.inbox) => r.replies += replies,
+                _ => q.routes.push_back(Route {
+                    inbox: Arc::clone(&self.inbox),
+                    replies,
+                }),
+            }
+            was_idle
+        };
+        if wake {
+            self.mux.notify.notify_one();
+        }
+    }
+
+    /// Moves what arrived for this client into `buf`, or registers to be woken when something
+    /// does. Replies come before failures, so a failure concerns only requests still owed.
+    pub fn poll_take(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<Taken> {
+        let mut st = lock(&self.inbox.state);
+        if !st.data.is_empty() {
+            let n = st.data.len();
+            if buf.is_empty() {
+                std::mem::swap(buf, &mut st.data);
+            } else {
+                buf.extend_from_slice(&st.data);
+                st.data.clear();
+            }
+            return Poll::Ready(Taken::Data(n));
+        }
+        if st.overflow {
+            return Poll::Ready(Taken::Overflow);
+        }
+        if st.lost {
+            return Poll::Ready(Taken::Lost);
+        }
+        if st.unavailable > 0 {
+            return Poll::Ready(Taken::Unavailable(std::mem::take(&mut st.unavailable)));
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+#[derive(Debug, Default)]
+struct Mux {
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    out: BytesMut,
+    routes: VecDeque<Route>,
+}
+
+/// `replies` replies in a row belong to `inbox`.
+#[derive(Debug)]
+struct Route {
+    inbox: Arc<Inbox>,
+    replies: u32,
+}
+
+#[derive(Debug)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    data: BytesMut,
+    unavailable: u32,
+    lost: bool,
+    overflow: bool,
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    fn update(&self, f: impl FnOnce(&mut InboxState)) {
+        let waker = {
+            let mut st = lock(&self.state);
+            f(&mut st);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn deliver(&self, bytes: &[u8]) {
+        self.update(|st| {
+            if st.overflow {
+                return;
+            }
+            if st.data.len() + bytes.len() > self.limit {
+                st.overflow = true;
+                st.data = BytesMut::new();
+            } else {
+                st.data.extend_from_slice(bytes);
+            }
+        });
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain buffers; carry on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+enum Event {
+    Wrote(std::io::Result<()>),
+    Read(std::io::Result<usize>),
+}
+
+/// One shared connection's life: take queued requests, write them in one go, route replies.
+async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut conn: Option<UpstreamStream> = None;
+    let mut wbuf = BytesMut::new();
+    let mut rbuf = BytesMut::new();
+    let mut inflight: VecDeque<Route> = VecDeque::new();
+    let mut scanner = ReplyScanner::new();
+    let mut needs_flush = false;
+    loop {
+        if wbuf.is_empty() {
+            let mut q = lock(&mux.queue);
+            // Everything queued goes in one write (each client bounds its own share by its
+            // pipeline limit).
+            if !q.out.is_empty() {
+                std::mem::swap(&mut wbuf, &mut q.out);
+                inflight.extend(q.routes.drain(..));
+            }
+        }
+        if conn.is_none() {
+            if wbuf.is_empty() {
+                tokio::select! {
+                    () = mux.notify.notified() => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+            match connector.connect().await {
+                Ok(stream) => {
+                    debug!("shared upstream connection opened");
+                    conn = Some(stream);
+                    scanner = ReplyScanner::new();
+                    rbuf.clear();
+                    needs_flush = false;
+                }
+                Err(e) => {
+                    metrics.upstream_connect_errors.inc();
+                    warn!(error = %e, "upstream unavailable (shared connection)");
+                    // Nothing was sent: every queued request is answered as unavailable.
+                    wbuf.clear();
+                    let mut q = lock(&mux.queue);
+                    q.out.clear();
+                    let routes: Vec<Route> = inflight.drain(..).chain(q.routes.drain(..)).collect();
+                    drop(q);
+                    for r in routes {
+                        r.inbox.update(|st| st.unavailable += r.replies);
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(stream) = conn.as_mut() else {
+            continue;
+        };
+        let event = tokio::select! {
+            biased;
+            ev = poll_fn(|cx| poll_io(cx, stream, &mut wbuf, &mut rbuf, &mut needs_flush)) => ev,
+            () = mux.notify.notified(), if wbuf.is_empty() && !needs_flush => continue,
+            () = stop.cancelled() => return,
+        };
+        let failed = match event {
+            Event::Wrote(Ok(())) => None,
+            Event::Wrote(Err(e)) | Event::Read(Err(e)) => Some(e.to_string()),
+            Event::Read(Ok(0)) => Some("closed by Redis".to_owned()),
+            Event::Read(Ok(_)) => route(&mut rbuf, &mut scanner, &mut inflight).err(),
+        };
+        if let Some(why) = failed {
+            if inflight.is_empty() {
+                debug!(reason = %why, "idle shared upstream connection closed");
+            } else {
+                metrics.upstream_stream_errors.inc();
+                warn!(reason = %why, in_flight = inflight.len(), "shared upstream connection lost");
+            }
+            // Requests written (or partly written) are lost; queued ones go on a new connection.
+            for r in inflight.drain(..) {
+                r.inbox.update(|st| st.lost = true);
+            }
+            wbuf.clear();
+            conn = None;
+        }
+    }
+}
+
+fn poll_io(
+    cx: &mut Context<'_>,
+    stream: &mut UpstreamStream,
+    wbuf: &mut BytesMut,
+    rbuf: &mut BytesMut,
+    needs_flush: &mut bool,
+) -> Poll<Event> {
+    if !wbuf.is_empty() || *needs_flush {
+        let mut progressed = false;
+        loop {
+            if wbuf.is_empty() {
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        *needs_flush = false;
+                        return Poll::Ready(Event::Wrote(Ok(())));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::Wrote(Err(e))),
+                    Poll::Pending if progressed => return Poll::Ready(Event::Wrote(Ok(()))),
+                    Poll::Pending => break,
+                }
+            }
+            match Pin::new(&mut *stream).poll_write(cx, wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Event::Wrote(Err(std::io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => {
+                    wbuf.advance(n);
+                    *needs_flush = true;
+                    progressed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::Wrote(Err(e))),
+                Poll::Pending if progressed => return Poll::Ready(Event::Wrote(Ok(()))),
+                Poll::Pending => break,
+            }
+        }
+    }
+    rbuf.reserve(READ_CHUNK);
+    poll_read_buf(Pin::new(stream), cx, rbuf).map(Event::Read)
+}
+
+/// Hands the replies in `rbuf` to the clients they belong to, in order; a reply still
+/// arriving is handed over as far as it came. One inbox update per run of replies.
+fn route(
+    rbuf: &mut BytesMut,
+    scanner: &mut ReplyScanner,
+    inflight: &mut VecDeque<Route>,
+) -> Result<(), String> {
+    let mut span = 0usize;
+    while span < rbuf.len() {
+        let Some(front) = inflight.front_mut() else {
+            return Err("Redis sent a reply no request was waiting for".to_owned());
+        };
+        let rest = rbuf.get(span..).unwrap_or(&[]);
+        match scanner.advance(rest).map_err(|e| e.to_string())? {
+            Step::Partial { consumed } => {
+                span += consumed;
+                break;
+            }
+            Step::Complete { consumed, info } => {
+                if info.is_push() {
+                    return Err("Redis sent a push on the shared connection".to_owned());
+                }
+                span += consumed;
+                front.replies -= 1;
+                if front.replies == 0 {
+                    if let Some(done) = inflight.pop_front() {
+                        done.inbox.deliver(rbuf.get(..span).unwrap_or(&[]));
+                    }
+                    rbuf.advance(span);
+                    span = 0;
+                }
+            }
+        }
+    }
+    if span > 0 {
+        if let Some(front) = inflight.front() {
+            front.inbox.deliver(rbuf.get(..span).unwrap_or(&[]));
+        }
+        rbuf.advance(span);
+    }
+    Ok(())
+}

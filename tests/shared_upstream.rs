@@ -1,0 +1,224 @@
+//! Promise: clients share upstream connections without being able to tell. Requests that do
+//! not depend on connection state ride one shared Redis connection (Redis sees one pipeline
+//! instead of a connection per client); the first that does (MULTI, SELECT, CLIENT, HELLO,
+//! blocking commands, pub/sub, ...) moves the client, in order, to a connection of its own.
+//! A client that stops reading is cut off at `limits.shared_reply_buffer`, never holding up
+//! the others; `upstream.shared_connections: 0` gives every client its own connection.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn auth() -> Vec<u8> {
+    cmd(&["AUTH", APP_USER, APP_PASSWORD])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_one_upstream_connection_and_each_gets_its_own_replies() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut clients = Vec::new();
+    for c in 0..40 {
+        let mut raw = proxy.raw().await;
+        clients.push(tokio::spawn(async move {
+            let mut script = auth();
+            let mut expected = b"+OK\r\n".to_vec();
+            for j in 0..100 {
+                let (k, v) = (format!("k:{c}:{j}"), format!("v:{c}:{j}"));
+                script.extend(cmd(&["SET", &k, &v]));
+                script.extend(cmd(&["GET", &k]));
+                expected.extend(format!("+OK\r\n${}\r\n{v}\r\n", v.len()).as_bytes());
+            }
+            raw.send(&script).await;
+            let got = raw.replies(201).await;
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&expected),
+                "client {c}"
+            );
+            raw
+        }));
+    }
+    let mut open = Vec::new();
+    for c in clients {
+        open.push(c.await.expect("client task"));
+    }
+    // All 40 clients are still connected: Redis sees redward's shared connection only.
+    let upstream = redis.client_count();
+    assert!(
+        upstream <= 2,
+        "40 clients should share one upstream connection, Redis has {upstream}"
+    );
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_moves_to_its_own_connection_keeps_order_and_state() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    // Shared commands, then one that needs connection state, all in one write; then state
+    // that must stick (transaction, database, name) on the client's own connection.
+    let script = [
+        auth(),
+        cmd(&["SET", "a", "1"]),
+        cmd(&["INCR", "a"]),
+        cmd(&["MULTI"]),
+        cmd(&["INCR", "a"]),
+        cmd(&["GET", "a"]),
+        cmd(&["EXEC"]),
+        cmd(&["GET", "a"]),
+        cmd(&["SELECT", "1"]),
+        cmd(&["GET", "a"]),
+        cmd(&["SET", "a", "db1"]),
+        cmd(&["CLIENT", "SETNAME", "moved"]),
+        cmd(&["CLIENT", "GETNAME"]),
+        cmd(&["SELECT", "0"]),
+        cmd(&["GET", "a"]),
+        cmd(&["RESET"]),
+    ]
+    .concat();
+    let (direct, via) = both(&redis, &proxy, &script, 16).await;
+    assert_eq!(via, direct);
+    assert!(via.contains("*2\r\n:3\r\n$1\r\n3\r\n"), "EXEC ran: {via}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_and_unknown_commands_on_a_shared_connection_answer_as_redis() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let script = [
+        auth(),
+        cmd(&["SET", "x", "1"]),
+        cmd(&["NOSUCHCOMMAND", "x"]),
+        cmd(&["GET", "x"]),
+        cmd(&["PING"]),
+        cmd(&["ECHO", "hi"]),
+        cmd(&["EXISTS", "x", "y"]),
+    ]
+    .concat();
+    let (direct, via) = both(&redis, &proxy, &script, 7).await;
+    assert_eq!(via, direct);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_client_does_not_hold_up_the_shared_connection() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut blocked = proxy.raw().await;
+    blocked
+        .send(
+            &[
+                auth(),
+                cmd(&["SET", "k", "v"]),
+                cmd(&["BLPOP", "queue", "0"]),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(blocked.replies(2).await, b"+OK\r\n+OK\r\n");
+    let mut other = proxy.raw().await;
+    other
+        .send(&[auth(), cmd(&["GET", "k"]), cmd(&["RPUSH", "queue", "job"])].concat())
+        .await;
+    assert_eq!(other.replies(3).await, b"+OK\r\n$1\r\nv\r\n:1\r\n");
+    assert_eq!(
+        blocked.replies(1).await,
+        b"*2\r\n$5\r\nqueue\r\n$3\r\njob\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_the_others_carry_on() {
+    let redis = Redis::start();
+    let proxy = proxy()
+        .yaml("limits:\n  shared_reply_buffer: 1mb\n")
+        .start(&redis)
+        .await;
+    {
+        let mut c = redis.admin();
+        let big = "x".repeat(512 * 1024);
+        let _: () = redis::cmd("SET")
+            .arg("big")
+            .arg(big)
+            .query(&mut c)
+            .expect("SET big");
+    }
+    let canary = Canary::start(&proxy).await;
+    let mut hog = proxy.raw().await;
+    let mut script = auth();
+    for _ in 0..200 {
+        script.extend(cmd(&["GET", "big"]));
+    }
+    hog.send(&script).await;
+    // The hog reads nothing for a while: 100 MiB of replies are owed to it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    canary.finish().await;
+    let got = hog.until_close().await;
+    let frames = count_frames(&got);
+    assert!(
+        frames < 201,
+        "the hog should have been disconnected, got all {frames} replies"
+    );
+    // redward itself is fine.
+    let mut after = proxy.raw().await;
+    after
+        .send(&[auth(), cmd(&["STRLEN", "big"])].concat())
+        .await;
+    assert_eq!(after.replies(2).await, b"+OK\r\n:524288\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_on_the_shared_connection_survives_a_redis_restart() {
+    let mut redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut raw = proxy.raw().await;
+    raw.send(&[auth(), cmd(&["PING"])].concat()).await;
+    assert_eq!(raw.replies(2).await, b"+OK\r\n+PONG\r\n");
+    redis.kill();
+    redis.restart();
+    // The shared connection noticed Redis going away while it owed nothing to anyone; the
+    // next request opens a new one.
+    let mut reply = Vec::new();
+    for _ in 0..50 {
+        raw.send(&cmd(&["PING"])).await;
+        reply = raw.replies(1).await;
+        if reply == b"+PONG\r\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reply, b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_connections_zero_gives_every_client_its_own() {
+    let redis = Redis::start();
+    let proxy = proxy()
+        .upstream_option("shared_connections: 0")
+        .start(&redis)
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut raw = proxy.raw().await;
+        raw.send(&[auth(), cmd(&["PING"])].concat()).await;
+        assert_eq!(raw.replies(2).await, b"+OK\r\n+PONG\r\n");
+        clients.push(raw);
+    }
+    let upstream = redis.client_count();
+    assert!(
+        upstream >= 5,
+        "one upstream connection per client, Redis has {upstream}"
+    );
+    let script = [
+        auth(),
+        cmd(&["SET", "a", "1"]),
+        cmd(&["MULTI"]),
+        cmd(&["INCR", "a"]),
+        cmd(&["EXEC"]),
+    ]
+    .concat();
+    let (direct, via) = both(&redis, &proxy, &script, 5).await;
+    assert_eq!(via, direct);
+}
