@@ -40,6 +40,9 @@ use crate::upstream::{Connector, UpstreamStream};
 
 /// Bytes read from the shared connection at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Requests queued for the next write beyond which clients wait (and stop reading their own
+/// sockets): Redis not keeping up holds memory here, not without bound.
+const QUEUE_HIGH: usize = 4 * 1024 * 1024;
 
 /// The shared connections, and which one the next client gets.
 #[derive(Debug)]
@@ -115,16 +118,24 @@ pub enum Taken {
 }
 
 impl Handle {
-    /// Queues requests (whole commands) owed `replies` replies, to be written with everyone
-    /// else's on the shared connection's next write.
-    pub fn send(&self, requests: &[u8], replies: u32) {
-        if replies == 0 {
-            return;
-        }
+    /// Queues `requests` (whole commands, owed `replies` replies) to be written with everyone
+    /// else's on the shared connection's next write, and empties it; or, while the queue is
+    /// full, registers to be woken when it is taken.
+    pub fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        requests: &mut BytesMut,
+        replies: u32,
+    ) -> Poll<()> {
         let wake = {
             let mut q = lock(&self.mux.queue);
+            if q.out.len() >= QUEUE_HIGH {
+                q.waiting.push(cx.waker().clone());
+                return Poll::Pending;
+            }
             let was_idle = q.out.is_empty();
             q.out.extend_from_slice(requests);
+            requests.clear();
             match q.routes.back_mut() {
                 Some(r) if Arc::ptr_eq(&r.inbox, &self.inbox) => r.replies += replies,
                 _ => q.routes.push_back(Route {
@@ -137,6 +148,7 @@ impl Handle {
         if wake {
             self.mux.notify.notify_one();
         }
+        Poll::Ready(())
     }
 
     /// Moves what arrived for this client into `buf`, or registers to be woken when something
@@ -180,6 +192,8 @@ struct Mux {
 struct Queue {
     out: BytesMut,
     routes: VecDeque<Route>,
+    /// Clients waiting for room in `out`.
+    waiting: Vec<Waker>,
 }
 
 /// `replies` replies in a row belong to `inbox`.
@@ -257,6 +271,9 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             if !q.out.is_empty() {
                 std::mem::swap(&mut wbuf, &mut q.out);
                 inflight.extend(q.routes.drain(..));
+                for w in q.waiting.drain(..) {
+                    w.wake();
+                }
             }
         }
         if conn.is_none() {
@@ -281,6 +298,9 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
                     wbuf.clear();
                     let mut q = lock(&mux.queue);
                     q.out.clear();
+                    for w in q.waiting.drain(..) {
+                        w.wake();
+                    }
                     let routes: Vec<Route> = inflight.drain(..).chain(q.routes.drain(..)).collect();
                     drop(q);
                     for r in routes {

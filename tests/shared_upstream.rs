@@ -222,3 +222,36 @@ async fn shared_connections_zero_gives_every_client_its_own() {
     let (direct, via) = both(&redis, &proxy, &script, 5).await;
     assert_eq!(via, direct);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_while_redis_is_paused_all_arrive_in_order() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut raw = proxy.raw().await;
+    raw.send(&auth()).await;
+    assert_eq!(raw.replies(1).await, b"+OK\r\n");
+    {
+        let mut c = redis.admin();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1500)
+            .arg("ALL")
+            .query(&mut c)
+            .expect("CLIENT PAUSE");
+    }
+    // 16 MiB of requests, more than the shared queue holds: redward must stop reading this
+    // client and resume, losing nothing.
+    let value = "v".repeat(256 * 1024);
+    let mut script = Vec::new();
+    for i in 0..64 {
+        script.extend(cmd(&["SET", &format!("big:{i}"), &value]));
+    }
+    script.extend(cmd(&["DBSIZE"]));
+    let writer = tokio::spawn(async move {
+        raw.send(&script).await;
+        raw.replies(65).await
+    });
+    let got = writer.await.expect("writer");
+    let expected = [b"+OK\r\n".repeat(64), b":64\r\n".to_vec()].concat();
+    assert_eq!(got, expected);
+}

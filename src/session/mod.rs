@@ -231,13 +231,6 @@ where
         }
 
         st.report_commands();
-        if let Conn::Shared(handle) = &conn {
-            if !st.uout.is_empty() {
-                handle.send(&st.uout, st.shared_unsent);
-                st.uout.clear();
-                st.shared_unsent = 0;
-            }
-        }
         // 2. Replies already read: find their ends and move them, in slot order, to the client.
         if let Err(e) = st.take_replies(&mut scanner, &mut uin) {
             break Err(e);
@@ -329,6 +322,7 @@ where
                 &mut conn,
                 &mut st.cout,
                 &mut st.uout,
+                &mut st.shared_unsent,
                 &mut cin,
                 &mut uin,
                 &mut client_flush,
@@ -469,6 +463,7 @@ fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn,
     cout: &mut BytesMut,
     uout: &mut BytesMut,
+    shared_unsent: &mut u32,
     cin: &mut BytesMut,
     uin: &mut BytesMut,
     client_flush: &mut bool,
@@ -480,11 +475,20 @@ fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if want.write_upstream {
-        if let Conn::Dedicated(up) = &mut *conn {
-            let mut flush = false;
-            if let Poll::Ready(r) = poll_write_out(cx, up, uout, &mut flush) {
-                return Poll::Ready(IoEvent::UpstreamWrote(r));
+        match &mut *conn {
+            Conn::Dedicated(up) => {
+                let mut flush = false;
+                if let Poll::Ready(r) = poll_write_out(cx, up, uout, &mut flush) {
+                    return Poll::Ready(IoEvent::UpstreamWrote(r));
+                }
             }
+            Conn::Shared(handle) => {
+                if handle.poll_send(cx, uout, *shared_unsent).is_ready() {
+                    *shared_unsent = 0;
+                    return Poll::Ready(IoEvent::UpstreamWrote(Ok(())));
+                }
+            }
+            Conn::None => {}
         }
     }
     if want.read_client {
