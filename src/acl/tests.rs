@@ -419,3 +419,19 @@ fn ids_cover_the_table() {
     assert_eq!(seen.len(), rules::ids().total);
     assert_eq!(seen.iter().max(), Some(&(rules::ids().total - 1)));
 }
+
+proptest::proptest! {
+    /// The literal-head fast path decides exactly as Redis's algorithm on every pattern shape
+    /// (the general loop is itself checked against redis-server in `tests/acl.rs`).
+    #[test]
+    fn glob_fast_path_agrees_with_the_general_algorithm(
+        pattern in proptest::collection::vec(proptest::sample::select(b"ab:*?[]^-\\\0".to_vec()), 0..10),
+        string in proptest::collection::vec(proptest::sample::select(b"ab:*?[\\\0".to_vec()), 0..10),
+    ) {
+        proptest::prop_assert_eq!(
+            stringmatch(&pattern, &string, false),
+            super::glob::stringmatch_general(&pattern, &string, false),
+            "pattern {:?} string {:?}", String::from_utf8_lossy(&pattern), String::from_utf8_lossy(&string)
+        );
+    }
+}

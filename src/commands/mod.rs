@@ -271,10 +271,36 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
         return lookup_extra(name);
     };
     let cmds = table::COMMANDS;
-    match cmds.binary_search_by(|c| c.name.as_bytes().cmp(lower)) {
-        Ok(i) => cmds.get(i),
-        Err(_) => lookup_extra(name),
-    }
+    let found = by_shape().get(shape(lower)).and_then(|bucket| {
+        bucket
+            .iter()
+            .filter_map(|&i| cmds.get(usize::from(i)))
+            .find(|c| c.name.as_bytes() == lower)
+    });
+    found.or_else(|| lookup_extra(name))
+}
+
+/// Buckets of command indices by name length and first letter: every request looks its
+/// command up, and comparing the one to three names in a bucket is ~4x cheaper than a binary
+/// search over all 240 (`benches/acl.rs`, `baseline_lookup_*`).
+fn by_shape() -> &'static [Vec<u16>] {
+    static INDEX: std::sync::OnceLock<Vec<Vec<u16>>> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = vec![Vec::new(); (table::MAX_NAME_LEN + 1) * 32];
+        for (i, c) in table::COMMANDS.iter().enumerate() {
+            if let (Some(bucket), Ok(i)) =
+                (index.get_mut(shape(c.name.as_bytes())), u16::try_from(i))
+            {
+                bucket.push(i);
+            }
+        }
+        index
+    })
+}
+
+/// A lowercase name's bucket in [`by_shape`].
+fn shape(lower: &[u8]) -> usize {
+    lower.len() * 32 + usize::from(lower.first().copied().unwrap_or(0) & 31)
 }
 
 /// Commands the upstream knows and the generated table does not (a newer Redis, modules),

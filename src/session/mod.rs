@@ -570,13 +570,14 @@ fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
 /// database, protocol, name, tracking, subscriptions, monitor, cluster flags), or it may hold the
 /// connection (blocking commands, WAIT), or it is a module's and could do either. Commands
 /// unknown to Redis get the same error on any connection, so they can share.
-fn needs_own_connection(req: &Request<'_>) -> bool {
-    let Some(spec) = commands::lookup(req.name()) else {
+fn needs_own_connection(spec: Option<&commands::CommandSpec>) -> bool {
+    let Some(spec) = spec else {
         return false;
     };
+    let base = spec.name.split('|').next().unwrap_or(spec.name);
     spec.flags & (commands::FLAG_BLOCKING | commands::FLAG_MODULE) != 0
         || matches!(
-            spec.name,
+            base,
             "multi"
                 | "exec"
                 | "discard"
@@ -969,6 +970,9 @@ impl State {
         // every permission takes the fast path: Redis makes the same checks with the same
         // texts, and commands unknown to redward's table (newer Redis, modules) still work.
         let is_acl = name.eq_ignore_ascii_case(b"acl");
+        // Resolved once here when the ACL check needs it; the shared-connection decision
+        // below reuses it.
+        let mut resolved = None;
         if !user.unrestricted || is_acl {
             let spec = match commands::resolve(req) {
                 Ok(spec) => spec,
@@ -978,6 +982,7 @@ impl State {
                     return Outcome::Done;
                 }
             };
+            resolved = Some(spec);
             if let Err(d) = acl::check(&user, spec, req) {
                 self.refused += 1;
                 self.shared.metrics.commands_denied.inc();
@@ -1071,7 +1076,10 @@ impl State {
         }
         match conn {
             ConnKind::Dedicated => {}
-            ConnKind::Shared if !self.prefer_own && !needs_own_connection(req) => {
+            ConnKind::Shared
+                if !self.prefer_own
+                    && !needs_own_connection(resolved.or_else(|| commands::lookup(name))) =>
+            {
                 self.shared_unsent += 1;
             }
             _ => return Outcome::NeedUpstream,
@@ -1542,5 +1550,87 @@ impl State {
             }
         }
         Err(error)
+    }
+}
+
+impl Shared {
+    /// Everything sessions share, for `cfg`, without listeners, admin endpoint or shared
+    /// upstream connections: for driving sessions in memory ([`Offline`]).
+    ///
+    /// # Errors
+    /// A [`crate::tls::TlsError`] when the upstream TLS settings cannot be loaded.
+    pub fn offline(cfg: &crate::config::Config) -> Result<Arc<Shared>, crate::tls::TlsError> {
+        Ok(Arc::new(Shared {
+            live: arc_swap::ArcSwap::from_pointee(crate::reload::live(cfg, 0)),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            connector: Connector::new(&cfg.upstream)?,
+            pool: None,
+            audit: Arc::new(Audit::default()),
+            limiter: Arc::new(crate::limits::Limiter::new(cfg.connection_limits)),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        }))
+    }
+}
+
+/// One session's per-request work without sockets: framing, the ACL check, forwarding, reply
+/// scanning and ordering, exactly as [`serve`] does them between a read and a write. For
+/// `benches/path.rs`, which sets it beside a plain copy of the same bytes.
+pub struct Offline {
+    st: State,
+    parser: RequestParser,
+    scanner: ReplyScanner,
+}
+
+impl Offline {
+    /// A logged-in session of `user`, forwarding as on a shared upstream connection.
+    pub fn new(shared: Arc<Shared>, user: Arc<User>) -> Self {
+        let mut st = State::new(shared, SocketAddr::from(([127, 0, 0, 1], 0)));
+        st.user = Some(user);
+        Offline {
+            st,
+            parser: RequestParser::new(),
+            scanner: ReplyScanner::new(),
+        }
+    }
+
+    /// Takes every complete request from `cin`; appends what goes to Redis to `upstream`.
+    pub fn requests(&mut self, cin: &mut BytesMut, upstream: &mut BytesMut) {
+        let st = &mut self.st;
+        st.now = None;
+        loop {
+            let limits = st.frame_limits();
+            let Ok(Some(frame)) = self.parser.parse(cin, &limits) else {
+                break;
+            };
+            let len = frame.len();
+            if let Frame::Command { .. } = frame {
+                let req = self.parser.request(cin, &frame);
+                let raw = cin.get(..len).unwrap_or(&[]);
+                // As on the shared connection (the default); a command that needs a
+                // connection of its own is dispatched as if it had one.
+                if st.dispatch(&req, raw, ConnKind::Shared) == Outcome::NeedUpstream {
+                    st.dispatch(&req, raw, ConnKind::Dedicated);
+                }
+            }
+            cin.advance(len);
+        }
+        upstream.extend_from_slice(&st.uout);
+        st.uout.clear();
+        st.shared_unsent = 0;
+    }
+
+    /// Takes Redis's replies from `uin`; appends what goes to the client to `client`.
+    ///
+    /// # Errors
+    /// As a session would fail on them (a malformed or unexpected reply).
+    pub fn replies(
+        &mut self,
+        uin: &mut BytesMut,
+        client: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        self.st.take_replies(&mut self.scanner, uin)?;
+        client.extend_from_slice(&self.st.cout);
+        self.st.cout.clear();
+        Ok(())
     }
 }
