@@ -15,6 +15,11 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Result_ {
     result: &'static str,
 }
@@ -40,6 +45,11 @@ pub struct Metrics {
     pub acl_denied_channel: Counter,
     pub upstream_connect_errors: Counter,
     pub upstream_stream_errors: Counter,
+    /// Open upstream connections: shared ones, and clients' own.
+    pub upstream_shared: Gauge,
+    pub upstream_own: Gauge,
+    /// Clients that moved from a shared connection to their own.
+    pub upstream_moves: Counter,
     pub request_duration: Histogram,
 }
 
@@ -116,6 +126,22 @@ impl Metrics {
             upstream_errors.clone(),
         );
         let u = |reason| upstream_errors.get_or_create(&Reason { reason }).clone();
+        let upstream_open = Family::<Kind, Gauge>::default();
+        registry.register(
+            "upstream_connections",
+            "Open connections to Redis: shared by clients, or a client's own",
+            upstream_open.clone(),
+        );
+        let upstream_shared = upstream_open
+            .get_or_create(&Kind { kind: "shared" })
+            .clone();
+        let upstream_own = upstream_open.get_or_create(&Kind { kind: "own" }).clone();
+        let upstream_moves = Counter::default();
+        registry.register(
+            "upstream_moves",
+            "Clients moved from a shared upstream connection to their own (a command needing connection state)",
+            upstream_moves.clone(),
+        );
         let request_duration = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0,
         ]);
@@ -143,6 +169,9 @@ impl Metrics {
             acl_denied_channel: d("channel"),
             upstream_connect_errors: u("connect"),
             upstream_stream_errors: u("stream"),
+            upstream_shared,
+            upstream_own,
+            upstream_moves,
             request_duration,
             registry,
         }

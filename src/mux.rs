@@ -286,6 +286,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             match connector.connect().await {
                 Ok(stream) => {
                     debug!("shared upstream connection opened");
+                    metrics.upstream_shared.inc();
                     conn = Some(stream);
                     scanner = ReplyScanner::new();
                     rbuf.clear();
@@ -317,7 +318,10 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             biased;
             ev = poll_fn(|cx| poll_io(cx, stream, &mut wbuf, &mut rbuf, &mut needs_flush)) => ev,
             () = mux.notify.notified(), if wbuf.is_empty() && !needs_flush => continue,
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                metrics.upstream_shared.dec();
+                return;
+            }
         };
         let failed = match event {
             Event::Wrote(Ok(())) => None,
@@ -338,6 +342,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             }
             wbuf.clear();
             conn = None;
+            metrics.upstream_shared.dec();
         }
     }
 }

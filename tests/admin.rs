@@ -59,6 +59,10 @@ async fn health_readiness_and_metrics_tell_the_truth() {
         "redward_acl_denials_total{reason=\"key\"} 1",
         "redward_acl_denials_total{reason=\"command\"} 1",
         "redward_request_duration_seconds_count 1",
+        // The forwarded GET went over the shared upstream connection.
+        "redward_upstream_connections{kind=\"shared\"} 1",
+        "redward_upstream_connections{kind=\"own\"} 0",
+        "redward_upstream_moves_total 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -216,6 +216,10 @@ where
                 match st.shared.connector.connect().await {
                     Ok(stream) => {
                         debug!(%peer, "upstream connected");
+                        if matches!(conn, Conn::Shared(_)) {
+                            st.shared.metrics.upstream_moves.inc();
+                        }
+                        st.shared.metrics.upstream_own.inc();
                         conn = Conn::Dedicated(stream);
                         continue; // dispatch the same request again, now with an upstream
                     }
@@ -387,6 +391,9 @@ where
         }
     };
 
+    if matches!(conn, Conn::Dedicated(_)) {
+        st.shared.metrics.upstream_own.dec();
+    }
     // Whatever ended the session, give the client what is already owed, briefly.
     if !st.cout.is_empty() || client_flush {
         let grace = st
@@ -574,34 +581,40 @@ fn needs_own_connection(spec: Option<&commands::CommandSpec>) -> bool {
     let Some(spec) = spec else {
         return false;
     };
-    let base = spec.name.split('|').next().unwrap_or(spec.name);
+    // A subcommand's name is `parent|sub`; byte-wise, as a `str` split costs a char search.
+    let name = spec.name.as_bytes();
+    let base = name
+        .iter()
+        .position(|&b| b == b'|')
+        .and_then(|i| name.get(..i))
+        .unwrap_or(name);
     spec.flags & (commands::FLAG_BLOCKING | commands::FLAG_MODULE) != 0
         || matches!(
             base,
-            "multi"
-                | "exec"
-                | "discard"
-                | "watch"
-                | "unwatch"
-                | "select"
-                | "hello"
-                | "reset"
-                | "client"
-                | "subscribe"
-                | "psubscribe"
-                | "ssubscribe"
-                | "unsubscribe"
-                | "punsubscribe"
-                | "sunsubscribe"
-                | "monitor"
-                | "sync"
-                | "psync"
-                | "replconf"
-                | "readonly"
-                | "readwrite"
-                | "asking"
-                | "wait"
-                | "waitaof"
+            b"multi"
+                | b"exec"
+                | b"discard"
+                | b"watch"
+                | b"unwatch"
+                | b"select"
+                | b"hello"
+                | b"reset"
+                | b"client"
+                | b"subscribe"
+                | b"psubscribe"
+                | b"ssubscribe"
+                | b"unsubscribe"
+                | b"punsubscribe"
+                | b"sunsubscribe"
+                | b"monitor"
+                | b"sync"
+                | b"psync"
+                | b"replconf"
+                | b"readonly"
+                | b"readwrite"
+                | b"asking"
+                | b"wait"
+                | b"waitaof"
         )
 }
 
