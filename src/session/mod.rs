@@ -46,6 +46,8 @@ pub use slots::{Expect, Family, Hook, Slot, Slots};
 
 /// Bytes read from a socket at a time (and the read buffer's minimum spare room).
 const READ_CHUNK: usize = 16 * 1024;
+/// A new client's first reads: enough for AUTH and ordinary commands.
+const FIRST_READ_CHUNK: usize = 2 * 1024;
 /// Replies buffered for the client beyond which redward stops reading from Redis: a client
 /// that does not read makes Redis hold the data (and apply its own output limits), not us.
 const CLIENT_OUT_HIGH: usize = 1024 * 1024;
@@ -146,7 +148,10 @@ where
         st.user = login;
     }
     let mut parser = RequestParser::new();
-    let mut cin = BytesMut::with_capacity(READ_CHUNK);
+    // Client reads start small (most connections send short commands, and idle ones should
+    // cost little) and grow to READ_CHUNK once a read fills what was offered.
+    let mut cin_chunk = FIRST_READ_CHUNK;
+    let mut cin = BytesMut::with_capacity(cin_chunk);
     let mut uin = BytesMut::new();
     let mut scanner = ReplyScanner::new();
     let mut conn = match &st.shared.pool {
@@ -308,9 +313,10 @@ where
             }
         }
         if read_client {
-            cin.reserve(READ_CHUNK);
+            cin.reserve(cin_chunk);
         }
-        if read_upstream {
+        // A shared connection's replies arrive in a buffer of their own (swapped in whole).
+        if read_upstream && matches!(conn, Conn::Dedicated(_)) {
             uin.reserve(READ_CHUNK);
         }
         let want = Want {
@@ -364,7 +370,10 @@ where
             }
             // The client hung up; Redis drops a closed client's pending replies too.
             IoEvent::ClientRead(Ok(0)) => break Ok(()),
-            IoEvent::ClientRead(Ok(_)) => {
+            IoEvent::ClientRead(Ok(n)) => {
+                if n >= cin_chunk {
+                    cin_chunk = READ_CHUNK;
+                }
                 if !idle_timeout.is_zero() {
                     idle_deadline = st.now() + idle_timeout;
                 }
