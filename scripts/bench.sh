@@ -17,7 +17,7 @@
 #   --no-install       never run apt-get; fail if a tool is missing
 #   --idle N           instead of the benchmark: hold N idle authenticated TLS connections to
 #                      redward and report its RSS before/after and per connection (scripts/idle_rss.sh)
-#   --idle-touch       with --idle: also send one GET on each, so each has its upstream connection
+#   --idle-touch       with --idle: also send one GET on each (so each has used the upstream path)
 #   -h, --help         this text
 #
 # One redis-server on a free 127.0.0.1 port (no persistence, user `default` off, user `app` with a

@@ -668,7 +668,7 @@ def cmd_idle(a):
     n_ok = len(conns)
     per = (rss1 - rss0) / n_ok if n_ok else None
     out = [f"## redward idle connections: {a.n} requested, {n_ok} open and authenticated"
-           f"{' (+ one GET each, so each has its upstream connection)' if a.touch else ''}\n",
+           f"{' (+ one GET each)' if a.touch else ''}\n",
            "| measure | value |", "|---|---:|",
            f"| redward VmRSS before | {mib(rss0)} |",
            f"| redward VmRSS holding {n_ok} connections | {mib(rss1)} |",

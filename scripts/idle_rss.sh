@@ -3,7 +3,7 @@
 #
 # Usage: scripts/idle_rss.sh [N] [--idle-touch] [--redward BIN | --no-build] [--out DIR] [--keep] [--no-install]
 #   N             connections to hold (default 10000)
-#   --idle-touch  also send one GET on each connection, so each has its upstream connection too
+#   --idle-touch  also send one GET on each connection (so each has used the upstream path)
 #
 # Starts one redis-server and redward (as scripts/bench.sh does), opens N TLS connections to
 # redward, each verified against the test CA and logged in with AUTH (+OK), holds them, and prints

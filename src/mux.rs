@@ -429,3 +429,71 @@ fn route(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn inbox() -> Arc<Inbox> {
+        Arc::new(Inbox {
+            state: Mutex::new(InboxState::default()),
+            limit: 1 << 20,
+        })
+    }
+
+    fn data(inbox: &Inbox) -> Vec<u8> {
+        lock(&inbox.state).data.to_vec()
+    }
+
+    /// Replies reach the client they belong to, whatever the read boundaries: every split
+    /// point of a stream of replies for three clients (a large bulk among them).
+    #[test]
+    fn replies_are_routed_by_order_across_any_read_boundary() {
+        let big = format!("${}\r\n{}\r\n", 300, "x".repeat(300));
+        let a_part = format!("+OK\r\n{big}");
+        let b_part = "*2\r\n$1\r\nk\r\n:-1\r\n-ERR no\r\n".to_owned();
+        let c_part = "$-1\r\n".to_owned();
+        let stream = format!("{a_part}{b_part}{c_part}");
+        for cut in 0..=stream.len() {
+            let (a, b, c) = (inbox(), inbox(), inbox());
+            let mut inflight: VecDeque<Route> = [(&a, 2), (&b, 2), (&c, 1)]
+                .into_iter()
+                .map(|(i, n)| Route {
+                    inbox: Arc::clone(i),
+                    replies: n,
+                })
+                .collect();
+            let mut scanner = ReplyScanner::new();
+            let mut rbuf = BytesMut::from(&stream.as_bytes()[..cut]);
+            route(&mut rbuf, &mut scanner, &mut inflight).unwrap();
+            rbuf.extend_from_slice(&stream.as_bytes()[cut..]);
+            route(&mut rbuf, &mut scanner, &mut inflight).unwrap();
+            assert!(rbuf.is_empty() && inflight.is_empty(), "cut {cut}");
+            assert_eq!(data(&a), a_part.as_bytes(), "cut {cut}");
+            assert_eq!(data(&b), b_part.as_bytes(), "cut {cut}");
+            assert_eq!(data(&c), c_part.as_bytes(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_reply_nobody_asked_for_breaks_the_connection() {
+        let mut inflight = VecDeque::new();
+        let mut rbuf = BytesMut::from(&b"+OK\r\n"[..]);
+        assert!(route(&mut rbuf, &mut ReplyScanner::new(), &mut inflight).is_err());
+    }
+
+    #[test]
+    fn an_inbox_over_its_limit_drops_everything_and_says_so() {
+        let small = Arc::new(Inbox {
+            state: Mutex::new(InboxState::default()),
+            limit: 8,
+        });
+        small.deliver(b"+OK\r\n");
+        small.deliver(b"+OK\r\n");
+        let st = lock(&small.state);
+        assert!(st.overflow);
+        assert!(st.data.is_empty());
+    }
+}
