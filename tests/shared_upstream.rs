@@ -255,3 +255,96 @@ async fn requests_queued_while_redis_is_paused_all_arrive_in_order() {
     let expected = [b"+OK\r\n".repeat(64), b":64\r\n".to_vec()].concat();
     assert_eq!(got, expected);
 }
+
+/// A small deterministic generator (no dependency needed for a script mix).
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// One client's script: shared-safe commands on its own keys, with, at random points, the
+/// commands that move it to its own connection (a transaction, another database, a name).
+fn mixed_script(client: u64, rng: &mut Xorshift) -> (Vec<u8>, usize) {
+    let k = |i: u64| format!("c{client}:k{i}");
+    let mut script = auth();
+    let mut n = 1;
+    let mut push = |script: &mut Vec<u8>, args: &[&str]| {
+        script.extend(cmd(args));
+        n += 1;
+    };
+    for _ in 0..60 {
+        let key = k(rng.next(4));
+        match rng.next(12) {
+            0..=3 => push(&mut script, &["SET", &key, &format!("v{}", rng.next(1000))]),
+            4..=6 => push(&mut script, &["GET", &key]),
+            7 => push(&mut script, &["INCR", &format!("{key}:n")]),
+            8 => push(&mut script, &["LPUSH", &format!("{key}:l"), "x", "y"]),
+            9 => {
+                push(&mut script, &["MULTI"]);
+                push(&mut script, &["INCR", &format!("{key}:n")]);
+                push(&mut script, &["GET", &key]);
+                push(&mut script, &["EXEC"]);
+            }
+            10 => {
+                push(&mut script, &["SELECT", "1"]);
+                push(&mut script, &["SET", &key, "db1"]);
+                push(&mut script, &["GET", &key]);
+                push(&mut script, &["SELECT", "0"]);
+            }
+            _ => push(&mut script, &["CLIENT", "SETNAME", &format!("c{client}")]),
+        }
+    }
+    (script, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_moving_off_the_shared_connection_get_redis_s_replies() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 | 1);
+    let scripts: Vec<(Vec<u8>, usize)> = (0..30)
+        .map(|c| mixed_script(c, &mut Xorshift(seed.wrapping_add(c * 7919) | 1)))
+        .collect();
+    // Expected: each script alone, directly against Redis (keys are per client, so the
+    // interleaving through redward cannot change any reply).
+    let flush = || {
+        let mut c = redis.admin();
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("FLUSHALL");
+    };
+    flush();
+    let mut expected = Vec::new();
+    for (script, n) in &scripts {
+        let mut direct = Raw::plain(&redis.addr()).await;
+        direct.send(script).await;
+        expected.push(direct.replies(*n).await);
+    }
+    flush();
+    let mut tasks = Vec::new();
+    for (script, n) in scripts.clone() {
+        let mut raw = proxy.raw().await;
+        tasks.push(tokio::spawn(async move {
+            // Half the clients send their script in pieces, so moves happen mid-stream too.
+            let cut = script.len() / 2;
+            raw.send(&script[..cut]).await;
+            tokio::task::yield_now().await;
+            raw.send(&script[cut..]).await;
+            raw.replies(n).await
+        }));
+    }
+    for (i, (task, want)) in tasks.into_iter().zip(expected).enumerate() {
+        let got = task.await.expect("client task");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "client {i} (seed {seed})"
+        );
+    }
+}
