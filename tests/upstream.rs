@@ -78,3 +78,50 @@ async fn upstream_rejecting_redwards_credential_is_reported_not_forwarded() {
         b"+OK\r\n-ERR upstream Redis unavailable, try again later\r\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_under_the_shared_connection_fails_the_requests_in_flight_only() {
+    let mut redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let login = cmd(&["AUTH", APP_USER, APP_PASSWORD]);
+    // An idle client on the shared connection, and two with requests in flight on it (a
+    // script that never ends, and a GET queued behind it).
+    let mut idle = proxy.raw().await;
+    idle.send(&[login.clone(), cmd(&["PING"])].concat()).await;
+    assert_eq!(idle.replies(2).await, b"+OK\r\n+PONG\r\n");
+    let mut busy = proxy.raw().await;
+    busy.send(&login).await;
+    assert_eq!(busy.replies(1).await, b"+OK\r\n");
+    busy.send(&cmd(&["EVAL", "while true do end", "0"])).await;
+    let mut queued = proxy.raw().await;
+    queued.send(&login).await;
+    assert_eq!(queued.replies(1).await, b"+OK\r\n");
+    // Wait until Redis is inside the script, then send the GET behind it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut c = redis.admin();
+        let busy_now = redis::cmd("PING").query::<String>(&mut c).is_err();
+        if busy_now || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    queued.send(&cmd(&["GET", "k"])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    redis.kill();
+    let lost = b"-ERR upstream Redis connection lost\r\n";
+    assert_eq!(busy.until_close().await, lost);
+    assert_eq!(queued.until_close().await, lost);
+
+    redis.restart();
+    let mut pong = Vec::new();
+    for _ in 0..50 {
+        idle.send(&cmd(&["PING"])).await;
+        pong = idle.replies(1).await;
+        if pong == b"+PONG\r\n" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(pong, b"+PONG\r\n", "the idle client never noticed");
+}
