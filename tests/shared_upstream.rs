@@ -348,3 +348,36 @@ async fn concurrent_clients_moving_off_the_shared_connection_get_redis_s_replies
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_kill_reaches_redis_past_a_busy_script_on_the_shared_connection() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut busy = proxy.raw().await;
+    busy.send(&[auth(), cmd(&["EVAL", "while true do end", "0"])].concat())
+        .await;
+    assert_eq!(busy.replies(1).await, b"+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Redis takes SCRIPT KILL once the script has run past lua-time-limit (5 s); it must not
+    // be queued behind the script on the shared connection.
+    let mut admin = proxy.raw().await;
+    admin.send(&auth()).await;
+    assert_eq!(admin.replies(1).await, b"+OK\r\n");
+    let mut reply = Vec::new();
+    for _ in 0..50 {
+        admin.send(&cmd(&["SCRIPT", "KILL"])).await;
+        reply = admin.replies(1).await;
+        if !reply.starts_with(b"-NOTBUSY") {
+            break; // -NOTBUSY: the script had not started yet
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reply, b"+OK\r\n");
+    let killed = busy.replies(1).await;
+    assert!(
+        killed.starts_with(b"-ERR Error running script")
+            || killed.starts_with(b"-ERR Script killed"),
+        "{}",
+        String::from_utf8_lossy(&killed)
+    );
+}

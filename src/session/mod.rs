@@ -584,8 +584,10 @@ fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
 /// Whether a command must run on the client's own upstream connection: it gives the connection
 /// state Redis keeps per client (`client` struct in `server.h`: transaction, watched keys,
 /// database, protocol, name, tracking, subscriptions, monitor, cluster flags), or it may hold the
-/// connection (blocking commands, WAIT), or it is a module's and could do either. Commands
-/// unknown to Redis get the same error on any connection, so they can share.
+/// connection (blocking commands, WAIT), or it is a module's and could do either; or it must
+/// not wait behind another client's busy script (SCRIPT, FUNCTION, SHUTDOWN: `SCRIPT KILL` is
+/// how a busy Redis is freed). Commands unknown to Redis get the same error on any
+/// connection, so they can share.
 fn needs_own_connection(spec: Option<&commands::CommandSpec>) -> bool {
     let Some(spec) = spec else {
         return false;
@@ -624,6 +626,11 @@ fn needs_own_connection(spec: Option<&commands::CommandSpec>) -> bool {
                 | b"asking"
                 | b"wait"
                 | b"waitaof"
+                // Must reach Redis while a script or function blocks it: queued behind the
+                // busy command on a shared connection they would wait for it to end.
+                | b"script"
+                | b"function"
+                | b"shutdown"
         )
 }
 
