@@ -426,3 +426,29 @@ async fn a_subscriber_that_does_not_read_is_disconnected_at_its_output_limit() {
     assert!(got.len() < 20 * 1024 * 1024, "received {} bytes", got.len());
     canary.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_to_its_own_upstream_connection_costs_a_rate_limited_user_no_extra_command() {
+    let redis = Redis::start();
+    let certs = Certs::new();
+    let text = proxy()
+        .user("slow", "on >slowpw ~* &* +@all")
+        .config_text(&redis, &certs)
+        .replace(
+            "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n",
+            "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n    commands_per_second: 2\n",
+        );
+    let addr = serve_config_text(&certs, &text).await;
+    let mut slow = Raw::tls(addr, &certs.ca()).await;
+    // SET rides the shared connection; SELECT waits for it, then moves (dispatched twice).
+    slow.send(
+        &[
+            cmd(&["AUTH", "slow", "slowpw"]),
+            cmd(&["SET", "a", "1"]),
+            cmd(&["SELECT", "1"]),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(slow.replies(3).await, b"+OK\r\n+OK\r\n+OK\r\n");
+}

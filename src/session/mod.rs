@@ -206,6 +206,8 @@ where
                 }
             };
             if outcome == Outcome::NeedUpstream {
+                // The same request comes back once connected: it is not a new command.
+                st.retrying = true;
                 if matches!(conn, Conn::Dedicated(_)) {
                     // dispatch asked for a connection it already has: a bug, never a loop.
                     break 'session Err(SessionError::Internal(
@@ -233,6 +235,7 @@ where
                         warn!(%peer, error = %e, "upstream unavailable");
                         st.local(Bytes::from_static(replies::UPSTREAM_UNAVAILABLE));
                         st.end_of_command();
+                        st.retrying = false;
                     }
                 }
             }
@@ -752,6 +755,9 @@ struct State {
     pin_wait: bool,
     /// This client had a large reply: it moves to its own connection at its next request.
     prefer_own: bool,
+    /// The request being dispatched was dispatched before and had to wait for a connection:
+    /// its command-rate token is already taken.
+    retrying: bool,
 }
 
 impl State {
@@ -783,6 +789,7 @@ impl State {
             shared_unsent: 0,
             pin_wait: false,
             prefer_own: false,
+            retrying: false,
         }
     }
 
@@ -975,6 +982,7 @@ impl State {
         let before = self.forwarded + self.refused;
         let outcome = self.dispatch_inner(req, raw, conn);
         if outcome == Outcome::Done {
+            self.retrying = false;
             if self.forwarded + self.refused == before {
                 self.unreported_local += 1;
             }
@@ -1036,7 +1044,12 @@ impl State {
                 return Outcome::Done;
             }
         }
-        if let Some(rate) = self.live.command_rates.get(&user.name) {
+        if let Some(rate) = self
+            .live
+            .command_rates
+            .get(&user.name)
+            .filter(|_| !self.retrying)
+        {
             if rate.check().is_err() {
                 self.refused += 1;
                 self.shared.metrics.commands_rate_limited.inc();
@@ -1638,6 +1651,7 @@ impl Offline {
                 // As on the shared connection (the default); a command that needs a
                 // connection of its own is dispatched as if it had one.
                 if st.dispatch(&req, raw, ConnKind::Shared) == Outcome::NeedUpstream {
+                    st.retrying = true;
                     st.dispatch(&req, raw, ConnKind::Dedicated);
                 }
             }
