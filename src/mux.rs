@@ -497,3 +497,65 @@ mod tests {
         assert!(st.data.is_empty());
     }
 }
+
+#[cfg(test)]
+mod props {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Replies of every RESP2 and RESP3 shape Redis sends on a plain connection.
+    fn reply() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"+OK\r\n".to_vec()),
+            Just(b"-ERR wrong\r\n".to_vec()),
+            Just(b":12345\r\n".to_vec()),
+            Just(b"$-1\r\n".to_vec()),
+            Just(b"*-1\r\n".to_vec()),
+            (0usize..3000).prop_map(|n| format!("${n}\r\n{}\r\n", "v".repeat(n)).into_bytes()),
+            Just(b"*3\r\n$1\r\na\r\n*2\r\n:1\r\n$0\r\n\r\n+x\r\n".to_vec()),
+            Just(b"%1\r\n+k\r\n_\r\n".to_vec()),
+            Just(b"*0\r\n".to_vec()),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the replies, the clients' shares and the read boundaries, each client's
+        /// inbox ends up with exactly its own replies, in order.
+        #[test]
+        fn every_client_gets_exactly_its_replies(
+            plan in proptest::collection::vec((1u32..4, proptest::collection::vec(reply(), 3)), 1..8),
+            cuts in proptest::collection::vec(1usize..700, 1..40),
+        ) {
+            let mut stream = Vec::new();
+            let mut inflight = VecDeque::new();
+            let mut expected = Vec::new();
+            for (n, replies) in &plan {
+                let inbox = Arc::new(Inbox { state: Mutex::new(InboxState::default()), limit: 1 << 24 });
+                let mut mine = Vec::new();
+                for r in replies.iter().take(*n as usize) {
+                    mine.extend_from_slice(r);
+                }
+                stream.extend_from_slice(&mine);
+                inflight.push_back(Route { inbox: Arc::clone(&inbox), replies: *n });
+                expected.push((inbox, mine));
+            }
+            let mut scanner = ReplyScanner::new();
+            let mut rbuf = BytesMut::new();
+            let mut pos = 0;
+            let mut cut = cuts.iter().cycle();
+            while pos < stream.len() {
+                let end = (pos + cut.next().copied().unwrap_or(1)).min(stream.len());
+                rbuf.extend_from_slice(&stream[pos..end]);
+                pos = end;
+                route(&mut rbuf, &mut scanner, &mut inflight).unwrap();
+            }
+            prop_assert!(inflight.is_empty());
+            prop_assert!(rbuf.is_empty());
+            for (inbox, mine) in expected {
+                prop_assert_eq!(lock(&inbox.state).data.to_vec(), mine);
+            }
+        }
+    }
+}
