@@ -128,12 +128,17 @@ fn check(path: &std::path::Path) -> ExitCode {
         return fail(EXIT_CONFIG, &redward::StartError::UpstreamTls(e));
     }
     println!(
-        "upstream {}{}",
+        "upstream {}{}, {}",
         cfg.upstream.addr,
         if cfg.upstream.tls.is_some() {
             " (tls)"
         } else {
             ""
+        },
+        match cfg.upstream.shared_connections {
+            0 => "a connection per client".to_owned(),
+            1 => "1 shared connection".to_owned(),
+            n => format!("{n} shared connections"),
         }
     );
     // What each user may do, as ACL LIST shows it (password hashes left out).

@@ -197,3 +197,13 @@ fn a_valid_config_checks_ok() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("config OK"));
 }
+
+#[test]
+fn bad_shared_connection_settings_are_named() {
+    let certs = Certs::new();
+    let text = valid(&certs, "127.0.0.1:0")
+        .replace("password: x", "password: x\n  shared_connections: 65");
+    assert_refused(&text, &["upstream.shared_connections", "at most 64"]);
+    let text = valid(&certs, "127.0.0.1:0") + "limits:\n  shared_reply_buffer: 10\n";
+    assert_refused(&text, &["limits.shared_reply_buffer"]);
+}
