@@ -48,7 +48,22 @@ struct Inner {
     path: Mutex<Option<PathBuf>>,
     /// Listener addresses at start-up (changing them needs a restart).
     addrs: Vec<std::net::SocketAddr>,
+    /// The upstream settings at start-up (changing them needs a restart too).
+    upstream: String,
     generation: AtomicU64,
+}
+
+/// The restart-only upstream settings, for noticing a change (never the password).
+fn upstream_summary(cfg: &Config) -> String {
+    let u = &cfg.upstream;
+    format!(
+        "{} {:?} {:?} {} {}",
+        u.addr,
+        u.username,
+        u.connect_timeout,
+        u.tls.is_some(),
+        u.shared_connections
+    )
 }
 
 /// Why a reload was not applied.
@@ -77,6 +92,7 @@ impl Reloader {
                 tls,
                 path: Mutex::new(None),
                 addrs: cfg.listeners.iter().map(|l| l.addr).collect(),
+                upstream: upstream_summary(cfg),
                 generation: AtomicU64::new(0),
             }),
         }
@@ -113,6 +129,9 @@ impl Reloader {
         let addrs: Vec<_> = cfg.listeners.iter().map(|l| l.addr).collect();
         if addrs != self.inner.addrs {
             warn!("listener addresses changed in the configuration; they take effect at the next restart");
+        }
+        if upstream_summary(&cfg) != self.inner.upstream {
+            warn!("upstream settings changed in the configuration; they take effect at the next restart");
         }
         for (slot, acceptor) in self.inner.tls.iter().zip(acceptors) {
             if let (Some(slot), Some(acceptor)) = (slot, acceptor) {
