@@ -160,44 +160,18 @@ fn tls_pair(w: &World) -> (rustls::ClientConnection, rustls::ServerConnection) {
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut client = rustls::ClientConnection::new(Arc::new(client_cfg), name).expect("client");
     let mut server = rustls::ServerConnection::new(server_cfg).expect("server");
-    let mut buf = Vec::new();
+    let mut wire = Vec::new();
     while client.is_handshaking() || server.is_handshaking() {
-        buf.clear();
-        client.write_tls(&mut buf).expect("client write_tls");
-        server
-            .read_tls(&mut buf.as_slice())
-            .expect("server read_tls");
-        server.process_new_packets().expect("server handshake");
-        buf.clear();
-        server.write_tls(&mut buf).expect("server write_tls");
-        client
-            .read_tls(&mut buf.as_slice())
-            .expect("client read_tls");
-        client.process_new_packets().expect("client handshake");
+        records(&mut client, &mut server, &mut wire);
+        records(&mut server, &mut client, &mut wire);
     }
     (client, server)
 }
 
-/// Moves TLS records from `from` to `to` and decrypts them there.
-fn records(
-    from: &mut rustls::ClientConnection,
-    to: &mut rustls::ServerConnection,
-    wire: &mut Vec<u8>,
-) {
-    wire.clear();
-    while from.wants_write() {
-        from.write_tls(wire).expect("write_tls");
-    }
-    let mut rd = wire.as_slice();
-    while !rd.is_empty() {
-        to.read_tls(&mut rd).expect("read_tls");
-        to.process_new_packets().expect("process");
-    }
-}
-
-fn records_back(
-    from: &mut rustls::ServerConnection,
-    to: &mut rustls::ClientConnection,
+/// Moves TLS records from `from` to `to` (either direction) and decrypts them there.
+fn records<A, B>(
+    from: &mut rustls::ConnectionCommon<A>,
+    to: &mut rustls::ConnectionCommon<B>,
     wire: &mut Vec<u8>,
 ) {
     wire.clear();
@@ -258,7 +232,7 @@ fn bench_tls(c: &mut Criterion) {
         }
         server.writer().write_all(out).expect("write");
         out.clear();
-        records_back(server, client, &mut wire);
+        records(server, client, &mut wire);
         read_all(&mut client.reader(), &mut seen, &mut scratch);
         let n = seen.len();
         seen.clear();

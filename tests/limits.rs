@@ -308,18 +308,30 @@ async fn a_peer_outside_the_allow_list_is_closed_before_tls() {
     assert_eq!(allowed.replies(2).await, b"+OK\r\n+PONG\r\n");
 }
 
+/// Serves redward with the usual users plus `slow` (password `slowpw`, every permission)
+/// limited to `per_second` commands.
+async fn serve_with_slow_user(
+    redis: &Redis,
+    certs: &Certs,
+    per_second: u32,
+) -> std::net::SocketAddr {
+    let text = proxy()
+        .user("slow", "on >slowpw ~* &* +@all")
+        .config_text(redis, certs)
+        .replace(
+            "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n",
+            &format!(
+                "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n    commands_per_second: {per_second}\n"
+            ),
+        );
+    serve_config_text(certs, &text).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_over_its_command_rate_is_refused_and_others_are_not() {
     let redis = Redis::start();
     let certs = Certs::new();
-    let text = proxy()
-        .user("slow", "on >slowpw ~* &* +@all")
-        .config_text(&redis, &certs)
-        .replace(
-            "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n",
-            "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n    commands_per_second: 5\n",
-        );
-    let addr = serve_config_text(&certs, &text).await;
+    let addr = serve_with_slow_user(&redis, &certs, 5).await;
     let mut slow = Raw::tls(addr, &certs.ca()).await;
     let mut script = cmd(&["AUTH", "slow", "slowpw"]);
     for _ in 0..50 {
@@ -431,14 +443,7 @@ async fn a_subscriber_that_does_not_read_is_disconnected_at_its_output_limit() {
 async fn moving_to_its_own_upstream_connection_costs_a_rate_limited_user_no_extra_command() {
     let redis = Redis::start();
     let certs = Certs::new();
-    let text = proxy()
-        .user("slow", "on >slowpw ~* &* +@all")
-        .config_text(&redis, &certs)
-        .replace(
-            "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n",
-            "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n    commands_per_second: 2\n",
-        );
-    let addr = serve_config_text(&certs, &text).await;
+    let addr = serve_with_slow_user(&redis, &certs, 2).await;
     let mut slow = Raw::tls(addr, &certs.ca()).await;
     // SET rides the shared connection; SELECT waits for it, then moves (dispatched twice).
     slow.send(
