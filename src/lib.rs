@@ -176,18 +176,9 @@ impl Server {
             )),
             None => None,
         };
-        let limiter = Arc::new(limits::Limiter::new(cfg.connection_limits));
         let pool = (cfg.upstream.shared_connections > 0)
             .then(|| mux::Pool::start(cfg.upstream.shared_connections, &connector, &metrics));
-        let shared = Arc::new(session::Shared {
-            pool,
-            live: arc_swap::ArcSwap::from_pointee(reload::live(cfg, 0)),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            connector,
-            audit,
-            limiter,
-            metrics: Arc::clone(&metrics),
-        });
+        let shared = session::Shared::new(cfg, connector, pool, audit, Arc::clone(&metrics));
         let reloader = reload::Reloader::new(Arc::clone(&shared), tls_slots, cfg);
         Ok(Server {
             listeners,

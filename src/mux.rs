@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +79,7 @@ impl Pool {
     /// is `limits.shared_reply_buffer`.
     pub fn attach(&self, reply_limit: usize) -> Handle {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.muxes.len();
-        let mux = Arc::clone(&self.muxes[i % self.muxes.len()]);
+        let mux = Arc::clone(&self.muxes[i]);
         Handle {
             mux,
             inbox: Arc::new(Inbox {
@@ -355,32 +354,8 @@ fn poll_io(
     needs_flush: &mut bool,
 ) -> Poll<Event> {
     if !wbuf.is_empty() || *needs_flush {
-        let mut progressed = false;
-        loop {
-            if wbuf.is_empty() {
-                match Pin::new(&mut *stream).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => {
-                        *needs_flush = false;
-                        return Poll::Ready(Event::Wrote(Ok(())));
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Event::Wrote(Err(e))),
-                    Poll::Pending if progressed => return Poll::Ready(Event::Wrote(Ok(()))),
-                    Poll::Pending => break,
-                }
-            }
-            match Pin::new(&mut *stream).poll_write(cx, wbuf) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Event::Wrote(Err(std::io::ErrorKind::WriteZero.into())))
-                }
-                Poll::Ready(Ok(n)) => {
-                    wbuf.advance(n);
-                    *needs_flush = true;
-                    progressed = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::Wrote(Err(e))),
-                Poll::Pending if progressed => return Poll::Ready(Event::Wrote(Ok(()))),
-                Poll::Pending => break,
-            }
+        if let Poll::Ready(r) = crate::session::poll_write_out(cx, stream, wbuf, needs_flush) {
+            return Poll::Ready(Event::Wrote(r));
         }
     }
     rbuf.reserve(READ_CHUNK);

@@ -541,7 +541,7 @@ fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Writes as much of `out` as the socket takes, then flushes once it is empty (TLS holds
 /// records until flushed; `needs_flush` remembers that across wake-ups).
-fn poll_write_out<W: AsyncWrite + Unpin>(
+pub(crate) fn poll_write_out<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     w: &mut W,
     out: &mut BytesMut,
@@ -647,8 +647,9 @@ fn shrink(buf: &mut BytesMut) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Done,
-    /// The request must go to Redis and there is no upstream connection yet: connect, then
-    /// dispatch it again (nothing was changed by the first attempt).
+    /// The request must go to Redis over a connection of this client's own, which it does not
+    /// have yet: connect (after the shared connection's replies are in), then dispatch it
+    /// again (nothing was changed by the first attempt).
     NeedUpstream,
 }
 
@@ -1564,7 +1565,7 @@ impl State {
     /// The shared connection could not be opened: the `n` oldest requests owed by Redis were
     /// never sent, and are answered as a failed connect of a client's own would be.
     fn shared_unavailable(&mut self, n: u32) {
-        self.shared.metrics.upstream_connect_errors.inc();
+        // The connect error is counted once, by the shared connection's task.
         let unavailable = Bytes::from_static(replies::UPSTREAM_UNAVAILABLE);
         self.slots.fail_upstream(n, &unavailable);
     }
@@ -1602,15 +1603,33 @@ impl Shared {
     /// # Errors
     /// A [`crate::tls::TlsError`] when the upstream TLS settings cannot be loaded.
     pub fn offline(cfg: &crate::config::Config) -> Result<Arc<Shared>, crate::tls::TlsError> {
-        Ok(Arc::new(Shared {
+        Ok(Shared::new(
+            cfg,
+            Connector::new(&cfg.upstream)?,
+            None,
+            Arc::new(Audit::default()),
+            Arc::new(crate::metrics::Metrics::new()),
+        ))
+    }
+
+    /// What the sessions of a server started from `cfg` share (generation 0 of the
+    /// reloadable part).
+    pub fn new(
+        cfg: &crate::config::Config,
+        connector: Connector,
+        pool: Option<crate::mux::Pool>,
+        audit: Arc<Audit>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
             live: arc_swap::ArcSwap::from_pointee(crate::reload::live(cfg, 0)),
             generation: std::sync::atomic::AtomicU64::new(0),
-            connector: Connector::new(&cfg.upstream)?,
-            pool: None,
-            audit: Arc::new(Audit::default()),
+            connector,
+            pool,
+            audit,
             limiter: Arc::new(crate::limits::Limiter::new(cfg.connection_limits)),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-        }))
+            metrics,
+        })
     }
 }
 
