@@ -1,8 +1,8 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is serving) and
 //! `/readyz` (the upstream is reachable and accepts redward's credential; 503 otherwise).
 //!
-//! A deliberately tiny HTTP/1.1 responder: GET only, one request per connection, request head
-//! capped at 8 KiB and 5 s. It is meant for a loopback or pod-local address, scraped by
+//! A deliberately tiny HTTP/1.1 responder: GET and HEAD, one request per connection, request
+//! head capped at 8 KiB and 5 s, at most 32 connections at once. It is meant for a loopback or pod-local address, scraped by
 //! Prometheus and probed by the kubelet; it serves nothing secret.
 
 use std::net::SocketAddr;
@@ -22,6 +22,9 @@ use crate::upstream::Connector;
 const READY_CACHE: Duration = Duration::from_secs(1);
 const MAX_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once; more are closed at accept. Probes and scrapes need a
+/// handful; without a bound, anyone who can reach the port holds sockets and tasks at will.
+const MAX_CONNECTIONS: usize = 32;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -43,6 +46,7 @@ impl Admin {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "admin endpoint listening");
         }
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, peer) = tokio::select! {
                 () = stop.cancelled() => return,
@@ -54,8 +58,13 @@ impl Admin {
                     }
                 },
             };
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                debug!(%peer, "admin endpoint busy; connection closed");
+                continue;
+            };
             let me = Arc::clone(&self);
             tokio::spawn(async move {
+                let _permit = permit;
                 if tokio::time::timeout(REQUEST_TIMEOUT, me.handle(stream))
                     .await
                     .is_err()
@@ -80,6 +89,7 @@ impl Admin {
                     "431 Request Header Fields Too Large",
                     "text/plain",
                     "",
+                    true,
                 )
                 .await;
                 return;
@@ -93,39 +103,53 @@ impl Admin {
         if method != b"GET" && method != b"HEAD" {
             let _ = respond(
                 &mut stream,
-                "405 Method Not Allowed",
+                "405 Method Not Allowed\r\nAllow: GET, HEAD",
                 "text/plain",
                 "GET only\n",
+                true,
             )
             .await;
             return;
         }
+        // HEAD: the same status and headers, no body (RFC 9110 9.3.2).
+        let body = method == b"GET";
         let _ = match path {
             b"/metrics" => {
-                let body = self.metrics.encode();
+                let text = self.metrics.encode();
                 respond(
                     &mut stream,
                     "200 OK",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    &body,
+                    &text,
+                    body,
                 )
                 .await
             }
-            b"/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
+            b"/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n", body).await,
             b"/readyz" => {
                 if self.is_ready().await {
-                    respond(&mut stream, "200 OK", "text/plain", "ready\n").await
+                    respond(&mut stream, "200 OK", "text/plain", "ready\n", body).await
                 } else {
                     respond(
                         &mut stream,
                         "503 Service Unavailable",
                         "text/plain",
                         "upstream unavailable\n",
+                        body,
                     )
                     .await
                 }
             }
-            _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
+            _ => {
+                respond(
+                    &mut stream,
+                    "404 Not Found",
+                    "text/plain",
+                    "not found\n",
+                    body,
+                )
+                .await
+            }
         };
     }
 
@@ -143,18 +167,23 @@ impl Admin {
     }
 }
 
+/// Writes a response; `with_body` false (HEAD) sends the same headers, Content-Length
+/// included, without the body.
 async fn respond(
     stream: &mut TcpStream,
     status: &str,
     content_type: &str,
     body: &str,
+    with_body: bool,
 ) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if with_body {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await
 }
 

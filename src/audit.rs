@@ -18,6 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::throttle::{Throttle, Verdict};
+
 /// Entries kept for `ACL LOG` (Redis's `acllog-max-len` default).
 pub const ACL_LOG_MAX_LEN: usize = 128;
 /// Events waiting for the audit file writer.
@@ -25,6 +27,8 @@ const FILE_QUEUE: usize = 4096;
 /// Redis groups a repeated denial into one ACL LOG entry within this window
 /// (`ACL_LOG_GROUPING_MAX_TIME_DELTA`).
 const GROUPING_WINDOW: Duration = Duration::from_secs(60);
+/// How many of the newest entries Redis looks at for one to group with (`toscan`).
+const GROUPING_SCAN: usize = 10;
 
 /// Why an event was recorded, with Redis's ACL LOG `reason` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +85,9 @@ pub struct Audit {
     log: Mutex<VecDeque<LogEntry>>,
     file: Option<mpsc::Sender<String>>,
     dropped: AtomicU64,
+    /// Keeps bursts of failed logins and of denials to a few log lines each.
+    auth_lines: Throttle,
+    denial_lines: Throttle,
 }
 
 impl Default for Audit {
@@ -89,6 +96,8 @@ impl Default for Audit {
             log: Mutex::new(VecDeque::new()),
             file: None,
             dropped: AtomicU64::new(0),
+            auth_lines: Throttle::default(),
+            denial_lines: Throttle::default(),
         }
     }
 }
@@ -126,19 +135,28 @@ impl Audit {
         })
     }
 
-    /// Records an event everywhere it belongs.
+    /// Records an event everywhere it belongs. The log line is throttled (`throttle.rs`): a
+    /// burst is a few lines and a count; ACL LOG, the metrics and the file count every event.
     pub fn record(&self, ev: &Event) {
-        info!(
-            target: "redward::audit",
-            reason = ev.reason.as_str(),
-            context = ev.context,
-            user = %ev.username,
-            peer = %ev.peer,
-            command = %ev.command,
-            object = %ev.object,
-            "{}",
-            if ev.reason == Reason::Auth { "authentication failed" } else { "ACL denied" }
-        );
+        let throttle = if ev.reason == Reason::Auth {
+            &self.auth_lines
+        } else {
+            &self.denial_lines
+        };
+        if let Verdict::Log { suppressed } = throttle.event() {
+            info!(
+                target: "redward::audit",
+                reason = ev.reason.as_str(),
+                context = ev.context,
+                user = %ev.username,
+                peer = %ev.peer,
+                command = %ev.command,
+                object = %ev.object,
+                not_logged_before = suppressed,
+                "{}",
+                if ev.reason == Reason::Auth { "authentication failed" } else { "ACL denied" }
+            );
+        }
         self.add_to_log(ev);
         if let Some(tx) = &self.file {
             if tx.try_send(json_line(ev)).is_err() {
@@ -153,21 +171,33 @@ impl Audit {
         }
     }
 
+    /// Logs, in one line each, the events a burst kept out of the log (call periodically).
+    pub fn flush_log(&self) {
+        if let Some((count, over)) = self.auth_lines.flush() {
+            warn!(target: "redward::audit", count, seconds = over.as_secs_f64(), "authentication failures not logged one by one (burst); ACL LOG and the audit file have them");
+        }
+        if let Some((count, over)) = self.denial_lines.flush() {
+            warn!(target: "redward::audit", count, seconds = over.as_secs_f64(), "ACL denials not logged one by one (burst); ACL LOG and the audit file have them");
+        }
+    }
+
     fn add_to_log(&self, ev: &Event) {
         let now = SystemTime::now();
         let Ok(mut log) = self.log.lock() else { return };
-        // `addACLLogEntry`: the same reason, context, object and user within the window
-        // updates the existing entry.
-        if let Some(e) = log.iter_mut().find(|e| {
+        // `addACLLogEntry` in acl.c: among the 10 newest entries, one with the same reason,
+        // context, object and user updated within the window is bumped and moved to the head.
+        let found = log.iter().take(GROUPING_SCAN).position(|e| {
             e.reason == ev.reason
                 && e.context == ev.context
                 && e.object == ev.object
                 && e.username == ev.username
-                && now.duration_since(e.updated).unwrap_or_default() < GROUPING_WINDOW
-        }) {
+                && now.duration_since(e.updated).unwrap_or_default() <= GROUPING_WINDOW
+        });
+        if let Some(mut e) = found.and_then(|i| log.remove(i)) {
             e.count += 1;
             e.updated = now;
             e.client_info = client_info(ev);
+            log.push_front(e);
             return;
         }
         log.push_front(LogEntry {
@@ -262,6 +292,23 @@ mod tests {
             a.record(&ev(&format!("k{i}")));
         }
         assert_eq!(a.entries(1000).len(), ACL_LOG_MAX_LEN);
+    }
+
+    #[test]
+    fn a_repeat_moves_its_entry_to_the_head_and_only_recent_entries_group() {
+        let a = Audit::default();
+        a.record(&ev("old"));
+        for i in 0..GROUPING_SCAN {
+            a.record(&ev(&format!("k{i}")));
+        }
+        // "old" is the 11th newest: Redis does not look that far, so it starts a new entry.
+        a.record(&ev("old"));
+        let e = a.entries(100);
+        assert_eq!(e.len(), GROUPING_SCAN + 2);
+        assert_eq!((e[0].object.as_str(), e[0].count), ("old", 1));
+        a.record(&ev("k5"));
+        let e = a.entries(100);
+        assert_eq!((e[0].object.as_str(), e[0].count), ("k5", 2));
     }
 
     #[test]

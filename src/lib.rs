@@ -23,6 +23,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod limits;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod mux;
 pub mod notify;
@@ -32,6 +33,7 @@ pub mod resp;
 pub mod session;
 pub mod shutdown;
 pub mod stunnel;
+pub mod throttle;
 pub mod tls;
 pub mod upstream;
 
@@ -126,6 +128,9 @@ impl Server {
     /// # Errors
     /// A [`StartError`] naming the listener, file or address at fault.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
+        for w in cfg.warnings() {
+            warn!("{w}");
+        }
         let connector = upstream::Connector::new(&cfg.upstream).map_err(StartError::UpstreamTls)?;
         let audit = Arc::new(match &cfg.audit_file {
             Some(path) => {
@@ -139,30 +144,32 @@ impl Server {
             None => audit::Audit::default(),
         });
         let mut listeners = Vec::with_capacity(cfg.listeners.len());
-        let mut tls_slots = Vec::with_capacity(cfg.listeners.len());
+        let mut slots = Vec::with_capacity(cfg.listeners.len());
         for (index, l) in cfg.listeners.iter().enumerate() {
             let tls = match &l.tls {
-                Some(t) => Some(Arc::new(arc_swap::ArcSwap::from_pointee(
-                    TlsAcceptor::from(
-                        tls::server_config(t)
-                            .map_err(|source| StartError::Tls { index, source })?,
-                    ),
-                ))),
+                Some(t) => Some(TlsAcceptor::from(
+                    tls::server_config(t).map_err(|source| StartError::Tls { index, source })?,
+                )),
                 None => None,
             };
-            tls_slots.push(tls.clone());
+            let settings = Arc::new(arc_swap::ArcSwap::from_pointee(
+                listener::ListenerSettings {
+                    cfg: l.clone(),
+                    tls,
+                },
+            ));
+            slots.push(Arc::clone(&settings));
             let tcp = bind(l.addr).map_err(|source| StartError::Bind {
                 index,
                 addr: l.addr,
                 source,
             })?;
-            let listener = listener::Listener::new(tcp, tls, l.clone()).map_err(|source| {
-                StartError::Bind {
+            let listener =
+                listener::Listener::new(tcp, settings).map_err(|source| StartError::Bind {
                     index,
                     addr: l.addr,
                     source,
-                }
-            })?;
+                })?;
             listeners.push(listener);
         }
         learn_upstream_commands(&connector).await;
@@ -179,7 +186,7 @@ impl Server {
         let pool = (cfg.upstream.shared_connections > 0)
             .then(|| mux::Pool::start(cfg.upstream.shared_connections, &connector, &metrics));
         let shared = session::Shared::new(cfg, connector, pool, audit, Arc::clone(&metrics));
-        let reloader = reload::Reloader::new(Arc::clone(&shared), tls_slots, cfg);
+        let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);
         Ok(Server {
             listeners,
             admin,
@@ -225,14 +232,27 @@ impl Server {
         if let Some((listener, admin)) = self.admin {
             tokio::spawn(admin.serve(listener, stop.clone()));
         }
-        // Forget rate-limiter state of addresses that went quiet, so it stays bounded.
+        // Every second: the counts of log lines a burst kept back; every minute: forget
+        // rate-limiter state of addresses that went quiet, so it stays bounded.
         let housekeeping = {
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                let mut n: u64 = 0;
                 loop {
                     tick.tick().await;
-                    shared.limiter.housekeeping();
+                    shared.audit.flush_log();
+                    if let Some((count, over)) = shared.refusal_lines.flush() {
+                        warn!(
+                            count,
+                            seconds = over.as_secs_f64(),
+                            "connections refused (or TLS failures) not logged one by one (burst)"
+                        );
+                    }
+                    n += 1;
+                    if n.is_multiple_of(60) {
+                        shared.limiter.housekeeping();
+                    }
                 }
             })
         };

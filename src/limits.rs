@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -30,6 +31,10 @@ pub enum Refused {
     TooManyFromAddress,
     #[error("connections_per_second_per_ip exceeded")]
     RateExceeded,
+    #[error("peer may not send a PROXY header (not in proxy_protocol.trusted)")]
+    UntrustedProxy,
+    #[error("no valid PROXY header in time")]
+    ProxyHeader,
 }
 
 impl Refused {
@@ -40,12 +45,14 @@ impl Refused {
             Refused::TooManyConnections => "max_connections",
             Refused::TooManyFromAddress => "max_connections_per_ip",
             Refused::RateExceeded => "connection_rate",
+            Refused::UntrustedProxy => "untrusted_proxy",
+            Refused::ProxyHeader => "proxy_header",
         }
     }
 }
 
 /// Limit settings (from `limits:` in the config).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitSettings {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -57,13 +64,15 @@ pub struct LimitSettings {
 type KeyedLimiter<C> =
     RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// Process-wide limits.
+/// Process-wide limits. Settings are replaced whole by a reload ([`Limiter::update`]): caps
+/// apply to the next connection, a changed rate starts from a fresh bucket, and lockouts in
+/// force stay in force.
 pub struct Limiter<C: Clock + Clone = DefaultClock> {
-    settings: LimitSettings,
+    settings: ArcSwap<LimitSettings>,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    conn_rate: Option<KeyedLimiter<C>>,
-    auth_rate: Option<KeyedLimiter<C>>,
+    conn_rate: ArcSwapOption<KeyedLimiter<C>>,
+    auth_rate: ArcSwapOption<KeyedLimiter<C>>,
     lockouts: Mutex<HashMap<IpAddr, C::Instant>>,
     clock: C,
 }
@@ -71,9 +80,24 @@ pub struct Limiter<C: Clock + Clone = DefaultClock> {
 impl<C: Clock + Clone> std::fmt::Debug for Limiter<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
-            .field("settings", &self.settings)
+            .field("settings", &self.settings.load())
             .finish_non_exhaustive()
     }
+}
+
+fn keyed<C: Clock + Clone>(
+    rate: Option<NonZeroU32>,
+    per_minute: bool,
+    clock: &C,
+) -> Option<Arc<KeyedLimiter<C>>> {
+    rate.map(|r| {
+        let quota = if per_minute {
+            Quota::per_minute(r)
+        } else {
+            Quota::per_second(r)
+        };
+        Arc::new(RateLimiter::dashmap_with_clock(quota, clock.clone()))
+    })
 }
 
 impl Limiter<DefaultClock> {
@@ -84,55 +108,85 @@ impl Limiter<DefaultClock> {
 
 impl<C: Clock + Clone> Limiter<C> {
     pub fn with_clock(settings: LimitSettings, clock: C) -> Self {
-        let keyed = |rate: Option<NonZeroU32>, per_minute: bool| {
-            rate.map(|r| {
-                let quota = if per_minute {
-                    Quota::per_minute(r)
-                } else {
-                    Quota::per_second(r)
-                };
-                RateLimiter::dashmap_with_clock(quota, clock.clone())
-            })
-        };
         Limiter {
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
-            conn_rate: keyed(settings.connections_per_second_per_ip, false),
-            auth_rate: keyed(settings.auth_failures_per_minute, true),
+            conn_rate: ArcSwapOption::new(keyed(
+                settings.connections_per_second_per_ip,
+                false,
+                &clock,
+            )),
+            auth_rate: ArcSwapOption::new(keyed(settings.auth_failures_per_minute, true, &clock)),
             lockouts: Mutex::new(HashMap::new()),
             clock,
         }
     }
 
-    /// Admits a new connection from `ip` or says why not. The guard releases the counts when
-    /// the connection ends.
+    /// Applies reloaded settings (see the type's doc).
+    pub fn update(&self, new: LimitSettings) {
+        let old = **self.settings.load();
+        if old == new {
+            return;
+        }
+        if old.connections_per_second_per_ip != new.connections_per_second_per_ip {
+            self.conn_rate
+                .store(keyed(new.connections_per_second_per_ip, false, &self.clock));
+        }
+        if old.auth_failures_per_minute != new.auth_failures_per_minute {
+            self.auth_rate
+                .store(keyed(new.auth_failures_per_minute, true, &self.clock));
+        }
+        self.settings.store(Arc::new(new));
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> LimitSettings {
+        **self.settings.load()
+    }
+
+    /// Admits a new connection from `ip` (global cap, then that address's rate and cap) or
+    /// says why not. The guard releases the counts when the connection ends.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard<C>, Refused> {
-        if let Some(rate) = &self.conn_rate {
+        let mut guard = self.admit_any()?;
+        guard.admit_address(ip)?;
+        Ok(guard)
+    }
+
+    /// Admits a connection under the global cap only: for a load balancer's connection,
+    /// whose client is known once its PROXY header is read ([`ConnGuard::admit_address`]).
+    pub fn admit_any(self: &Arc<Self>) -> Result<ConnGuard<C>, Refused> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.settings.load().max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::TooManyConnections);
+        }
+        Ok(ConnGuard {
+            limiter: Arc::clone(self),
+            ip: None,
+        })
+    }
+
+    /// Counts one more connection from `ip` against its rate and cap.
+    fn admit_ip(&self, ip: IpAddr) -> Result<(), Refused> {
+        if let Some(rate) = &*self.conn_rate.load() {
             if rate.check_key(&ip).is_err() {
                 return Err(Refused::RateExceeded);
             }
         }
-        let open = self.open.fetch_add(1, Ordering::AcqRel);
-        if open >= self.settings.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::TooManyConnections);
-        }
+        let cap = self.settings.load().max_connections_per_ip;
         let Ok(mut per_ip) = self.per_ip.lock() else {
-            self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::TooManyConnections);
         };
         let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.settings.max_connections_per_ip {
-            drop(per_ip);
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        if *n >= cap {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
             return Err(Refused::TooManyFromAddress);
         }
         *n += 1;
-        Ok(ConnGuard {
-            limiter: Arc::clone(self),
-            ip,
-        })
+        Ok(())
     }
 
     /// Whether logins from `ip` are refused right now (without checking any password).
@@ -154,13 +208,13 @@ impl<C: Clock + Clone> Limiter<C> {
     /// Counts a failed login from `ip`; past the quota the address is locked out for
     /// `auth_lockout`. Returns whether it is now locked.
     pub fn auth_failed(&self, ip: IpAddr) -> bool {
-        let Some(rate) = &self.auth_rate else {
+        let Some(rate) = &*self.auth_rate.load() else {
             return false;
         };
         if rate.check_key(&ip).is_ok() {
             return false;
         }
-        let until = self.clock.now() + self.settings.auth_lockout.into();
+        let until = self.clock.now() + self.settings.load().auth_lockout.into();
         if let Ok(mut lockouts) = self.lockouts.lock() {
             // Bounded: expired entries go first, and the map never holds more than the
             // addresses that failed within one lockout period.
@@ -175,10 +229,10 @@ impl<C: Clock + Clone> Limiter<C> {
 
     /// Drops rate-limiter state for addresses that have been quiet (call periodically).
     pub fn housekeeping(&self) {
-        if let Some(r) = &self.conn_rate {
+        if let Some(r) = &*self.conn_rate.load() {
             r.retain_recent();
         }
-        if let Some(r) = &self.auth_rate {
+        if let Some(r) = &*self.auth_rate.load() {
             r.retain_recent();
         }
         let now = self.clock.now();
@@ -187,8 +241,9 @@ impl<C: Clock + Clone> Limiter<C> {
         }
     }
 
-    fn release(&self, ip: IpAddr) {
+    fn release(&self, ip: Option<IpAddr>) {
         self.open.fetch_sub(1, Ordering::AcqRel);
+        let Some(ip) = ip else { return };
         if let Ok(mut per_ip) = self.per_ip.lock() {
             if let Some(n) = per_ip.get_mut(&ip) {
                 *n = n.saturating_sub(1);
@@ -203,7 +258,21 @@ impl<C: Clock + Clone> Limiter<C> {
 /// Proof that a connection was admitted; releases its slot on drop.
 pub struct ConnGuard<C: Clock + Clone = DefaultClock> {
     limiter: Arc<Limiter<C>>,
-    ip: IpAddr,
+    /// The address counted against the per-address cap, once there is one.
+    ip: Option<IpAddr>,
+}
+
+impl<C: Clock + Clone> ConnGuard<C> {
+    /// Counts this connection against `ip`'s rate and cap (the address a PROXY header named,
+    /// or the TCP peer). At most once per connection.
+    pub fn admit_address(&mut self, ip: IpAddr) -> Result<(), Refused> {
+        if self.ip.is_some() {
+            return Ok(());
+        }
+        self.limiter.admit_ip(ip)?;
+        self.ip = Some(ip);
+        Ok(())
+    }
 }
 
 impl<C: Clock + Clone> Drop for ConnGuard<C> {

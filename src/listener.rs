@@ -1,5 +1,16 @@
-//! Listening sockets: bind (failing start-up with the address named), accept, TLS handshake
+//! Listening sockets: accept, admit, read a PROXY header where one is expected, TLS handshake
 //! under a deadline, then hand the connection to a session.
+//!
+//! Admission comes before any work a client could make expensive, in this order:
+//! 1. at accept, the TCP peer: on a `proxy_protocol` listener it must be a trusted proxy and
+//!    not denied, and takes a slot under `max_connections`; elsewhere it is the client, and
+//!    the allow/deny lists, the global cap and its own rate and cap apply;
+//! 2. after a PROXY header, the address it carries is the client: allow/deny and that
+//!    address's rate and cap apply, and the session (lockout, ACL LOG, audit) uses it.
+//!
+//! Every listener setting (allow/deny, proxy_protocol, TLS and mTLS) lives in a
+//! [`ListenerSettings`] that a reload replaces whole; each connection uses the settings in
+//! force when it was accepted.
 //!
 //! Accept errors (out of file descriptors, a connection reset before accept) are logged and
 //! backed off, never fatal: the proxy stays up for everyone else.
@@ -8,54 +19,68 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::{ClientAuth, ClientIdentity, ListenerConfig};
+use crate::config::{ClientAuth, ClientIdentity, ListenerConfig, ProxyProtocol};
 use crate::limits::{ConnGuard, Refused};
 use crate::proxy_header;
 use crate::session::{self, Shared};
+use crate::throttle::Verdict;
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-pub struct Listener {
-    tcp: TcpListener,
-    /// Swapped by a reload (new certificates take effect for new connections).
-    tls: Option<Arc<arc_swap::ArcSwap<TlsAcceptor>>>,
-    addr: SocketAddr,
-    cfg: ListenerConfig,
+/// A listener's reloadable settings: its configuration and the TLS acceptor built from it.
+pub struct ListenerSettings {
+    pub cfg: ListenerConfig,
+    pub tls: Option<TlsAcceptor>,
 }
 
-impl Listener {
-    /// The acceptor and, for mTLS, how certificates log clients in.
-    fn tls_mode(&self) -> Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)> {
-        let acceptor = TlsAcceptor::clone(&self.tls.as_ref()?.load());
-        let mtls = self
-            .cfg
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_certs.as_ref())
-            .map(|c| (c.auth, c.identity));
-        Some((acceptor, mtls))
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
+}
+
+pub struct Listener {
+    tcp: TcpListener,
+    addr: SocketAddr,
+    /// Replaced whole by a reload; read once per accepted connection.
+    settings: Arc<ArcSwap<ListenerSettings>>,
+}
+
+/// How a connection's TLS is set up: the acceptor and, for mTLS, how certificates log
+/// clients in.
+type TlsMode = Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)>;
+
+fn tls_mode(s: &ListenerSettings) -> TlsMode {
+    let acceptor = s.tls.clone()?;
+    let mtls = s
+        .cfg
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certs.as_ref())
+        .map(|c| (c.auth, c.identity));
+    Some((acceptor, mtls))
 }
 
 impl Listener {
     pub fn new(
         tcp: TcpListener,
-        tls: Option<Arc<arc_swap::ArcSwap<TlsAcceptor>>>,
-        cfg: ListenerConfig,
+        settings: Arc<ArcSwap<ListenerSettings>>,
     ) -> std::io::Result<Self> {
         let addr = tcp.local_addr()?;
         Ok(Listener {
             tcp,
-            tls,
             addr,
-            cfg,
+            settings,
         })
     }
 
@@ -70,8 +95,7 @@ impl Listener {
         stop: CancellationToken,
         tasks: TaskTracker,
     ) {
-        info!(addr = %self.addr, tls = self.tls.is_some(), "listening");
-        let mut refused = RefusalLog::default();
+        info!(addr = %self.addr, tls = self.settings.load().tls.is_some(), "listening");
         loop {
             let accepted = tokio::select! {
                 () = stop.cancelled() => break,
@@ -85,58 +109,53 @@ impl Listener {
                     continue;
                 }
             };
-            if self.cfg.proxy_protocol {
-                // The real client is only known once the header is read: read it (bounded by
-                // the handshake timeout) in the connection's task, then make the same checks.
-                let (tls, shared, stop, cfg) = (
-                    self.tls_mode(),
-                    Arc::clone(&shared),
-                    stop.clone(),
-                    self.cfg.clone(),
-                );
-                tasks.spawn(async move {
-                    let mut tcp = tcp;
-                    let header =
-                        tokio::time::timeout(shared.live.load().limits.handshake_timeout, proxy_header::read(&mut tcp, peer));
-                    let client = match header.await {
-                        Ok(Ok(client)) => client,
-                        Ok(Err(e)) => {
-                            debug!(%peer, error = %e, "PROXY header refused");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!(%peer, "PROXY header timed out");
-                            return;
-                        }
-                    };
-                    match admit(&cfg, &shared, client) {
-                        Ok(guard) => serve_admitted(tcp, client, tls, shared, stop, guard).await,
-                        Err(why) => debug!(%client, via = %peer, reason = why.label(), "connection refused: {why}"),
-                    }
-                });
-                continue;
-            }
-            // Cheap refusals first, before any TLS work: the allow-list, then the caps.
-            let guard = match admit(&self.cfg, &shared, peer) {
+            let settings = self.settings.load_full();
+            // Cheap refusals first, before any TLS work or header parsing.
+            let guard = match admit_peer(&settings.cfg, &shared, peer) {
                 Ok(guard) => guard,
                 Err(why) => {
-                    refused.log(why, peer);
+                    log_refused(&shared, why, peer, None);
                     continue; // dropping the socket closes it
                 }
             };
-            let (tls, shared, stop) = (self.tls_mode(), Arc::clone(&shared), stop.clone());
-            tasks.spawn(serve_admitted(tcp, peer, tls, shared, stop, guard));
+            let (shared, stop) = (Arc::clone(&shared), stop.clone());
+            if settings.cfg.proxy_protocol == ProxyProtocol::Off {
+                tasks.spawn(serve_admitted(
+                    tcp,
+                    peer,
+                    tls_mode(&settings),
+                    shared,
+                    stop,
+                    guard,
+                ));
+            } else {
+                tasks.spawn(serve_proxied(tcp, peer, settings, shared, stop, guard));
+            }
         }
         info!(addr = %self.addr, "stopped accepting");
     }
 }
 
-/// The allow-list, then the connection caps; counts refusals in the metrics.
-fn admit(cfg: &ListenerConfig, shared: &Shared, peer: SocketAddr) -> Result<ConnGuard, Refused> {
-    let result = if cfg.admits(peer.ip()) {
-        shared.limiter.admit(peer.ip())
-    } else {
+/// Admission of the TCP peer at accept; counts refusals in the metrics.
+fn admit_peer(
+    cfg: &ListenerConfig,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<ConnGuard, Refused> {
+    let result = if cfg.proxy_protocol == ProxyProtocol::Off {
+        if cfg.admits(peer.ip()) {
+            shared.limiter.admit(peer.ip())
+        } else {
+            Err(Refused::NotAllowed)
+        }
+    } else if !cfg.trusts_proxy(peer.ip()) {
+        Err(Refused::UntrustedProxy)
+    } else if cfg.denies(peer.ip()) {
         Err(Refused::NotAllowed)
+    } else {
+        // A load balancer carries many clients: the per-address rate and cap apply to the
+        // address its header names, once it is read.
+        shared.limiter.admit_any()
     };
     if let Err(why) = result {
         shared.metrics.refused(why);
@@ -144,12 +163,68 @@ fn admit(cfg: &ListenerConfig, shared: &Shared, peer: SocketAddr) -> Result<Conn
     result
 }
 
+/// Refused connections are logged a few per second, with a count of the rest
+/// ([`Throttle`]): a flood must not flood the log.
+fn log_refused(shared: &Shared, why: Refused, peer: SocketAddr, client: Option<SocketAddr>) {
+    if let Verdict::Log { suppressed } = shared.refusal_lines.event() {
+        match client {
+            Some(client) => {
+                warn!(%client, via = %peer, reason = why.label(), also_refused = suppressed, "connection refused: {why}")
+            }
+            None => {
+                warn!(%peer, reason = why.label(), also_refused = suppressed, "connection refused: {why}")
+            }
+        }
+    }
+}
+
+/// A connection from a trusted proxy: its PROXY header (within the handshake timeout), the
+/// admission of the client it names, then the session.
+async fn serve_proxied(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<ListenerSettings>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mut guard: ConnGuard,
+) {
+    let timeout = shared.live.load().limits.handshake_timeout;
+    let header = tokio::select! {
+        r = tokio::time::timeout(timeout, proxy_header::read(&mut tcp, peer)) => r,
+        () = stop.cancelled() => return,
+    };
+    let client = match header {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            shared.metrics.refused(Refused::ProxyHeader);
+            debug!(%peer, error = %e, "PROXY header refused");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refused(Refused::ProxyHeader);
+            debug!(%peer, "PROXY header timed out");
+            return;
+        }
+    };
+    let admitted = if settings.cfg.admits(client.ip()) {
+        guard.admit_address(client.ip())
+    } else {
+        Err(Refused::NotAllowed)
+    };
+    if let Err(why) = admitted {
+        shared.metrics.refused(why);
+        log_refused(&shared, why, peer, Some(client));
+        return;
+    }
+    serve_admitted(tcp, client, tls_mode(&settings), shared, stop, guard).await;
+}
+
 /// An admitted connection's task: the session, with the open-connection gauge and the
 /// limiter's slot held for exactly its lifetime.
 async fn serve_admitted(
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)>,
+    tls: TlsMode,
     shared: Arc<Shared>,
     stop: CancellationToken,
     guard: ConnGuard,
@@ -183,27 +258,17 @@ fn certificate_user(
     user
 }
 
-/// Logs refused connections without letting a flood flood the log: the first of each second
-/// is logged with the number refused since the last line.
-#[derive(Default)]
-struct RefusalLog {
-    last: Option<std::time::Instant>,
-    suppressed: u64,
-}
-
-impl RefusalLog {
-    fn log(&mut self, why: Refused, peer: SocketAddr) {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            self.suppressed += 1;
-            return;
+/// Why a client certificate was refused, when the handshake failed over one: an operator can
+/// fix these (an X.509 v1 certificate, a missing clientAuth extended key usage, an unknown
+/// issuer, an expired or revoked certificate), so they are worth a warning.
+fn certificate_problem(e: &std::io::Error) -> Option<String> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match inner {
+        rustls::Error::InvalidCertificate(why) => Some(why.to_string()),
+        rustls::Error::NoCertificatesPresented => {
+            Some("no client certificate presented".to_owned())
         }
-        warn!(%peer, reason = why.label(), also_refused = self.suppressed, "connection refused: {why}");
-        self.last = Some(now);
-        self.suppressed = 0;
+        _ => None,
     }
 }
 
@@ -211,7 +276,7 @@ impl RefusalLog {
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<(TlsAcceptor, Option<(ClientAuth, ClientIdentity)>)>,
+    tls: TlsMode,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -223,7 +288,11 @@ async fn handle(
                 shared.live.load().limits.handshake_timeout,
                 acceptor.accept(tcp),
             );
-            match handshake.await {
+            let handshake = tokio::select! {
+                r = handshake => r,
+                () = stop.cancelled() => return,
+            };
+            match handshake {
                 Ok(Ok(stream)) => {
                     let login = match mtls {
                         None => None,
@@ -231,7 +300,9 @@ async fn handle(
                             Some(user) => Some(user),
                             None if auth == ClientAuth::Required => {
                                 shared.metrics.tls_handshake_failures.inc();
-                                warn!(%peer, "client certificate names no enabled user; closing");
+                                if let Verdict::Log { suppressed } = shared.refusal_lines.event() {
+                                    warn!(%peer, also_refused = suppressed, "client certificate names no enabled user; closing");
+                                }
                                 return;
                             }
                             None => None,
@@ -241,7 +312,14 @@ async fn handle(
                 }
                 Ok(Err(e)) => {
                     shared.metrics.tls_handshake_failures.inc();
-                    debug!(%peer, error = %e, "TLS handshake failed");
+                    match certificate_problem(&e) {
+                        Some(reason) => {
+                            if let Verdict::Log { suppressed } = shared.refusal_lines.event() {
+                                warn!(%peer, %reason, also_refused = suppressed, "client certificate refused");
+                            }
+                        }
+                        None => debug!(%peer, error = %e, "TLS handshake failed"),
+                    }
                     return;
                 }
                 Err(_) => {

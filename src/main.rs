@@ -122,7 +122,18 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
         }
         let tls = if l.tls.is_some() { "tls" } else { "plaintext" };
-        println!("listener {}: {tls}", l.addr);
+        let proxy = match &l.proxy_protocol {
+            redward::config::ProxyProtocol::Off => String::new(),
+            redward::config::ProxyProtocol::AnyPeer => ", PROXY header from any peer".to_owned(),
+            redward::config::ProxyProtocol::Trusted(nets) => format!(
+                ", PROXY header from {}",
+                nets.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        println!("listener {}: {tls}{proxy}", l.addr);
     }
     if let Err(e) = redward::upstream::Connector::new(&cfg.upstream) {
         return fail(EXIT_CONFIG, &redward::StartError::UpstreamTls(e));
@@ -151,6 +162,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             .collect::<Vec<_>>()
             .join(" ");
         println!("{line}");
+    }
+    for w in cfg.warnings() {
+        println!("warning: {w}");
     }
     println!("config OK");
     ExitCode::SUCCESS
@@ -212,6 +226,7 @@ fn init_logging(cfg: &redward::Config) {
         .unwrap_or_else(|_| EnvFilter::new(cfg.log_level.as_deref().unwrap_or("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(cfg.log_color.enabled())
         .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),

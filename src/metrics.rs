@@ -33,6 +33,12 @@ pub struct Metrics {
     pub refused_max_connections: Counter,
     pub refused_per_ip: Counter,
     pub refused_rate: Counter,
+    pub refused_untrusted_proxy: Counter,
+    pub refused_proxy_header: Counter,
+    /// Bytes buffered for all clients (`limits.max_client_memory` counts these).
+    pub client_memory: Gauge,
+    /// Clients disconnected because all clients together held too much.
+    pub clients_evicted: Counter,
     pub tls_handshake_failures: Counter,
     pub commands_forwarded: Counter,
     pub commands_local: Counter,
@@ -142,6 +148,18 @@ impl Metrics {
             "Clients moved from a shared upstream connection to their own (a command needing connection state)",
             upstream_moves.clone(),
         );
+        let client_memory = Gauge::default();
+        registry.register(
+            "client_memory_bytes",
+            "Bytes buffered for clients (requests, replies, shared-connection inboxes), the sum limits.max_client_memory bounds",
+            client_memory.clone(),
+        );
+        let clients_evicted = Counter::default();
+        registry.register(
+            "clients_evicted",
+            "Clients disconnected because all clients together buffered more than limits.max_client_memory",
+            clients_evicted.clone(),
+        );
         let request_duration = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0,
         ]);
@@ -157,6 +175,10 @@ impl Metrics {
             refused_max_connections: r("max_connections"),
             refused_per_ip: r("max_connections_per_ip"),
             refused_rate: r("connection_rate"),
+            refused_untrusted_proxy: r("untrusted_proxy"),
+            refused_proxy_header: r("proxy_header"),
+            client_memory,
+            clients_evicted,
             tls_handshake_failures,
             commands_forwarded: c("forwarded"),
             commands_local: c("local"),
@@ -193,6 +215,8 @@ impl Metrics {
             Refused::TooManyConnections => self.refused_max_connections.inc(),
             Refused::TooManyFromAddress => self.refused_per_ip.inc(),
             Refused::RateExceeded => self.refused_rate.inc(),
+            Refused::UntrustedProxy => self.refused_untrusted_proxy.inc(),
+            Refused::ProxyHeader => self.refused_proxy_header.inc(),
         };
     }
 }

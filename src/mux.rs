@@ -33,6 +33,7 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::memory::Charge;
 use crate::metrics::Metrics;
 use crate::resp::{ReplyScanner, Step};
 use crate::upstream::{Connector, UpstreamStream};
@@ -76,8 +77,9 @@ impl Pool {
     }
 
     /// A new client's handle on one of the shared connections (round robin); `reply_limit`
-    /// is `limits.shared_reply_buffer`.
-    pub fn attach(&self, reply_limit: usize) -> Handle {
+    /// is `limits.shared_reply_buffer`, and what waits in the inbox counts toward the
+    /// client's memory through `charge` (`limits.max_client_memory`).
+    pub fn attach(&self, reply_limit: usize, charge: Option<Charge>) -> Handle {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.muxes.len();
         let mux = Arc::clone(&self.muxes[i]);
         Handle {
@@ -85,6 +87,7 @@ impl Pool {
             inbox: Arc::new(Inbox {
                 state: Mutex::new(InboxState::default()),
                 limit: reply_limit,
+                charge,
             }),
         }
     }
@@ -156,6 +159,9 @@ impl Handle {
         let mut st = lock(&self.inbox.state);
         if !st.data.is_empty() {
             let n = st.data.len();
+            if let Some(c) = &self.inbox.charge {
+                c.sub(n);
+            }
             if buf.is_empty() {
                 std::mem::swap(buf, &mut st.data);
             } else {
@@ -206,6 +212,17 @@ struct Route {
 struct Inbox {
     state: Mutex<InboxState>,
     limit: usize,
+    /// The client's memory account: inbox bytes count toward `limits.max_client_memory`.
+    charge: Option<Charge>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let held = lock(&self.state).data.len();
+        if let Some(c) = &self.charge {
+            c.sub(held);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -236,9 +253,15 @@ impl Inbox {
             }
             if st.data.len() + bytes.len() > self.limit {
                 st.overflow = true;
+                if let Some(c) = &self.charge {
+                    c.sub(st.data.len());
+                }
                 st.data = BytesMut::new();
             } else {
                 st.data.extend_from_slice(bytes);
+                if let Some(c) = &self.charge {
+                    c.add(bytes.len());
+                }
             }
         });
     }
@@ -415,6 +438,7 @@ mod tests {
         Arc::new(Inbox {
             state: Mutex::new(InboxState::default()),
             limit: 1 << 20,
+            charge: None,
         })
     }
 
@@ -464,6 +488,7 @@ mod tests {
         let small = Arc::new(Inbox {
             state: Mutex::new(InboxState::default()),
             limit: 8,
+            charge: None,
         });
         small.deliver(b"+OK\r\n");
         small.deliver(b"+OK\r\n");
@@ -507,7 +532,7 @@ mod props {
             let mut inflight = VecDeque::new();
             let mut expected = Vec::new();
             for (n, replies) in &plan {
-                let inbox = Arc::new(Inbox { state: Mutex::new(InboxState::default()), limit: 1 << 24 });
+                let inbox = Arc::new(Inbox { state: Mutex::new(InboxState::default()), limit: 1 << 24, charge: None });
                 let mut mine = Vec::new();
                 for r in replies.iter().take(*n as usize) {
                     mine.extend_from_slice(r);

@@ -33,26 +33,39 @@ pub enum ProxyHeaderError {
 /// Reads and consumes the PROXY header; returns the client address it names (the socket's
 /// peer for `LOCAL`/`UNKNOWN` headers, which load balancers send for their own health checks).
 ///
+/// Bytes are peeked, and every peeked byte that is still part of an unfinished header is
+/// consumed at once: the next peek then waits in the kernel for new bytes. (Peeking again at
+/// the same unfinished bytes would find the socket still readable and spin a core for as long
+/// as a client cares to send half a header.) Once the header is complete exactly its bytes
+/// are consumed, so not a byte of the TLS handshake after it is lost.
+///
 /// # Errors
 /// A [`ProxyHeaderError`]; the caller closes the connection. The caller bounds the wait.
 pub async fn read(
     stream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Result<SocketAddr, ProxyHeaderError> {
-    let mut buf = vec![0u8; MAX_HEADER];
+    // The header bytes consumed so far (all of them belong to an unfinished header).
+    let mut head: Vec<u8> = Vec::with_capacity(128);
+    let mut peeked = vec![0u8; MAX_HEADER];
     loop {
-        let n = stream.peek(&mut buf).await?;
+        let room = MAX_HEADER - head.len();
+        let n = stream
+            .peek(peeked.get_mut(..room).unwrap_or(&mut []))
+            .await?;
         if n == 0 {
             return Err(ProxyHeaderError::Closed);
         }
-        let data = buf.get(..n).unwrap_or(&[]);
-        let parsed = HeaderResult::parse(data);
+        let start = head.len();
+        head.extend_from_slice(peeked.get(..n).unwrap_or(&[]));
+        let parsed = HeaderResult::parse(&head);
         if parsed.is_incomplete() {
-            if n >= MAX_HEADER {
+            if head.len() >= MAX_HEADER {
                 return Err(ProxyHeaderError::TooLarge);
             }
-            // More bytes are on their way: wait for the socket before peeking again.
-            stream.readable().await?;
+            // Every byte seen is header: take them off the socket so the next peek blocks.
+            let mut sink = vec![0u8; n];
+            stream.read_exact(&mut sink).await?;
             continue;
         }
         let (len, source) = match parsed {
@@ -60,8 +73,9 @@ pub async fn read(
             HeaderResult::V2(Ok(h)) => (h.len(), v2_source(&h.addresses)),
             _ => return Err(ProxyHeaderError::Invalid),
         };
-        let mut consumed = vec![0u8; len];
-        stream.read_exact(&mut consumed).await?;
+        // `len > start` always (the header was incomplete without the new bytes).
+        let mut rest = vec![0u8; len.saturating_sub(start)];
+        stream.read_exact(&mut rest).await?;
         return Ok(source.unwrap_or(peer));
     }
 }

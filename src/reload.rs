@@ -1,12 +1,19 @@
 //! Hot reload: on SIGHUP, and when the config file or a certificate, key, CA or CRL file it
 //! names changes, the configuration is loaded and checked again and, if it is good, swapped in
-//! whole: users and rules, limits, command rates, listener certificates. Connections stay up;
-//! each picks the new users up at its next command (removed or disabled users are
-//! disconnected). A bad new configuration is logged and the running one stays.
+//! whole: users and rules, limits (caps, rates, lockout, client memory), command rates, and
+//! every listener setting (allow/deny, proxy_protocol, certificates, TLS versions, mTLS).
+//! Connections stay up; each picks the new users up at its next command (removed or disabled
+//! users are disconnected), and each new connection is admitted and handshaken with the new
+//! listener settings. A bad new configuration is logged and the running one stays.
 //!
-//! Listener addresses, the upstream, the admin endpoint and connection caps are fixed at
-//! start-up; a change to those is reported as needing a restart.
+//! What cannot change in a running process (a listen address, the upstream, the admin
+//! endpoint, `workers`, the audit file, logging, `shutdown_grace`) is named, setting by
+//! setting, in a warning: it takes effect at the next restart. Nothing is ignored in silence.
+//!
+//! Reading files and building TLS configs is blocking work: the watcher runs it on tokio's
+//! blocking pool, never on the async workers that serve clients.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
+use crate::listener::ListenerSettings;
 use crate::session::{Live, Shared};
 
 /// How often watched files are checked for changes.
@@ -44,26 +52,13 @@ pub struct Reloader {
 
 struct Inner {
     shared: Arc<Shared>,
-    tls: Vec<Option<Arc<ArcSwap<TlsAcceptor>>>>,
+    /// Each running listener's address and settings.
+    listeners: Vec<(SocketAddr, Arc<ArcSwap<ListenerSettings>>)>,
     path: Mutex<Option<PathBuf>>,
-    /// Listener addresses at start-up (changing them needs a restart).
-    addrs: Vec<std::net::SocketAddr>,
-    /// The upstream settings at start-up (changing them needs a restart too).
-    upstream: String,
+    /// The configuration the process started with: restart-only settings are compared with
+    /// it, so the warning repeats at every reload until a restart applies them.
+    startup: Config,
     generation: AtomicU64,
-}
-
-/// The restart-only upstream settings, for noticing a change (never the password).
-fn upstream_summary(cfg: &Config) -> String {
-    let u = &cfg.upstream;
-    format!(
-        "{} {:?} {:?} {} {}",
-        u.addr,
-        u.username,
-        u.connect_timeout,
-        u.tls.is_some(),
-        u.shared_connections
-    )
 }
 
 /// Why a reload was not applied.
@@ -80,19 +75,72 @@ pub enum ReloadError {
     },
 }
 
+/// The settings that differ between `running` and `new` but only take effect at a restart,
+/// each named as the config file names it.
+pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let addrs = |c: &Config| c.listeners.iter().map(|l| l.addr).collect::<Vec<_>>();
+    let (old_addrs, new_addrs) = (addrs(running), addrs(new));
+    for a in new_addrs.iter().filter(|a| !old_addrs.contains(a)) {
+        changed.push(format!("listen: new address {a}"));
+    }
+    for a in old_addrs.iter().filter(|a| !new_addrs.contains(a)) {
+        changed.push(format!(
+            "listen: address {a} removed (still listening, with its last settings)"
+        ));
+    }
+    let (u, v) = (&running.upstream, &new.upstream);
+    let mut field = |name: &str, differs: bool| {
+        if differs {
+            changed.push(name.to_owned());
+        }
+    };
+    field("upstream.address", u.addr != v.addr);
+    field("upstream.username", u.username != v.username);
+    field("upstream.password", u.password != v.password);
+    field(
+        "upstream.connect_timeout",
+        u.connect_timeout != v.connect_timeout,
+    );
+    field(
+        "upstream.tls",
+        u.tls.as_ref().map(|t| (&t.ca, &t.server_name))
+            != v.tls.as_ref().map(|t| (&t.ca, &t.server_name)),
+    );
+    field(
+        "upstream.shared_connections",
+        u.shared_connections != v.shared_connections,
+    );
+    field("admin.address", running.admin_address != new.admin_address);
+    field("workers", running.workers != new.workers);
+    field("audit.file", running.audit_file != new.audit_file);
+    field("log.level", running.log_level != new.log_level);
+    field("log.format", running.log_format != new.log_format);
+    field("log.color", running.log_color != new.log_color);
+    field(
+        "shutdown_grace",
+        running.shutdown_grace != new.shutdown_grace,
+    );
+    changed
+}
+
 impl Reloader {
     pub fn new(
         shared: Arc<Shared>,
-        tls: Vec<Option<Arc<ArcSwap<TlsAcceptor>>>>,
+        listeners: Vec<Arc<ArcSwap<ListenerSettings>>>,
         cfg: &Config,
     ) -> Self {
         Reloader {
             inner: Arc::new(Inner {
                 shared,
-                tls,
+                listeners: cfg
+                    .listeners
+                    .iter()
+                    .map(|l| l.addr)
+                    .zip(listeners)
+                    .collect(),
                 path: Mutex::new(None),
-                addrs: cfg.listeners.iter().map(|l| l.addr).collect(),
-                upstream: upstream_summary(cfg),
+                startup: cfg.clone(),
                 generation: AtomicU64::new(0),
             }),
         }
@@ -109,60 +157,68 @@ impl Reloader {
     }
 
     /// Loads, checks and applies the configuration file; on any error nothing changes.
+    /// Returns the settings that changed but need a restart (also logged). Blocking: file
+    /// reads and TLS set-up (the watcher calls it on the blocking pool).
     ///
     /// # Errors
     /// The [`ReloadError`] that kept the new configuration out.
-    pub fn reload(&self) -> Result<(), ReloadError> {
+    pub fn reload(&self) -> Result<Vec<String>, ReloadError> {
         let path = self.path().ok_or(ReloadError::NoPath)?;
         let cfg = config::load(&path)?;
-        // Build every new TLS config before swapping anything: all or nothing.
-        let mut acceptors = Vec::with_capacity(cfg.listeners.len());
+        // Build every new listener setting before swapping anything: all or nothing.
+        let mut updates = Vec::with_capacity(self.inner.listeners.len());
         for (index, l) in cfg.listeners.iter().enumerate() {
-            acceptors.push(match &l.tls {
+            let Some((_, slot)) = self.inner.listeners.iter().find(|(a, _)| *a == l.addr) else {
+                continue; // a new address: named in the restart warning
+            };
+            let tls = match &l.tls {
                 Some(t) => Some(TlsAcceptor::from(
                     crate::tls::server_config(t)
                         .map_err(|source| ReloadError::Tls { index, source })?,
                 )),
                 None => None,
-            });
+            };
+            updates.push((
+                Arc::clone(slot),
+                ListenerSettings {
+                    cfg: l.clone(),
+                    tls,
+                },
+            ));
         }
-        let addrs: Vec<_> = cfg.listeners.iter().map(|l| l.addr).collect();
-        if addrs != self.inner.addrs {
-            warn!("listener addresses changed in the configuration; they take effect at the next restart");
+        let restart = restart_only_changes(&self.inner.startup, &cfg);
+        for setting in &restart {
+            warn!(setting = %setting, "changed in the configuration, but takes effect only at the next restart");
         }
-        if upstream_summary(&cfg) != self.inner.upstream {
-            warn!("upstream settings changed in the configuration; they take effect at the next restart");
+        for (slot, settings) in updates {
+            slot.store(Arc::new(settings));
         }
-        for (slot, acceptor) in self.inner.tls.iter().zip(acceptors) {
-            if let (Some(slot), Some(acceptor)) = (slot, acceptor) {
-                slot.store(Arc::new(acceptor));
-            }
-        }
+        let shared = &self.inner.shared;
+        shared.limiter.update(cfg.connection_limits);
+        shared.memory.set_limit(cfg.limits.max_client_memory);
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.inner
-            .shared
-            .live
-            .store(Arc::new(live(&cfg, generation)));
+        shared.live.store(Arc::new(live(&cfg, generation)));
         // Published after the new configuration, so a session that sees the new number
         // also sees what it numbers.
-        self.inner
-            .shared
-            .generation
-            .store(generation, Ordering::Release);
+        shared.generation.store(generation, Ordering::Release);
         info!(
             generation,
             users = cfg.users.len(),
             "configuration reloaded"
         );
-        Ok(())
+        Ok(restart)
     }
 
-    fn reload_logged(&self, why: &str) {
-        if let Err(e) = self.reload() {
-            error!(
+    /// Reloads on the blocking pool and logs the outcome.
+    async fn reload_logged(&self, why: &'static str) {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.reload()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => error!(
                 trigger = why,
                 "reload refused, keeping the running configuration: {e}"
-            );
+            ),
+            Err(e) => error!(trigger = why, "reload failed: {e}"),
         }
     }
 
@@ -172,47 +228,54 @@ impl Reloader {
             return;
         }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut seen = self.stamps();
+        let mut seen = self.stamps().await;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    self.reload_logged("SIGHUP");
-                    seen = self.stamps();
+                    self.reload_logged("SIGHUP").await;
+                    seen = self.stamps().await;
                 }
                 _ = tick.tick() => {
-                    let now = self.stamps();
+                    let now = self.stamps().await;
                     if now != seen {
                         seen = now;
-                        self.reload_logged("file change");
+                        self.reload_logged("file change").await;
                     }
                 }
             }
         }
     }
 
-    /// Modification times of the config file and every file it names for TLS.
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
+    /// Modification times of the config file and every file it names for TLS (read on the
+    /// blocking pool).
+    async fn stamps(&self) -> Vec<Option<SystemTime>> {
         let Some(path) = self.path() else {
             return Vec::new();
         };
-        let mut files = vec![path.clone()];
-        if let Ok(cfg) = config::load(&path) {
-            for l in &cfg.listeners {
-                if let Some(t) = &l.tls {
-                    files.push(t.cert.clone());
-                    files.push(t.key.clone());
-                    if let Some(cc) = &t.client_certs {
-                        files.push(cc.ca.clone());
-                        files.extend(cc.crls.iter().cloned());
-                    }
+        tokio::task::spawn_blocking(move || stamps_of(&path))
+            .await
+            .unwrap_or_default()
+    }
+}
+
+fn stamps_of(path: &std::path::Path) -> Vec<Option<SystemTime>> {
+    let mut files = vec![path.to_owned()];
+    if let Ok(cfg) = config::load(path) {
+        for l in &cfg.listeners {
+            if let Some(t) = &l.tls {
+                files.push(t.cert.clone());
+                files.push(t.key.clone());
+                if let Some(cc) = &t.client_certs {
+                    files.push(cc.ca.clone());
+                    files.extend(cc.crls.iter().cloned());
                 }
             }
         }
-        files
-            .iter()
-            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-            .collect()
     }
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
 }

@@ -93,6 +93,12 @@ impl Connector {
         &self.cfg.addr
     }
 
+    /// Whether redward logs in to Redis as its `default` user, whose password is
+    /// `requirepass` (no username configured, or `default` named).
+    pub fn logs_in_as_default(&self) -> bool {
+        self.cfg.username.as_deref().is_none_or(|u| u == "default")
+    }
+
     /// The AUTH request redward sends upstream, if it has a credential.
     pub fn auth_request(&self) -> Option<&[u8]> {
         self.auth.as_deref()

@@ -31,6 +31,14 @@ fn spec(entry: &OwnedFrame) -> Option<CommandSpec> {
     let first = int(f.get(3)?)?;
     let last = int(f.get(4)?)?;
     let step = int(f.get(5)?)?;
+    // The server's own flags (`COMMAND` reply, element 3): routing depends on them (a
+    // blocking or module command must not ride a shared connection).
+    let mut flags = 0u32;
+    if let Some(OwnedFrame::Array(names)) = f.get(2) {
+        for n in names {
+            flags |= text(n).map_or(0, |n| flag(&n));
+        }
+    }
     let mut categories = 0u32;
     if let Some(OwnedFrame::Array(cats)) = f.get(6) {
         for c in cats {
@@ -59,7 +67,7 @@ fn spec(entry: &OwnedFrame) -> Option<CommandSpec> {
     Some(CommandSpec {
         name: Box::leak(name.into_boxed_str()),
         arity,
-        flags: 0,
+        flags,
         categories,
         first_key: first,
         last_key: last,
@@ -67,6 +75,36 @@ fn spec(entry: &OwnedFrame) -> Option<CommandSpec> {
         key_specs,
         subcommands: &[],
     })
+}
+
+/// A flag name as Redis's `COMMAND` writes it (`commandAddReply` / `addReplyCommandFlags`
+/// in server.c), as our `FLAG_*` bit; names we do not use are 0.
+fn flag(name: &str) -> u32 {
+    use super::*;
+    match name.to_ascii_lowercase().as_str() {
+        "write" => FLAG_WRITE,
+        "readonly" => FLAG_READONLY,
+        "denyoom" => FLAG_DENYOOM,
+        "module" => FLAG_MODULE,
+        "admin" => FLAG_ADMIN,
+        "pubsub" => FLAG_PUBSUB,
+        "noscript" => FLAG_NOSCRIPT,
+        "blocking" => FLAG_BLOCKING,
+        "loading" => FLAG_LOADING,
+        "stale" => FLAG_STALE,
+        "skip_monitor" => FLAG_SKIP_MONITOR,
+        "skip_slowlog" => FLAG_SKIP_SLOWLOG,
+        "asking" => FLAG_ASKING,
+        "fast" => FLAG_FAST,
+        "no_auth" => FLAG_NO_AUTH,
+        "may_replicate" => FLAG_MAY_REPLICATE,
+        "no_mandatory_keys" => FLAG_NO_MANDATORY_KEYS,
+        "no_multi" => FLAG_NO_MULTI,
+        "movablekeys" => FLAG_MOVABLEKEYS,
+        "allow_busy" => FLAG_ALLOW_BUSY,
+        "no_async_loading" => FLAG_NO_ASYNC_LOADING,
+        _ => 0,
+    }
 }
 
 fn text(f: &OwnedFrame) -> Option<String> {
@@ -88,6 +126,27 @@ fn int(f: &OwnedFrame) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learned_blocking_module_command_keeps_its_flags() {
+        let reply = OwnedFrame::Array(vec![OwnedFrame::Array(vec![
+            bulk("mod.bpop"),
+            OwnedFrame::Integer(2),
+            OwnedFrame::Array(vec![
+                OwnedFrame::SimpleString(b"write".to_vec()),
+                OwnedFrame::SimpleString(b"blocking".to_vec()),
+                OwnedFrame::SimpleString(b"module".to_vec()),
+            ]),
+            OwnedFrame::Integer(1),
+            OwnedFrame::Integer(1),
+            OwnedFrame::Integer(1),
+            OwnedFrame::Array(vec![]),
+        ])]);
+        let learned = unknown_commands(&reply, |_| false);
+        let flags = learned.first().map(|s| s.flags).unwrap_or(0);
+        assert_ne!(flags & crate::commands::FLAG_BLOCKING, 0);
+        assert_ne!(flags & crate::commands::FLAG_MODULE, 0);
+    }
 
     fn bulk(s: &str) -> OwnedFrame {
         OwnedFrame::BulkString(s.as_bytes().to_vec())
@@ -111,6 +170,7 @@ mod tests {
         assert_eq!(learned.len(), 1);
         for spec in &learned {
             assert_eq!(spec.name, "json.set");
+            assert_eq!(spec.flags, crate::commands::FLAG_WRITE);
             assert_eq!(spec.arity, -2);
             assert_eq!(spec.categories, 1 << 2);
             assert_eq!(spec.key_specs.len(), 1);

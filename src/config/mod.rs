@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use validate::{
-    ClientAuth, ClientCerts, ClientIdentity, ClientTls, Config, ListenerConfig, LogFormat,
-    ProtocolLimits, Secret, UpstreamAddr, UpstreamConfig, UpstreamTls, Users,
+    ClientAuth, ClientCerts, ClientIdentity, ClientTls, Config, ListenerConfig, LogColor,
+    LogFormat, ProtocolLimits, ProxyProtocol, Secret, UpstreamAddr, UpstreamConfig, UpstreamTls,
+    Users,
 };
 
 /// A configuration that cannot be used. Its `Display` is the one line redward prints before
@@ -103,9 +104,43 @@ pub struct RawListener {
     /// Networks refused even if allowed.
     #[serde(default)]
     pub deny: Vec<ipnet::IpNet>,
-    /// Expect a PROXY protocol v1/v2 header first (behind a load balancer).
+    /// Expect a PROXY protocol v1/v2 header first (behind a load balancer): `true` (from any
+    /// peer) or `{ trusted: [CIDR, ...] }` (only from those peers).
     #[serde(default)]
-    pub proxy_protocol: bool,
+    pub proxy_protocol: RawProxyProtocol,
+}
+
+/// `proxy_protocol: false | true | { trusted: [CIDR, ...] }`.
+#[derive(Debug, Default)]
+pub enum RawProxyProtocol {
+    #[default]
+    Off,
+    AnyPeer,
+    Trusted(Vec<ipnet::IpNet>),
+}
+
+impl<'de> Deserialize<'de> for RawProxyProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Trusted {
+            trusted: Vec<ipnet::IpNet>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Flag(bool),
+            Map(Trusted),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Flag(false)) => Ok(RawProxyProtocol::Off),
+            Ok(Either::Flag(true)) => Ok(RawProxyProtocol::AnyPeer),
+            Ok(Either::Map(t)) => Ok(RawProxyProtocol::Trusted(t.trusted)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected true, false or `{ trusted: [CIDR, ...] }` (the load balancers allowed to send a PROXY header)",
+            )),
+        }
+    }
 }
 
 /// `tls: off`, or the listener's certificate settings.
@@ -255,6 +290,10 @@ pub struct RawLimits {
     /// disconnected (the shared connection never waits for one client).
     #[serde(default, deserialize_with = "size")]
     pub shared_reply_buffer: Option<u64>,
+    /// Bytes buffered for all clients together (Redis's `maxmemory-clients`); past it the
+    /// client holding the most is disconnected. `0` turns the bound off.
+    #[serde(default, deserialize_with = "size")]
+    pub max_client_memory: Option<u64>,
 }
 
 /// Like Redis's `client-output-buffer-limit pubsub`: what a subscriber or MONITOR client may
@@ -277,6 +316,9 @@ pub struct RawLog {
     pub level: Option<String>,
     #[serde(default)]
     pub format: Option<String>,
+    /// `auto` (colour only when stderr is a terminal), `always` or `never`.
+    #[serde(default)]
+    pub color: Option<String>,
 }
 
 /// Reads, parses and checks a configuration file.

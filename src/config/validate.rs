@@ -47,6 +47,12 @@ pub const MAX_SHARED_CONNECTIONS: usize = 64;
 /// As much as the subscriber hard limit: a reply larger than this, read slower than Redis
 /// sends it, disconnects a client on a shared connection.
 pub const DEFAULT_SHARED_REPLY_BUFFER: usize = 64 * 1024 * 1024;
+/// What all clients together may make redward buffer (Redis's `maxmemory-clients`, which is
+/// off by default there; on here, because a proxy's memory is what an attacker fills first).
+/// Four clients at the 64 MiB per-client caps fit, and so do 10,000 idle clients (2 KiB of
+/// read buffer each); a few dozen clients leaving large replies unread do not. It keeps
+/// redward inside a 512 MiB container limit with room for TLS state (`docs/defaults.md`).
+pub const DEFAULT_MAX_CLIENT_MEMORY: usize = 256 * 1024 * 1024;
 pub const DEFAULT_OUTPUT_SOFT: usize = 16 * 1024 * 1024;
 pub const DEFAULT_OUTPUT_SOFT_SECONDS: u64 = 60;
 
@@ -62,6 +68,7 @@ pub struct Config {
     pub workers: usize,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
+    pub log_color: LogColor,
     /// Where audit events are appended as JSON lines, if anywhere.
     pub audit_file: Option<PathBuf>,
     pub connection_limits: crate::limits::LimitSettings,
@@ -71,10 +78,56 @@ pub struct Config {
     pub command_rates: HashMap<String, std::num::NonZeroU32>,
 }
 
+impl Config {
+    /// Settings that are allowed but weaken the proxy: `redward check` prints them and start-up
+    /// logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.proxy_protocol == ProxyProtocol::AnyPeer && !l.addr.ip().is_loopback() {
+                out.push(format!(
+                    "listen[{i}].proxy_protocol: true on {}: any peer that reaches this address may send a PROXY header \
+                     and claim any client address (allow/deny, per-address limits and the login lockout then trust it); \
+                     name the load balancers with `proxy_protocol: {{ trusted: [CIDR, ...] }}`",
+                    l.addr
+                ));
+            }
+        }
+        if self.limits.max_client_memory == 0 {
+            out.push(
+                "limits.max_client_memory: 0: what all clients together buffer is unbounded"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Whether log lines carry ANSI colour codes (`log.color`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogColor {
+    /// Only when stderr is a terminal: never in a file, journald or `docker logs`.
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogColor {
+    /// Whether to write colour codes to stderr.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            LogColor::Auto => std::io::stderr().is_terminal(),
+            LogColor::Always => true,
+            LogColor::Never => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,20 +139,52 @@ pub struct ListenerConfig {
     pub allow: Vec<ipnet::IpNet>,
     /// Refused even when allowed.
     pub deny: Vec<ipnet::IpNet>,
-    /// A PROXY protocol header comes first and names the real client.
-    pub proxy_protocol: bool,
+    /// Whether a PROXY protocol header comes first and names the real client.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Who may send a PROXY protocol header on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header: the TCP peer is the client.
+    Off,
+    /// Every peer must send one (`proxy_protocol: true`): anyone who can reach the port can
+    /// name any address, so `redward check` warns about it off loopback.
+    AnyPeer,
+    /// Only these peers (the load balancers) may connect, and they must send one.
+    Trusted(Vec<ipnet::IpNet>),
+}
+
+/// An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d; networks are written in v4.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 impl ListenerConfig {
-    /// Whether a peer may connect to this listener.
+    /// Whether a client address may use this listener (`allow`, then `deny`).
     pub fn admits(&self, ip: std::net::IpAddr) -> bool {
-        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = canonical(ip);
         (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
             && !self.deny.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether `deny` names this address.
+    pub fn denies(&self, ip: std::net::IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.deny.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether this TCP peer may send this listener a PROXY header.
+    pub fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        let ip = canonical(ip);
+        match &self.proxy_protocol {
+            ProxyProtocol::Off => false,
+            ProxyProtocol::AnyPeer => true,
+            ProxyProtocol::Trusted(nets) => nets.iter().any(|n| n.contains(&ip)),
+        }
     }
 }
 
@@ -208,6 +293,8 @@ pub struct ProtocolLimits {
     pub output_soft: usize,
     pub output_soft_seconds: u64,
     pub shared_reply_buffer: usize,
+    /// Bytes buffered for all clients together; 0 = unbounded.
+    pub max_client_memory: usize,
 }
 
 impl Default for ProtocolLimits {
@@ -224,6 +311,7 @@ impl Default for ProtocolLimits {
             output_soft: DEFAULT_OUTPUT_SOFT,
             output_soft_seconds: DEFAULT_OUTPUT_SOFT_SECONDS,
             shared_reply_buffer: DEFAULT_SHARED_REPLY_BUFFER,
+            max_client_memory: DEFAULT_MAX_CLIENT_MEMORY,
         }
     }
 }
@@ -374,7 +462,17 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             tls,
             allow: l.allow,
             deny: l.deny,
-            proxy_protocol: l.proxy_protocol,
+            proxy_protocol: match l.proxy_protocol {
+                super::RawProxyProtocol::Off => ProxyProtocol::Off,
+                super::RawProxyProtocol::AnyPeer => ProxyProtocol::AnyPeer,
+                super::RawProxyProtocol::Trusted(nets) if nets.is_empty() => {
+                    return Err(ConfigError::invalid(
+                        format!("listen[{i}].proxy_protocol.trusted"),
+                        "name at least one network (the load balancers' addresses)",
+                    ))
+                }
+                super::RawProxyProtocol::Trusted(nets) => ProxyProtocol::Trusted(nets),
+            },
         });
     }
 
@@ -540,6 +638,17 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             l.shared_reply_buffer,
             DEFAULT_SHARED_REPLY_BUFFER,
         )?,
+        max_client_memory: match l.max_client_memory {
+            Some(0) => 0,
+            Some(n) if n < 1024 * 1024 => {
+                return Err(ConfigError::invalid(
+                    "limits.max_client_memory",
+                    "must be at least 1mb (or 0 for no bound)",
+                ))
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => DEFAULT_MAX_CLIENT_MEMORY,
+        },
         ..limits
     };
 
@@ -554,6 +663,18 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         }
     };
 
+    let log_color = match raw.log.color.as_deref() {
+        None | Some("auto") => LogColor::Auto,
+        Some("always") => LogColor::Always,
+        Some("never") => LogColor::Never,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "log.color",
+                format!("`{other}`: use auto, always or never"),
+            ))
+        }
+    };
+
     Ok(Config {
         listeners,
         upstream,
@@ -563,6 +684,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         workers: raw.workers.unwrap_or(0),
         log_level: raw.log.level,
         log_format,
+        log_color,
         audit_file: raw.audit.and_then(|a| a.file).map(|f| resolve(base, &f)),
         connection_limits,
         command_rates,

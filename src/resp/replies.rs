@@ -70,3 +70,7 @@ pub fn push_c_string(out: &mut Vec<u8>, s: &[u8], max: usize) {
         }
     }
 }
+
+/// `CONFIG SET requirepass` while redward logs in to Redis as `default`: refused, or every
+/// later upstream connection would fail.
+pub const OWN_CREDENTIAL: &[u8] = b"-ERR redward: requirepass is the password redward logs in to Redis with; change it in Redis's configuration and in redward's upstream settings together\r\n";

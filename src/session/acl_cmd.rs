@@ -173,7 +173,8 @@ pub fn answer(req: &Request<'_>, user: &User, users: &Users, audit: &Audit) -> A
                 o.bulk(b"username");
                 o.bulk(e.username.as_bytes());
                 o.bulk(b"age-seconds");
-                let age = now.duration_since(e.created).unwrap_or_default();
+                // Redis 7.0 counts the age from the entry's last update (`ctime`).
+                let age = now.duration_since(e.updated).unwrap_or_default();
                 o.double((age.as_millis() as f64) / 1000.0);
                 o.bulk(b"client-info");
                 o.bulk(e.client_info.as_bytes());

@@ -72,6 +72,10 @@ pub struct Shared {
     pub audit: Arc<Audit>,
     pub limiter: Arc<crate::limits::Limiter>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What all clients buffer, and who is disconnected past `limits.max_client_memory`.
+    pub memory: Arc<crate::memory::ClientMemory>,
+    /// Refused connections and TLS failures: a few log lines per second, then a count.
+    pub refusal_lines: crate::throttle::Throttle,
 }
 
 /// The part of the configuration a reload replaces without dropping connections.
@@ -108,6 +112,8 @@ pub enum SessionError {
     OutputLimit,
     #[error("idle timeout")]
     IdleTimeout,
+    #[error("evicted: all clients together over limits.max_client_memory")]
+    ClientMemory,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -154,8 +160,16 @@ where
     let mut cin = BytesMut::with_capacity(cin_chunk);
     let mut uin = BytesMut::new();
     let mut scanner = ReplyScanner::new();
+    // What this client's buffers hold counts toward `limits.max_client_memory`; past it, the
+    // client holding the most is told to go (`memory.rs`).
+    let mut account = st.shared.memory.register();
+    let usage = account.usage_handle();
+    let evicted = usage.evicted();
+    tokio::pin!(evicted);
     let mut conn = match &st.shared.pool {
-        Some(pool) => Conn::Shared(pool.attach(st.live.limits.shared_reply_buffer)),
+        Some(pool) => {
+            Conn::Shared(pool.attach(st.live.limits.shared_reply_buffer, Some(account.charge())))
+        }
         None => Conn::None,
     };
     let mut client_flush = false;
@@ -282,6 +296,7 @@ where
             shrink(&mut cin);
             shrink(&mut uin);
         }
+        account.report(cin.capacity() + uin.capacity() + st.cout.capacity() + st.uout.capacity());
 
         // 4. Wait for the next thing to do.
         let read_client = !st.closing
@@ -363,6 +378,10 @@ where
                 draining = true;
                 continue;
             }
+            () = &mut evicted => {
+                warn!(%peer, held = usage.bytes(), "disconnected: all clients together over limits.max_client_memory, and this one held the most");
+                break Err(SessionError::ClientMemory);
+            }
         };
         match event {
             IoEvent::ClientWrote(Ok(())) => write_deadline = None,
@@ -406,8 +425,10 @@ where
     if matches!(conn, Conn::Dedicated(_)) {
         st.shared.metrics.upstream_own.dec();
     }
-    // Whatever ended the session, give the client what is already owed, briefly.
-    if !st.cout.is_empty() || client_flush {
+    // Whatever ended the session, give the client what is already owed, briefly (not to a
+    // client evicted for holding too much: it is not reading).
+    let evicted = matches!(result, Err(SessionError::ClientMemory));
+    if (!st.cout.is_empty() || client_flush) && !evicted {
         let grace = st
             .live
             .limits
@@ -1004,6 +1025,22 @@ impl State {
         let Some(user) = self.user.clone() else {
             return self.dispatch_unauthenticated(req, raw, conn);
         };
+        // The command rate is charged first, for every command: one the ACL denies, or one
+        // Redis does not know, costs a token too, or refusals would be a free way to make
+        // redward burn CPU and write the audit trail.
+        if let Some(rate) = self
+            .live
+            .command_rates
+            .get(&user.name)
+            .filter(|_| !self.retrying)
+        {
+            if rate.check().is_err() {
+                self.refused += 1;
+                self.shared.metrics.commands_rate_limited.inc();
+                self.reject(Bytes::from_static(replies::COMMAND_RATE_EXCEEDED));
+                return Outcome::Done;
+            }
+        }
         // Redis's order (`processCommand`): existence, arity, then the ACL check. A user with
         // every permission takes the fast path: Redis makes the same checks with the same
         // texts, and commands unknown to redward's table (newer Redis, modules) still work.
@@ -1045,18 +1082,9 @@ impl State {
                 return Outcome::Done;
             }
         }
-        if let Some(rate) = self
-            .live
-            .command_rates
-            .get(&user.name)
-            .filter(|_| !self.retrying)
-        {
-            if rate.check().is_err() {
-                self.refused += 1;
-                self.shared.metrics.commands_rate_limited.inc();
-                self.reject(Bytes::from_static(replies::COMMAND_RATE_EXCEEDED));
-                return Outcome::Done;
-            }
+        if name.eq_ignore_ascii_case(b"config") && self.changes_own_credential(req) {
+            self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
+            return Outcome::Done;
         }
         if is_acl {
             match acl_cmd::answer(req, &user, &self.live.users, &self.shared.audit) {
@@ -1132,6 +1160,19 @@ impl State {
         let forward = !self.suppressed();
         self.expect(expect, hook, forward);
         Outcome::Done
+    }
+
+    /// Whether a CONFIG request would change the credential redward logs in to Redis with:
+    /// `CONFIG SET requirepass` (in any of its parameter pairs) while redward is Redis's
+    /// `default` user. Every later upstream connection would fail, for every client; ACL
+    /// SETUSER and friends are refused for the same reason (`acl_cmd.rs`).
+    fn changes_own_credential(&self, req: &Request<'_>) -> bool {
+        req.argc() >= 4
+            && req.arg(1).eq_ignore_ascii_case(b"set")
+            && self.shared.connector.logs_in_as_default()
+            && (2..req.argc())
+                .step_by(2)
+                .any(|i| req.arg(i).eq_ignore_ascii_case(b"requirepass"))
     }
 
     /// `CLIENT REPLY ON|OFF|SKIP` is carried out by redward (`clientCommand` in
@@ -1621,6 +1662,11 @@ impl Shared {
         audit: Arc<Audit>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Shared> {
+        let memory = Arc::new(crate::memory::ClientMemory::new(
+            cfg.limits.max_client_memory,
+            metrics.client_memory.clone(),
+            metrics.clients_evicted.clone(),
+        ));
         Arc::new(Shared {
             live: arc_swap::ArcSwap::from_pointee(crate::reload::live(cfg, 0)),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -1629,6 +1675,8 @@ impl Shared {
             audit,
             limiter: Arc::new(crate::limits::Limiter::new(cfg.connection_limits)),
             metrics,
+            memory,
+            refusal_lines: crate::throttle::Throttle::default(),
         })
     }
 }
