@@ -158,12 +158,12 @@ impl Server {
                     tls,
                 },
             ));
-            slots.push(Arc::clone(&settings));
             let tcp = bind(l.addr).map_err(|source| StartError::Bind {
                 index,
                 addr: l.addr,
                 source,
             })?;
+            slots.push((tcp.local_addr().unwrap_or(l.addr), Arc::clone(&settings)));
             let listener =
                 listener::Listener::new(tcp, settings).map_err(|source| StartError::Bind {
                     index,

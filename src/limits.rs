@@ -339,6 +339,49 @@ mod tests {
     }
 
     #[test]
+    fn a_balancer_connection_takes_a_global_slot_then_its_client_address_is_counted() {
+        let l = Arc::new(Limiter::with_clock(
+            settings(),
+            FakeRelativeClock::default(),
+        ));
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut a = l.admit_any().unwrap();
+        let mut b = l.admit_any().unwrap();
+        let mut c = l.admit_any().unwrap();
+        assert_eq!(l.admit_any().err(), Some(Refused::TooManyConnections));
+        a.admit_address(client).unwrap();
+        b.admit_address(client).unwrap();
+        assert_eq!(
+            c.admit_address(client).err(),
+            Some(Refused::TooManyFromAddress)
+        );
+        drop(c);
+        drop(a);
+        assert!(l.admit(client).is_ok(), "slots come back on drop");
+    }
+
+    #[test]
+    fn reloaded_caps_apply_to_the_next_connection_and_lockouts_stay() {
+        let l = Arc::new(Limiter::with_clock(
+            settings(),
+            FakeRelativeClock::default(),
+        ));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..4 {
+            l.auth_failed(a);
+        }
+        assert!(l.auth_locked(a));
+        let _g = l.admit(a).unwrap();
+        let mut s = settings();
+        s.max_connections_per_ip = 1;
+        s.auth_failures_per_minute = NonZeroU32::new(100);
+        l.update(s);
+        assert_eq!(l.admit(a).err(), Some(Refused::TooManyFromAddress));
+        assert!(l.auth_locked(a), "a lockout in force stays in force");
+        assert_eq!(l.settings(), s);
+    }
+
+    #[test]
     fn connection_rate_is_per_address() {
         let mut s = settings();
         s.max_connections = 1000;

@@ -25,6 +25,9 @@ use tracing::warn;
 
 /// Own-buffer reports are rounded up to this, so small changes cost nothing.
 const GRAIN: usize = 4096;
+/// A client holding this much or less is never evicted: it is what an ordinary client holds
+/// (a read buffer, a pipeline's replies), and evicting it frees next to nothing.
+const NEVER_EVICT_BELOW: usize = 64 * 1024;
 
 /// All clients' memory, and the registry eviction picks from.
 #[derive(Debug)]
@@ -143,7 +146,9 @@ impl ClientMemory {
                 return;
             };
             let bytes = victim.bytes();
-            if bytes == 0 {
+            if bytes <= NEVER_EVICT_BELOW {
+                // Only ordinary clients are left: disconnecting them would free little and
+                // hurt the well-behaved. The bound is then up to the per-client caps.
                 return;
             }
             victim.evicted.store(true, Ordering::Release);
@@ -233,6 +238,11 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// Whether the client was chosen for eviction (its buffers should stop growing).
+    pub fn is_evicted(&self) -> bool {
+        self.usage.is_evicted()
+    }
+
     pub fn add(&self, n: usize) {
         self.memory.add(&self.usage, n);
     }

@@ -187,6 +187,20 @@ impl Handle {
     }
 }
 
+impl Drop for Handle {
+    /// The client is gone: what its inbox holds, and replies still on their way to it, are
+    /// dropped rather than held (and counted) until the routes that name it are done.
+    fn drop(&mut self) {
+        self.inbox.update(|st| {
+            st.closed = true;
+            if let Some(c) = &self.inbox.charge {
+                c.sub(st.data.len());
+            }
+            st.data = BytesMut::new();
+        });
+    }
+}
+
 #[derive(Debug, Default)]
 struct Mux {
     queue: Mutex<Queue>,
@@ -228,6 +242,8 @@ impl Drop for Inbox {
 #[derive(Debug, Default)]
 struct InboxState {
     data: BytesMut,
+    /// Its client is gone (or going): replies still owed to it are dropped on arrival.
+    closed: bool,
     unavailable: u32,
     lost: bool,
     overflow: bool,
@@ -248,7 +264,16 @@ impl Inbox {
 
     fn deliver(&self, bytes: &[u8]) {
         self.update(|st| {
-            if st.overflow {
+            if st.overflow || st.closed {
+                return;
+            }
+            if self.charge.as_ref().is_some_and(Charge::is_evicted) {
+                // Its client is being disconnected for holding too much: hold no more.
+                if let Some(c) = &self.charge {
+                    c.sub(st.data.len());
+                }
+                st.data = BytesMut::new();
+                st.closed = true;
                 return;
             }
             if st.data.len() + bytes.len() > self.limit {

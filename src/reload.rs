@@ -50,10 +50,24 @@ pub struct Reloader {
     inner: Arc<Inner>,
 }
 
+/// A running listener: the address the file gave it (port 0 means any), the address it is
+/// bound to, and its settings.
+struct Slot {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    settings: Arc<ArcSwap<ListenerSettings>>,
+}
+
+impl Slot {
+    /// Whether a listener of a new configuration is this one.
+    fn is(&self, addr: SocketAddr) -> bool {
+        addr == self.configured || addr == self.bound
+    }
+}
+
 struct Inner {
     shared: Arc<Shared>,
-    /// Each running listener's address and settings.
-    listeners: Vec<(SocketAddr, Arc<ArcSwap<ListenerSettings>>)>,
+    listeners: Vec<Slot>,
     path: Mutex<Option<PathBuf>>,
     /// The configuration the process started with: restart-only settings are compared with
     /// it, so the warning repeats at every reload until a restart applies them.
@@ -77,18 +91,9 @@ pub enum ReloadError {
 
 /// The settings that differ between `running` and `new` but only take effect at a restart,
 /// each named as the config file names it.
+/// (Listen addresses are compared by the reloader, which knows the bound ones.)
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     let mut changed = Vec::new();
-    let addrs = |c: &Config| c.listeners.iter().map(|l| l.addr).collect::<Vec<_>>();
-    let (old_addrs, new_addrs) = (addrs(running), addrs(new));
-    for a in new_addrs.iter().filter(|a| !old_addrs.contains(a)) {
-        changed.push(format!("listen: new address {a}"));
-    }
-    for a in old_addrs.iter().filter(|a| !new_addrs.contains(a)) {
-        changed.push(format!(
-            "listen: address {a} removed (still listening, with its last settings)"
-        ));
-    }
     let (u, v) = (&running.upstream, &new.upstream);
     let mut field = |name: &str, differs: bool| {
         if differs {
@@ -125,9 +130,10 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
 }
 
 impl Reloader {
+    /// `listeners`: each configured listener's bound address and settings, in config order.
     pub fn new(
         shared: Arc<Shared>,
-        listeners: Vec<Arc<ArcSwap<ListenerSettings>>>,
+        listeners: Vec<(SocketAddr, Arc<ArcSwap<ListenerSettings>>)>,
         cfg: &Config,
     ) -> Self {
         Reloader {
@@ -136,8 +142,12 @@ impl Reloader {
                 listeners: cfg
                     .listeners
                     .iter()
-                    .map(|l| l.addr)
                     .zip(listeners)
+                    .map(|(l, (bound, settings))| Slot {
+                        configured: l.addr,
+                        bound,
+                        settings,
+                    })
                     .collect(),
                 path: Mutex::new(None),
                 startup: cfg.clone(),
@@ -167,9 +177,11 @@ impl Reloader {
         let cfg = config::load(&path)?;
         // Build every new listener setting before swapping anything: all or nothing.
         let mut updates = Vec::with_capacity(self.inner.listeners.len());
+        let mut restart = Vec::new();
         for (index, l) in cfg.listeners.iter().enumerate() {
-            let Some((_, slot)) = self.inner.listeners.iter().find(|(a, _)| *a == l.addr) else {
-                continue; // a new address: named in the restart warning
+            let Some(slot) = self.inner.listeners.iter().find(|s| s.is(l.addr)) else {
+                restart.push(format!("listen[{index}].address: new address {}", l.addr));
+                continue;
             };
             let tls = match &l.tls {
                 Some(t) => Some(TlsAcceptor::from(
@@ -179,14 +191,22 @@ impl Reloader {
                 None => None,
             };
             updates.push((
-                Arc::clone(slot),
+                Arc::clone(&slot.settings),
                 ListenerSettings {
                     cfg: l.clone(),
                     tls,
                 },
             ));
         }
-        let restart = restart_only_changes(&self.inner.startup, &cfg);
+        for slot in &self.inner.listeners {
+            if !cfg.listeners.iter().any(|l| slot.is(l.addr)) {
+                restart.push(format!(
+                    "listen: {} removed (it keeps listening, with its last settings, until a restart)",
+                    slot.bound
+                ));
+            }
+        }
+        restart.extend(restart_only_changes(&self.inner.startup, &cfg));
         for setting in &restart {
             warn!(setting = %setting, "changed in the configuration, but takes effect only at the next restart");
         }

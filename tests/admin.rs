@@ -78,3 +78,53 @@ async fn health_readiness_and_metrics_tell_the_truth() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(get(admin, "/readyz").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_gets_headers_without_a_body_and_idle_connections_are_bounded() {
+    let redis = Redis::start();
+    let proxy = proxy()
+        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
+        .start(&redis)
+        .await;
+    let admin = proxy.admin.expect("admin endpoint");
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("Content-Length: 3\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\n"), "HEAD has no body: {out:?}");
+
+    // 100 connections that send nothing: at most 32 are held (each for 5 s at most); the
+    // rest are closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    let mut closed = 0;
+    for c in &mut idle {
+        let mut b = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), c.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 60,
+        "only {closed} of 100 idle admin connections were closed"
+    );
+    drop(idle);
+    // Once they are gone, probes are answered again.
+    let mut ok = false;
+    for _ in 0..100 {
+        if get(admin, "/healthz").await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok);
+}

@@ -207,3 +207,53 @@ fn bad_shared_connection_settings_are_named() {
     let text = valid(&certs, "127.0.0.1:0") + "limits:\n  shared_reply_buffer: 10\n";
     assert_refused(&text, &["limits.shared_reply_buffer"]);
 }
+
+#[test]
+fn check_warns_about_proxy_headers_from_any_peer_on_a_public_address() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redward.yaml");
+    let port = common::free_port();
+    let base = valid(&certs, &format!("0.0.0.0:{port}"));
+    for (setting, warned) in [
+        ("proxy_protocol: true", true),
+        ("proxy_protocol: { trusted: [\"10.0.0.0/8\"] }", false),
+    ] {
+        std::fs::write(
+            &path,
+            base.replacen("    tls: {", &format!("    {setting}\n    tls: {{"), 1),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_redward"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert_eq!(
+            stdout.contains("warning: listen[0].proxy_protocol: true"),
+            warned,
+            "{setting}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_trusted_list_and_a_tiny_client_memory_bound_are_named() {
+    let certs = Certs::new();
+    let base = valid(&certs, "127.0.0.1:0");
+    assert_refused(
+        &base.replacen(
+            "    tls: {",
+            "    proxy_protocol: { trusted: [] }\n    tls: {",
+            1,
+        ),
+        &["listen[0].proxy_protocol.trusted"],
+    );
+    assert_refused(
+        &format!("{base}limits:\n  max_client_memory: 1kb\n"),
+        &["limits.max_client_memory"],
+    );
+    assert_refused(&format!("{base}log:\n  color: rainbow\n"), &["log.color"]);
+}

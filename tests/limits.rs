@@ -457,3 +457,42 @@ async fn moving_to_its_own_upstream_connection_costs_a_rate_limited_user_no_extr
     .await;
     assert_eq!(slow.replies(3).await, b"+OK\r\n+OK\r\n+OK\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_and_unknown_commands_count_toward_the_command_rate() {
+    let redis = Redis::start();
+    let certs = Certs::new();
+    let text = proxy()
+        .user("narrow", "on >narrowpw ~n:* +get")
+        .config_text(&redis, &certs)
+        .replace(
+            "  - name: narrow\n    rules: \"on >narrowpw ~n:* +get\"\n",
+            "  - name: narrow\n    rules: \"on >narrowpw ~n:* +get\"\n    commands_per_second: 100\n",
+        );
+    let addr = serve_config_text(&certs, &text).await;
+    let mut attacker = Raw::tls(addr, &certs.ca()).await;
+    let mut script = cmd(&["AUTH", "narrow", "narrowpw"]);
+    for i in 0..2000 {
+        script.extend(if i % 2 == 0 {
+            cmd(&["CONFIG", "GET", "*"])
+        } else {
+            cmd(&["NOSUCHCOMMAND"])
+        });
+    }
+    attacker.send(&script).await;
+    let r = String::from_utf8(attacker.replies(2001).await).unwrap();
+    let limited = r
+        .matches("-ERR command rate limit exceeded for this user, try again later")
+        .count();
+    // The bucket holds 100; a few more refill while the pipeline is worked through.
+    assert!(
+        limited >= 1500,
+        "only {limited} of 2000 refusals were charged:\n{}",
+        &r[..500]
+    );
+    // Another user is unaffected.
+    let mut app = Raw::tls(addr, &certs.ca()).await;
+    app.send(&[cmd(&["AUTH", APP_USER, APP_PASSWORD]), cmd(&["PING"])].concat())
+        .await;
+    assert_eq!(app.replies(2).await, b"+OK\r\n+PONG\r\n");
+}

@@ -129,3 +129,147 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_old_ones_conti
     );
     canary.finish().await;
 }
+
+/// TLS from `source` with only `versions` offered, optionally after a PROXY `header`.
+async fn try_tls(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    source: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    header: Option<&[u8]>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in redward::tls::load_certs(ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut tcp = Raw::tcp_from(addr, Some(source)).await?;
+    if let Some(h) = header {
+        tcp.write_all(h).await?;
+    }
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await?;
+    // Served means answered: (TLS 1.3 reports a refused client only after its handshake.)
+    tls.write_all(&cmd(&["PING"])).await?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        _ => Err(std::io::ErrorKind::ConnectionReset.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_setting_and_cap_applies_on_reload_setting_by_setting() {
+    use rustls::version::{TLS12, TLS13};
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let canary = Canary::start(&proxy).await;
+    let (addr, ca) = (proxy.addr, proxy.certs.ca());
+    // The file as started, with the bound port written in (a reload matches listeners by
+    // address).
+    let base = std::fs::read_to_string(&proxy.config_path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{}", proxy.port()));
+    // Rewrites the file with extra listener keys, TLS options and top-level YAML; reloads.
+    let reload = |listener: &str, tls: &str, top: &str| {
+        let text = base
+            .replacen("    tls: {", &format!("{listener}    tls: {{"), 1)
+            .replacen(" }\nupstream:", &format!("{tls} }}\nupstream:"), 1)
+            + top;
+        std::fs::write(&proxy.config_path, text).unwrap();
+        proxy.reloader.reload().expect("reload")
+    };
+    let served = |source: &'static str| {
+        let ca = ca.clone();
+        async move {
+            try_tls(addr, &ca, source, &[&TLS13, &TLS12], None)
+                .await
+                .is_ok()
+        }
+    };
+    assert!(served("127.0.0.3").await);
+
+    // allow / deny
+    reload("    deny: [\"127.0.0.3/32\"]\n", "", "");
+    assert!(!served("127.0.0.3").await, "deny applies on reload");
+    assert!(served("127.0.0.2").await);
+    reload("    allow: [\"127.0.0.1/32\"]\n", "", "");
+    assert!(!served("127.0.0.2").await, "allow applies on reload");
+    assert!(served("127.0.0.1").await);
+
+    // proxy_protocol: now a header is required, and only from the trusted balancer.
+    reload(
+        "    proxy_protocol: { trusted: [\"127.0.0.1/32\"] }\n",
+        "",
+        "",
+    );
+    assert!(!served("127.0.0.1").await, "a header is now required");
+    let header = b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 6380\r\n";
+    assert!(try_tls(addr, &ca, "127.0.0.1", &[&TLS13], Some(header))
+        .await
+        .is_ok());
+    assert!(try_tls(addr, &ca, "127.0.0.2", &[&TLS13], Some(header))
+        .await
+        .is_err());
+    reload("", "", "");
+    assert!(served("127.0.0.2").await);
+
+    // TLS: min_version, then client certificates required.
+    reload("", ", min_version: \"1.3\"", "");
+    assert!(try_tls(addr, &ca, "127.0.0.1", &[&TLS12], None)
+        .await
+        .is_err());
+    assert!(try_tls(addr, &ca, "127.0.0.1", &[&TLS13], None)
+        .await
+        .is_ok());
+    reload(
+        "",
+        &format!(", client_ca: {}, client_auth: required", ca.display()),
+        "",
+    );
+    assert!(!served("127.0.0.1").await, "client_auth: required applies");
+    reload("", "", "");
+    assert!(try_tls(addr, &ca, "127.0.0.1", &[&TLS12], None)
+        .await
+        .is_ok());
+
+    // Caps: the per-address cap, then the global one (the canary holds one connection).
+    reload("", "", "limits:\n  max_connections_per_ip: 1\n");
+    let held = Raw::tls_from(addr, &ca, Some("127.0.0.4")).await;
+    assert!(!served("127.0.0.4").await, "max_connections_per_ip applies");
+    drop(held);
+    reload("", "", "limits:\n  max_connections: 1\n");
+    let mut refused = false;
+    for _ in 0..50 {
+        // Connections the checks above opened close asynchronously.
+        if !served("127.0.0.5").await {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "max_connections applies");
+
+    // What needs a restart is named, not ignored.
+    let warnings = reload(
+        "",
+        "",
+        "workers: 3\nlog: { color: never }\nshutdown_grace: 3s\n",
+    );
+    for setting in ["workers", "log.color", "shutdown_grace"] {
+        assert!(
+            warnings.iter().any(|w| w == setting),
+            "{setting} not named in {warnings:?}"
+        );
+    }
+    reload("", "", "");
+    assert!(served("127.0.0.5").await);
+    canary.finish().await;
+}
