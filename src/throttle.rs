@@ -1,7 +1,8 @@
-//! Log lines that an attacker can cause, kept to a few per second: the first events of a
-//! window are logged in full, the rest are only counted, and the count is logged as one line
-//! (by the next event after the window, or by [`Throttle::flush`] from a periodic task), so a
-//! burst of 20,000 denials is a handful of lines, never 20,000, and nothing goes uncounted.
+//! Log lines that an attacker can cause, kept to a handful per burst: the first events of a
+//! burst are logged in full, the rest are only counted, and the count is logged as one line
+//! every 10 s while the burst goes on and once it stops ([`Throttle::flush`], called every
+//! second). A burst of 20,000 denials is a handful of lines, a ten-minute flood about 65, and
+//! nothing goes uncounted.
 //!
 //! Used for failed logins and ACL denials (`audit.rs`), refused connections and TLS
 //! failures (`listener.rs`). Metrics, `ACL LOG` and the audit file still see every event.
@@ -9,9 +10,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Events logged in full per window.
-const FULL_PER_WINDOW: u32 = 5;
-const WINDOW: Duration = Duration::from_secs(1);
+/// Events logged in full at the start of a burst.
+const FULL_PER_BURST: u32 = 5;
+/// A quiet gap this long ends a burst: the next event starts a new one (logged in full).
+const QUIET: Duration = Duration::from_secs(10);
+/// While a burst goes on, its count is logged this often...
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// ...and once it pauses this long.
+const PAUSE: Duration = Duration::from_secs(1);
 
 /// What an event may do with the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,31 +28,18 @@ pub enum Verdict {
     Count,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Throttle {
     state: Mutex<State>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct State {
-    window_start: Option<Instant>,
-    logged: u32,
+    last_event: Option<Instant>,
+    full_in_burst: u32,
     suppressed: u64,
-    /// When the first suppressed event of the pending count happened.
+    /// When the first event of the pending count happened.
     since: Option<Instant>,
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Throttle {
-            state: Mutex::new(State {
-                window_start: None,
-                logged: 0,
-                suppressed: 0,
-                since: None,
-            }),
-        }
-    }
 }
 
 impl Throttle {
@@ -60,14 +53,14 @@ impl Throttle {
             return Verdict::Count;
         };
         if st
-            .window_start
-            .is_none_or(|s| now.saturating_duration_since(s) >= WINDOW)
+            .last_event
+            .is_none_or(|t| now.saturating_duration_since(t) >= QUIET)
         {
-            st.window_start = Some(now);
-            st.logged = 0;
+            st.full_in_burst = 0;
         }
-        if st.logged < FULL_PER_WINDOW {
-            st.logged += 1;
+        st.last_event = Some(now);
+        if st.full_in_burst < FULL_PER_BURST {
+            st.full_in_burst += 1;
             st.since = None;
             return Verdict::Log {
                 suppressed: std::mem::take(&mut st.suppressed),
@@ -78,21 +71,23 @@ impl Throttle {
         Verdict::Count
     }
 
-    /// Takes the count of events not logged since the last line, once their window is over:
-    /// `(count, how long the burst has been going)`.
+    /// Takes the count of events not logged since the last line, when it is due (every
+    /// [`SUMMARY_EVERY`] during a burst, or once the burst pauses): `(count, over how long)`.
     pub fn flush(&self) -> Option<(u64, Duration)> {
         self.flush_at(Instant::now())
     }
 
     fn flush_at(&self, now: Instant) -> Option<(u64, Duration)> {
         let mut st = self.state.lock().ok()?;
-        let over = st
-            .window_start
-            .is_none_or(|s| now.saturating_duration_since(s) >= WINDOW);
-        if st.suppressed == 0 || !over {
+        let since = st.since?;
+        let paused = st
+            .last_event
+            .is_none_or(|t| now.saturating_duration_since(t) >= PAUSE);
+        if st.suppressed == 0 || !(paused || now.saturating_duration_since(since) >= SUMMARY_EVERY)
+        {
             return None;
         }
-        let since = st.since.take().unwrap_or(now);
+        st.since = None;
         Some((
             std::mem::take(&mut st.suppressed),
             now.saturating_duration_since(since),
@@ -115,20 +110,42 @@ mod tests {
                 logged += 1;
             }
         }
-        assert_eq!(logged, FULL_PER_WINDOW);
+        assert_eq!(logged, FULL_PER_BURST);
         assert_eq!(t.flush_at(start + Duration::from_millis(500)), None);
-        let (count, _) = t.flush_at(start + WINDOW).expect("a count");
-        assert_eq!(count, 20_000 - u64::from(FULL_PER_WINDOW));
-        assert_eq!(t.flush_at(start + WINDOW * 2), None, "counted once");
+        let (count, _) = t.flush_at(start + Duration::from_secs(2)).expect("a count");
+        assert_eq!(count, 20_000 - u64::from(FULL_PER_BURST));
+        assert_eq!(
+            t.flush_at(start + Duration::from_secs(3)),
+            None,
+            "counted once"
+        );
     }
 
     #[test]
-    fn the_next_logged_event_carries_the_count() {
+    fn a_ten_minute_flood_is_a_line_per_ten_seconds() {
         let t = Throttle::default();
         let start = Instant::now();
-        for _ in 0..(FULL_PER_WINDOW + 3) {
+        let mut lines = 0;
+        for ms in (0..600_000u64).step_by(10) {
+            let at = start + Duration::from_millis(ms);
+            if matches!(t.event_at(at), Verdict::Log { .. }) {
+                lines += 1;
+            }
+            if ms % 1000 == 0 && t.flush_at(at).is_some() {
+                lines += 1;
+            }
+        }
+        assert!(lines <= 70, "{lines} lines");
+    }
+
+    #[test]
+    fn after_a_quiet_gap_events_are_logged_in_full_again() {
+        let t = Throttle::default();
+        let start = Instant::now();
+        for _ in 0..(FULL_PER_BURST + 3) {
             t.event_at(start);
         }
-        assert_eq!(t.event_at(start + WINDOW), Verdict::Log { suppressed: 3 });
+        assert!(t.flush_at(start + PAUSE).is_some());
+        assert_eq!(t.event_at(start + QUIET), Verdict::Log { suppressed: 0 });
     }
 }

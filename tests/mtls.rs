@@ -196,3 +196,49 @@ async fn required_client_certificates_admit_only_known_users() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_identity_and_crl_changes_apply_on_reload() {
+    let redis = Redis::start();
+    let pki = client_pki(&["app"], &["app"]);
+    let ca = pki.dir.path().join("clients-ca.crt");
+    let tls = |extra: &str| {
+        format!(
+            "client_ca: {}, client_auth: optional, client_identity: {extra}",
+            ca.display()
+        )
+    };
+    let proxy = proxy().tls_option(&tls("cn")).start(&redis).await;
+    let whoami = cmd(&["ACL", "WHOAMI"]);
+    assert_eq!(
+        session(&proxy, &pki, Some("app"), &whoami, 1)
+            .await
+            .unwrap(),
+        "$3\r\napp\r\n"
+    );
+    let started = std::fs::read_to_string(&proxy.config_path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{}", proxy.port()));
+    let reload = |identity: &str| {
+        std::fs::write(
+            &proxy.config_path,
+            started.replace(&tls("cn"), &tls(identity)),
+        )
+        .unwrap();
+        proxy.reloader.reload().expect("reload");
+    };
+    // The certificate has no DNS name: with `client_identity: dns` it names nobody.
+    reload("dns");
+    assert_eq!(
+        session(&proxy, &pki, Some("app"), &whoami, 1)
+            .await
+            .unwrap(),
+        "-NOAUTH Authentication required.\r\n"
+    );
+    // A CRL that revokes it: refused.
+    let crl = pki.dir.path().join("revoked.crl");
+    reload(&format!("cn, crl: [{}]", crl.display()));
+    assert!(session(&proxy, &pki, Some("app"), &whoami, 1)
+        .await
+        .is_err());
+}

@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::sync::Arc;
 
 use common::*;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start(redis: &Redis) -> (std::net::SocketAddr, Certs) {
@@ -26,18 +24,7 @@ async fn connect_with_header(
     ca: &std::path::Path,
     header: &[u8],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(header).await?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in redward::tls::load_certs(ca).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
+    tls_after_header(addr, ca, None, header, rustls::DEFAULT_VERSIONS).await
 }
 
 async fn roundtrip(

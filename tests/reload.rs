@@ -139,23 +139,7 @@ async fn try_tls(
     header: Option<&[u8]>,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in redward::tls::load_certs(ca).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut tcp = Raw::tcp_from(addr, Some(source)).await?;
-    if let Some(h) = header {
-        tcp.write_all(h).await?;
-    }
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await?;
+    let mut tls = tls_after_header(addr, ca, Some(source), header.unwrap_or(b""), versions).await?;
     // Served means answered: (TLS 1.3 reports a refused client only after its handshake.)
     tls.write_all(&cmd(&["PING"])).await?;
     let mut buf = [0u8; 64];

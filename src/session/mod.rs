@@ -425,10 +425,13 @@ where
     if matches!(conn, Conn::Dedicated(_)) {
         st.shared.metrics.upstream_own.dec();
     }
-    // Whatever ended the session, give the client what is already owed, briefly (not to a
-    // client evicted for holding too much: it is not reading).
-    let evicted = matches!(result, Err(SessionError::ClientMemory));
-    if (!st.cout.is_empty() || client_flush) && !evicted {
+    if matches!(result, Err(SessionError::ClientMemory)) {
+        // Evicted for holding too much: it is not reading, and what it holds must go now,
+        // not after a goodbye it would not read (the socket is simply closed).
+        return result;
+    }
+    // Whatever ended the session, give the client what is already owed, briefly.
+    if !st.cout.is_empty() || client_flush {
         let grace = st
             .live
             .limits

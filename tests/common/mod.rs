@@ -342,6 +342,38 @@ impl Drop for Proxy {
     }
 }
 
+/// A TLS client config that trusts `ca` and offers `versions`.
+pub fn client_config(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in redward::tls::load_certs(ca).expect("ca") {
+        roots.add(cert).expect("add ca");
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_protocol_versions(versions)
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// TCP from `source` (a loopback address, or any), `header` written first (a PROXY protocol
+/// header, or nothing), then a TLS handshake offering `versions` over the same stream.
+pub async fn tls_after_header(
+    addr: SocketAddr,
+    ca: &Path,
+    source: Option<&str>,
+    header: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut tcp = Raw::tcp_from(addr, source).await?;
+    tcp.write_all(header).await?;
+    tokio_rustls::TlsConnector::from(client_config(ca, versions))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+}
+
 /// A raw RESP connection (TLS to redward, or plaintext straight to Redis).
 pub enum Raw {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -370,18 +402,7 @@ impl Raw {
         ca: &Path,
         source: Option<&str>,
     ) -> std::io::Result<Raw> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in redward::tls::load_certs(ca).expect("ca") {
-            roots.add(cert).expect("add ca");
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = Raw::tcp_from(addr, source).await?;
-        let tls = connector
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
-            .await?;
+        let tls = tls_after_header(addr, ca, source, b"", rustls::DEFAULT_VERSIONS).await?;
         Ok(Raw::Tls(Box::new(tls)))
     }
 
