@@ -163,7 +163,7 @@ impl<C: Clock + Clone> Limiter<C> {
         }
         Ok(ConnGuard {
             limiter: Arc::clone(self),
-            ip: None,
+            counted: [None; 2],
         })
     }
 
@@ -241,9 +241,11 @@ impl<C: Clock + Clone> Limiter<C> {
         }
     }
 
-    fn release(&self, ip: Option<IpAddr>) {
+    fn release_global(&self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
-        let Some(ip) = ip else { return };
+    }
+
+    fn release_ip(&self, ip: IpAddr) {
         if let Ok(mut per_ip) = self.per_ip.lock() {
             if let Some(n) = per_ip.get_mut(&ip) {
                 *n = n.saturating_sub(1);
@@ -255,29 +257,36 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 }
 
-/// Proof that a connection was admitted; releases its slot on drop.
+/// Proof that a connection was admitted; releases its slots on drop.
 pub struct ConnGuard<C: Clock + Clone = DefaultClock> {
     limiter: Arc<Limiter<C>>,
-    /// The address counted against the per-address cap, once there is one.
-    ip: Option<IpAddr>,
+    /// The addresses counted against the per-address cap: the TCP peer, and the client a
+    /// PROXY header named (when the peer may be anyone, both count).
+    counted: [Option<IpAddr>; 2],
 }
 
 impl<C: Clock + Clone> ConnGuard<C> {
-    /// Counts this connection against `ip`'s rate and cap (the address a PROXY header named,
-    /// or the TCP peer). At most once per connection.
+    /// Counts this connection against `ip`'s rate and cap (the TCP peer, or the address a
+    /// PROXY header named). An address already counted for it is not counted again.
     pub fn admit_address(&mut self, ip: IpAddr) -> Result<(), Refused> {
-        if self.ip.is_some() {
+        if self.counted.contains(&Some(ip)) {
             return Ok(());
         }
+        let Some(slot) = self.counted.iter_mut().find(|s| s.is_none()) else {
+            return Ok(());
+        };
         self.limiter.admit_ip(ip)?;
-        self.ip = Some(ip);
+        *slot = Some(ip);
         Ok(())
     }
 }
 
 impl<C: Clock + Clone> Drop for ConnGuard<C> {
     fn drop(&mut self) {
-        self.limiter.release(self.ip);
+        self.limiter.release_global();
+        for ip in self.counted.iter().flatten() {
+            self.limiter.release_ip(*ip);
+        }
     }
 }
 
@@ -358,6 +367,22 @@ mod tests {
         drop(c);
         drop(a);
         assert!(l.admit(client).is_ok(), "slots come back on drop");
+    }
+
+    #[test]
+    fn from_any_peer_both_the_peer_and_the_carried_address_are_counted() {
+        let mut s = settings();
+        s.max_connections = 100;
+        let l = Arc::new(Limiter::with_clock(s, FakeRelativeClock::default()));
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut a = l.admit(peer).unwrap();
+        a.admit_address("203.0.113.1".parse().unwrap()).unwrap();
+        let mut b = l.admit(peer).unwrap();
+        b.admit_address(peer).unwrap(); // a LOCAL header names the peer: counted once
+        assert_eq!(l.admit(peer).err(), Some(Refused::TooManyFromAddress));
+        drop(a);
+        let mut c = l.admit(peer).unwrap();
+        assert!(c.admit_address("203.0.113.1".parse().unwrap()).is_ok());
     }
 
     #[test]

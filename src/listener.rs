@@ -3,8 +3,9 @@
 //!
 //! Admission comes before any work a client could make expensive, in this order:
 //! 1. at accept, the TCP peer: on a `proxy_protocol` listener it must be a trusted proxy and
-//!    not denied, and takes a slot under `max_connections`; elsewhere it is the client, and
-//!    the allow/deny lists, the global cap and its own rate and cap apply;
+//!    not denied, and takes a slot under `max_connections` (with `proxy_protocol: true`, where
+//!    any peer is "trusted", its own rate and per-address cap apply too); elsewhere it is the
+//!    client, and the allow/deny lists, the global cap and its own rate and cap apply;
 //! 2. after a PROXY header, the address it carries is the client: allow/deny and that
 //!    address's rate and cap apply, and the session (lockout, ACL LOG, audit) uses it.
 //!
@@ -152,9 +153,13 @@ fn admit_peer(
         Err(Refused::UntrustedProxy)
     } else if cfg.denies(peer.ip()) {
         Err(Refused::NotAllowed)
+    } else if cfg.proxy_protocol == ProxyProtocol::AnyPeer {
+        // Any peer may send a header, so the peer may be anyone: its own rate and cap apply
+        // now, and the carried address's again once the header is read.
+        shared.limiter.admit(peer.ip())
     } else {
-        // A load balancer carries many clients: the per-address rate and cap apply to the
-        // address its header names, once it is read.
+        // A named load balancer carries many clients: the per-address rate and cap apply to
+        // the address its header names, once it is read.
         shared.limiter.admit_any()
     };
     if let Err(why) = result {

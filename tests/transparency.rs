@@ -293,3 +293,71 @@ async fn redis_crate_round_trips_over_tls() {
     let out = proxy.cli(true, &["GET", "k"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_confirmations_arrive_whatever_the_client_reply_mode() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    // Redis sends (un)subscribe confirmations as pushes, which CLIENT REPLY does not silence.
+    for (s, n) in [
+        (
+            // (CLIENT REPLY ON is refused in a subscriber's context, silently: replies are off.)
+            script(&[
+                &["CLIENT", "REPLY", "OFF"],
+                &["SUBSCRIBE", "a", "b"],
+                &["PSUBSCRIBE", "c*"],
+                &["UNSUBSCRIBE", "a"],
+                &["CLIENT", "REPLY", "ON"],
+                &["PING"],
+                &["PUNSUBSCRIBE"],
+            ]),
+            6,
+        ),
+        (
+            script(&[
+                &["SUBSCRIBE", "a"],
+                &["CLIENT", "REPLY", "OFF"],
+                &["ACL", "WHOAMI"],
+                &["AUTH", APP_USER, APP_PASSWORD],
+                &["PING"],
+            ]),
+            6,
+        ),
+        (
+            script(&[&["CLIENT", "REPLY", "SKIP"], &["SUBSCRIBE", "a"], &["PING"]]),
+            3,
+        ),
+        (
+            script(&[
+                &["HELLO", "3"],
+                &["CLIENT", "REPLY", "OFF"],
+                &["SUBSCRIBE", "a"],
+                &["UNSUBSCRIBE"],
+                &["CLIENT", "REPLY", "ON"],
+                &["PING"],
+            ]),
+            6,
+        ),
+    ] {
+        let (direct, via) = both(&redis, &proxy, &s, n).await;
+        assert_eq!(direct, via);
+        assert!(via.contains("subscribe"), "{via}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_nested_thousands_deep_passes_and_the_stream_stays_in_step() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    // A Lua table that contains itself: Redis replies with ~8,000 nested arrays, then an
+    // error. The replies after it must still line up.
+    let lua = "local a = {}; local b = {a}; a[1] = b; return a";
+    let s = script(&[&["EVAL", lua, "0"], &["SET", "k", "v"], &["GET", "k"]]);
+    let (direct, via) = both(&redis, &proxy, &s, 4).await;
+    assert!(
+        direct.contains("-ERR reached lua stack limit"),
+        "{}",
+        &direct[..100]
+    );
+    assert_eq!(direct, via);
+}

@@ -15,9 +15,15 @@ use memchr::memchr;
 /// out as bulk strings.
 pub const MAX_LINE: usize = 1024 * 1024;
 
-/// Nesting depth beyond which a reply is refused (Redis never nests deeper than a few levels;
-/// the cap bounds the scanner's stack).
-pub const MAX_DEPTH: usize = 64;
+/// Nesting depth beyond which a reply is refused. Redis nests deep at times: a Lua script
+/// returning a table that contains itself makes it send ~8,000 nested `*1` before `-ERR
+/// reached lua stack limit` (`luaReplyToRedisReply` in script_lua.c), and that reply must
+/// pass. Levels are run-length encoded (a chain of `*1` is one entry), so depth costs nothing;
+/// [`MAX_LEVELS`] bounds the memory.
+pub const MAX_DEPTH: usize = 1 << 20;
+/// Distinct open levels (entries of the run-length-encoded stack) beyond which a reply is
+/// refused: 4,096 of 24 bytes.
+pub const MAX_LEVELS: usize = 4096;
 
 /// How many bytes of a top-level aggregate's first element are kept for classification.
 const KIND_CAPTURE: usize = 16;
@@ -151,20 +157,26 @@ pub enum Step {
     Complete { consumed: usize, info: FrameInfo },
 }
 
+/// `repeat` nested levels that are alike (a run of `*1`, say), innermost last.
 #[derive(Clone, Copy, Debug)]
 struct Level {
-    /// Elements still due at this level.
+    /// Elements still due at each of these levels.
     remaining: u64,
     /// An attribute (`|`) precedes a value and does not count as an element of its parent.
     attribute: bool,
+    /// How many nested levels this entry stands for (at least 1).
+    repeat: u32,
 }
 
 /// Resumable scanner over the upstream reply stream. `Clone` lets a caller probe ahead without
 /// committing (used when a frame's fate depends on its content).
 #[derive(Clone, Debug, Default)]
 pub struct ReplyScanner {
-    /// Open aggregates, outermost first. Invariant: every level has `remaining > 0`.
+    /// Open aggregates, outermost first, alike neighbours merged. Invariant: every entry has
+    /// `remaining > 0` and `repeat > 0`.
     stack: Vec<Level>,
+    /// Open aggregates in all (the sum of the entries' `repeat`).
+    depth: usize,
     /// Bytes of a bulk payload (plus its CRLF) still to step over.
     bulk_left: u64,
     /// Whether the bulk being stepped over is the head element being captured.
@@ -233,7 +245,7 @@ impl ReplyScanner {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let (&ty, body) = line.split_first().ok_or(ReplyError::BadType(b'\n'))?;
             pos += nl + 1;
-            let depth = self.stack.len();
+            let depth = self.depth;
             let at_head = depth == 1 && self.top_index == 0;
             let at_count = depth == 1 && self.top_index == 2;
             if !self.started {
@@ -279,13 +291,7 @@ impl ReplyScanner {
                         .checked_mul(per)
                         .ok_or(ReplyError::BadLength)?;
                     if elems > 0 {
-                        if self.stack.len() >= MAX_DEPTH {
-                            return Err(ReplyError::TooDeep);
-                        }
-                        self.stack.push(Level {
-                            remaining: elems,
-                            attribute: ty == b'|',
-                        });
+                        self.open(elems, ty == b'|')?;
                         continue;
                     }
                     if ty == b'|' {
@@ -301,10 +307,38 @@ impl ReplyScanner {
         }
     }
 
+    /// Opens an aggregate of `elems` elements inside the current one.
+    fn open(&mut self, elems: u64, attribute: bool) -> Result<(), ReplyError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(ReplyError::TooDeep);
+        }
+        match self.stack.last_mut() {
+            Some(top)
+                if top.remaining == elems
+                    && top.attribute == attribute
+                    && top.repeat < u32::MAX =>
+            {
+                top.repeat += 1;
+            }
+            _ => {
+                if self.stack.len() >= MAX_LEVELS {
+                    return Err(ReplyError::TooDeep);
+                }
+                self.stack.push(Level {
+                    remaining: elems,
+                    attribute,
+                    repeat: 1,
+                });
+            }
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
     /// Records that one element ended; returns the completed frame when it was the last one.
     fn element_done(&mut self, pos: usize) -> Option<Step> {
         loop {
-            let depth = self.stack.len();
+            let depth = self.depth;
             let Some(top) = self.stack.last_mut() else {
                 let info = self.info;
                 self.started = false;
@@ -314,18 +348,47 @@ impl ReplyScanner {
                     info,
                 });
             };
-            top.remaining -= 1;
-            if top.remaining > 0 {
+            if top.remaining > 1 {
+                // The innermost level has more to come; split it off its run if it has one.
+                if top.repeat > 1 {
+                    top.repeat -= 1;
+                    let inner = Level {
+                        remaining: top.remaining - 1,
+                        attribute: top.attribute,
+                        repeat: 1,
+                    };
+                    // Never more entries than levels: at most one more than before.
+                    self.stack.push(inner);
+                } else {
+                    top.remaining -= 1;
+                    // Alike again with the level around it: merge, so a deep reply whose
+                    // levels all look the same stays one entry whatever its shape.
+                    if let [.., outer, inner] = self.stack.as_mut_slice() {
+                        if outer.remaining == inner.remaining && outer.attribute == inner.attribute
+                        {
+                            if let Some(sum) = outer.repeat.checked_add(inner.repeat) {
+                                outer.repeat = sum;
+                                self.stack.pop();
+                            }
+                        }
+                    }
+                }
                 if depth == 1 {
                     self.top_index += 1;
                 }
                 return None;
             }
-            let finished = self.stack.pop();
-            if finished.is_some_and(|l| l.attribute) {
+            // The innermost level is complete: it is one element of the level around it.
+            let attribute = top.attribute;
+            top.repeat -= 1;
+            if top.repeat == 0 {
+                self.stack.pop();
+            }
+            self.depth -= 1;
+            if attribute {
                 // The attribute is done; the value it annotates is still to come, and that value
                 // (not the attribute's keys) is what classification looks at.
-                if self.stack.is_empty() {
+                if self.depth == 0 {
                     self.top_index = 0;
                     self.info.head = Head::default();
                     self.info.count = None;
@@ -417,10 +480,38 @@ mod tests {
         assert!(ReplyScanner::new().advance(b"?what\r\n").is_err());
         assert!(ReplyScanner::new().advance(b"$abc\r\n").is_err());
         assert!(ReplyScanner::new().advance(b"*-5\r\n").is_err());
-        let deep = "*1\r\n".repeat(MAX_DEPTH + 1);
+        // Nested levels that all differ are bounded by MAX_LEVELS.
+        let mut deep = String::new();
+        for i in 0..=MAX_LEVELS {
+            deep.push_str(&format!("*{}\r\n", i + 2));
+        }
         assert_eq!(
             ReplyScanner::new().advance(deep.as_bytes()),
             Err(ReplyError::TooDeep)
         );
+    }
+
+    #[test]
+    fn a_reply_nested_thousands_deep_passes_in_one_piece() {
+        // What Redis 7 sends for a Lua table that contains itself.
+        let mut reply = "*1\r\n".repeat(7995).into_bytes();
+        reply.extend_from_slice(b"-ERR reached lua stack limit\r\n+OK\r\n");
+        let f = frames(&reply);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].0, 7995 * 4 + 30);
+        assert_eq!(f[0].1.kind, b'*');
+        // Mixed shapes: [[1, [2, [3, x]]], y] nested as deep, with siblings at every level.
+        let mut mixed = String::new();
+        for _ in 0..(MAX_LEVELS * 2) {
+            mixed.push_str("*2\r\n:1\r\n");
+        }
+        mixed.push_str(":0\r\n");
+        assert_eq!(frames(mixed.as_bytes()).len(), 1);
+        let mut s = ReplyScanner::new();
+        let split = mixed.len() / 2;
+        assert!(matches!(
+            s.advance(&mixed.as_bytes()[..split]),
+            Ok(Step::Partial { .. })
+        ));
     }
 }

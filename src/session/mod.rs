@@ -219,6 +219,11 @@ where
                     st.dispatch(&req, cin.get(..len).unwrap_or(&[]), conn.kind())
                 }
             };
+            if outcome == Outcome::WaitForReplies {
+                st.retrying = true;
+                st.pin_wait = true;
+                break;
+            }
             if outcome == Outcome::NeedUpstream {
                 // The same request comes back once connected: it is not a new command.
                 st.retrying = true;
@@ -661,6 +666,18 @@ fn needs_own_connection(spec: Option<&commands::CommandSpec>) -> bool {
         )
 }
 
+/// Commands redward answers itself that Redis refuses in a RESP2 subscriber's context (the
+/// others reach Redis, which refuses them with its own text).
+fn answered_here(req: &Request<'_>, is_acl: bool) -> bool {
+    let name = req.name();
+    is_acl
+        || name.eq_ignore_ascii_case(b"auth")
+        || name.eq_ignore_ascii_case(b"hello")
+        || (name.eq_ignore_ascii_case(b"client")
+            && req.argc() == 3
+            && req.arg(1).eq_ignore_ascii_case(b"reply"))
+}
+
 /// Gives back memory a burst left behind, so idle connections stay small.
 fn shrink(buf: &mut BytesMut) {
     if buf.capacity() > IDLE_BUFFER_KEEP {
@@ -675,6 +692,10 @@ enum Outcome {
     /// have yet: connect (after the shared connection's replies are in), then dispatch it
     /// again (nothing was changed by the first attempt).
     NeedUpstream,
+    /// The answer depends on connection state Redis reports in replies still on their way
+    /// (subscriptions, the protocol): once every earlier reply is in, dispatch it again
+    /// (nothing was changed by the first attempt).
+    WaitForReplies,
 }
 
 /// Counts of subscriptions Redis holds for this connection, as its confirmations report them.
@@ -761,6 +782,8 @@ struct State {
     /// The protocol of the replies Redis is sending now (stream order).
     resp3: bool,
     subs: Subscriptions,
+    /// (P|S)(UN)SUBSCRIBE requests sent whose confirmations are not all in yet.
+    pubsub_pending: u32,
     /// No more requests are read (QUIT, protocol error).
     closing: bool,
     /// Requests forwarded / refused (ACL, rate) on this connection, for the metrics.
@@ -804,6 +827,7 @@ impl State {
             monitor: false,
             resp3: false,
             subs: Subscriptions::default(),
+            pubsub_pending: 0,
             closing: false,
             closed: false,
             forwarded: 0,
@@ -1085,6 +1109,21 @@ impl State {
                 return Outcome::Done;
             }
         }
+        if (self.subs.any() || self.pubsub_pending > 0) && answered_here(req, is_acl) {
+            // Redis refuses these in a RESP2 subscriber's context (`processCommand`); redward
+            // would otherwise answer them itself. Whether the client is a subscriber then is
+            // known once the (un)subscribe confirmations before it are in.
+            if self.slots.upstream_pending() > 0 {
+                return Outcome::WaitForReplies;
+            }
+        }
+        if self.pubsub_context() && answered_here(req, is_acl) {
+            let fullname = commands::resolve(req).map_or("", |s| s.name);
+            self.reject(Bytes::from(format!(
+                "-ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+            )));
+            return Outcome::Done;
+        }
         if name.eq_ignore_ascii_case(b"config") && self.changes_own_credential(req) {
             self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
             return Outcome::Done;
@@ -1163,6 +1202,12 @@ impl State {
         let forward = !self.suppressed();
         self.expect(expect, hook, forward);
         Outcome::Done
+    }
+
+    /// A RESP2 connection with subscriptions: Redis allows it only (P|S)(UN)SUBSCRIBE, PING,
+    /// QUIT and RESET. (Exact once every earlier reply is in.)
+    fn pubsub_context(&self) -> bool {
+        !self.resp3 && self.subs.any()
     }
 
     /// Whether a CONFIG request would change the credential redward logs in to Redis with:
@@ -1376,6 +1421,9 @@ impl State {
             // Monitor lines and replies cannot be told apart; pass everything through.
             return;
         }
+        if hook == Hook::PubSub {
+            self.pubsub_pending += 1;
+        }
         let sent = self.now();
         self.slots.push(Slot::Upstream {
             expect,
@@ -1425,10 +1473,10 @@ impl State {
                         .is_some_and(|p| p.eq_ignore_ascii_case(b"unsub")));
             let n = u32::try_from(argc.saturating_sub(1)).unwrap_or(u32::MAX);
             if unsubscribe && n == 0 {
-                return (Expect::UnsubscribeAll(family), Hook::None);
+                return (Expect::UnsubscribeAll(family), Hook::PubSub);
             }
             if n > 0 {
-                return (Expect::Confirms(family, n), Hook::None);
+                return (Expect::Confirms(family, n), Hook::PubSub);
             }
         }
         (Expect::Replies(1), Hook::None)
@@ -1451,11 +1499,21 @@ impl State {
                 Step::Complete { consumed, info } => (consumed, Some(info)),
             };
             let kind = info.map(|i| i.kind).or(scanner.current_kind());
+            // CLIENT REPLY OFF/SKIP silences replies, not pushes: RESP3 pushes, and the
+            // (un)subscribe confirmations Redis sends as pushes in RESP2 too (`CLIENT_PUSHING`
+            // in networking.c's `prepareClientToWrite`), always reach the client.
             let swallow = kind != Some(b'>')
-                && matches!(
-                    self.slots.front(),
-                    Some(Slot::Upstream { forward: false, .. })
-                );
+                && match self.slots.front() {
+                    Some(Slot::Upstream {
+                        forward: false,
+                        expect,
+                        ..
+                    }) => {
+                        !(kind == Some(b'*')
+                            && matches!(expect, Expect::Confirms(..) | Expect::UnsubscribeAll(_)))
+                    }
+                    _ => false,
+                };
             if !swallow {
                 self.cout
                     .extend_from_slice(uin.get(..consumed).unwrap_or(&[]));
@@ -1569,6 +1627,7 @@ impl State {
                     return Err(SessionError::UpstreamReauth);
                 }
             }
+            Hook::PubSub => self.pubsub_pending = self.pubsub_pending.saturating_sub(1),
         }
         Ok(())
     }
@@ -1720,9 +1779,14 @@ impl Offline {
                 let raw = cin.get(..len).unwrap_or(&[]);
                 // As on the shared connection (the default); a command that needs a
                 // connection of its own is dispatched as if it had one.
-                if st.dispatch(&req, raw, ConnKind::Shared) == Outcome::NeedUpstream {
-                    st.retrying = true;
-                    st.dispatch(&req, raw, ConnKind::Dedicated);
+                match st.dispatch(&req, raw, ConnKind::Shared) {
+                    Outcome::NeedUpstream => {
+                        st.retrying = true;
+                        st.dispatch(&req, raw, ConnKind::Dedicated);
+                    }
+                    // (Replies come only through `replies`: a subscriber's state waits.)
+                    Outcome::WaitForReplies => break,
+                    Outcome::Done => {}
                 }
             }
             cin.advance(len);

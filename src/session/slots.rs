@@ -43,6 +43,9 @@ pub enum Hook {
     Monitor,
     /// redward's own AUTH after a RESET: swallowed; anything but +OK breaks the connection.
     UpstreamAuth,
+    /// (P|S)(UN)SUBSCRIBE: until its confirmations are in, whether the client is a subscriber
+    /// is not known.
+    PubSub,
 }
 
 #[derive(Debug)]
