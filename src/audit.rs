@@ -174,10 +174,10 @@ impl Audit {
     /// Logs, in one line each, the events a burst kept out of the log (call periodically).
     pub fn flush_log(&self) {
         if let Some((count, over)) = self.auth_lines.flush() {
-            warn!(target: "redward::audit", count, seconds = over.as_secs_f64(), "authentication failures not logged one by one (burst); ACL LOG and the audit file have them");
+            info!(target: "redward::audit", count, seconds = over.as_secs_f64(), "authentication failures not logged one by one (burst); ACL LOG and the audit file have them");
         }
         if let Some((count, over)) = self.denial_lines.flush() {
-            warn!(target: "redward::audit", count, seconds = over.as_secs_f64(), "ACL denials not logged one by one (burst); ACL LOG and the audit file have them");
+            info!(target: "redward::audit", count, seconds = over.as_secs_f64(), "ACL denials not logged one by one (burst); ACL LOG and the audit file have them");
         }
     }
 

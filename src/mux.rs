@@ -40,6 +40,9 @@ use crate::upstream::{Connector, UpstreamStream};
 
 /// Bytes read from the shared connection at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// An emptied inbox keeps a buffer up to this size for the next replies; a larger one (left
+/// by a burst) is freed.
+const INBOX_KEEP: usize = 64 * 1024;
 /// Requests queued for the next write beyond which clients wait (and stop reading their own
 /// sockets): Redis not keeping up holds memory here, not without bound.
 const QUEUE_HIGH: usize = 4 * 1024 * 1024;
@@ -159,15 +162,17 @@ impl Handle {
         let mut st = lock(&self.inbox.state);
         if !st.data.is_empty() {
             let n = st.data.len();
-            if let Some(c) = &self.inbox.charge {
-                c.sub(n);
-            }
             if buf.is_empty() {
                 std::mem::swap(buf, &mut st.data);
             } else {
                 buf.extend_from_slice(&st.data);
                 st.data.clear();
             }
+            if st.data.capacity() > INBOX_KEEP {
+                // A burst's buffer is not kept (and counted) while the inbox is empty.
+                st.data = BytesMut::new();
+            }
+            self.inbox.settle(&mut st);
             return Poll::Ready(Taken::Data(n));
         }
         if st.overflow {
@@ -193,10 +198,8 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.inbox.update(|st| {
             st.closed = true;
-            if let Some(c) = &self.inbox.charge {
-                c.sub(st.data.len());
-            }
             st.data = BytesMut::new();
+            self.inbox.settle(st);
         });
     }
 }
@@ -232,7 +235,7 @@ struct Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        let held = lock(&self.state).data.len();
+        let held = lock(&self.state).charged;
         if let Some(c) = &self.charge {
             c.sub(held);
         }
@@ -242,6 +245,8 @@ impl Drop for Inbox {
 #[derive(Debug, Default)]
 struct InboxState {
     data: BytesMut,
+    /// What this inbox has counted toward its client's memory (`data`'s capacity then).
+    charged: usize,
     /// Its client is gone (or going): replies still owed to it are dropped on arrival.
     closed: bool,
     unavailable: u32,
@@ -269,26 +274,30 @@ impl Inbox {
             }
             if self.charge.as_ref().is_some_and(Charge::is_evicted) {
                 // Its client is being disconnected for holding too much: hold no more.
-                if let Some(c) = &self.charge {
-                    c.sub(st.data.len());
-                }
                 st.data = BytesMut::new();
                 st.closed = true;
-                return;
-            }
-            if st.data.len() + bytes.len() > self.limit {
+            } else if st.data.len() + bytes.len() > self.limit {
                 st.overflow = true;
-                if let Some(c) = &self.charge {
-                    c.sub(st.data.len());
-                }
                 st.data = BytesMut::new();
             } else {
                 st.data.extend_from_slice(bytes);
-                if let Some(c) = &self.charge {
-                    c.add(bytes.len());
-                }
             }
+            self.settle(st);
         });
+    }
+
+    /// Brings the client's memory account up to date with what the inbox holds (its
+    /// buffer's capacity: the memory it really takes).
+    fn settle(&self, st: &mut InboxState) {
+        let now = st.data.capacity();
+        if let Some(c) = &self.charge {
+            if now > st.charged {
+                c.add(now - st.charged);
+            } else {
+                c.sub(st.charged - now);
+            }
+        }
+        st.charged = now;
     }
 }
 
@@ -506,6 +515,43 @@ mod tests {
         let mut inflight = VecDeque::new();
         let mut rbuf = BytesMut::from(&b"+OK\r\n"[..]);
         assert!(route(&mut rbuf, &mut ReplyScanner::new(), &mut inflight).is_err());
+    }
+
+    #[test]
+    fn an_inbox_counts_the_memory_it_holds_toward_its_client_and_gives_it_back() {
+        let memory = Arc::new(crate::memory::ClientMemory::new(
+            0,
+            prometheus_client::metrics::gauge::Gauge::default(),
+            prometheus_client::metrics::counter::Counter::default(),
+        ));
+        let account = memory.register();
+        let inbox = Arc::new(Inbox {
+            state: Mutex::new(InboxState::default()),
+            limit: 1 << 24,
+            charge: Some(account.charge()),
+        });
+        let handle = Handle {
+            mux: Arc::new(Mux::default()),
+            inbox: Arc::clone(&inbox),
+        };
+        let chunk = vec![b'x'; 300 * 1024];
+        inbox.deliver(&chunk);
+        inbox.deliver(&chunk);
+        assert!(memory.total() >= 600 * 1024, "{}", memory.total());
+        assert_eq!(memory.total(), account.usage().bytes());
+        let mut buf = BytesMut::from(&b"+OK\r\n"[..]);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert_eq!(
+            handle.poll_take(&mut cx, &mut buf),
+            Poll::Ready(Taken::Data(600 * 1024))
+        );
+        assert_eq!(memory.total(), 0, "a burst's buffer is freed, not kept");
+        inbox.deliver(b"+OK\r\n");
+        drop(handle);
+        assert_eq!(memory.total(), 0, "a departed client's inbox holds nothing");
+        drop(inbox);
+        assert_eq!(memory.total(), 0);
     }
 
     #[test]
