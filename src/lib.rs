@@ -9,6 +9,10 @@
 //! - [`commands`]: Redis's command table (generated), existence and arity like Redis.
 //! - [`auth`]: AUTH and HELLO against redward's users. [`acl`]: users and rules.
 //! - [`upstream`]: connections to Redis, authenticated with redward's own credential.
+//! - [`mux`]: shared upstream connections (many clients' requests in one write).
+//! - [`limits`]: connection caps and rates, login lockout, command rates. [`memory`]: the
+//!   bound on what all clients together buffer. [`throttle`]: log lines an attacker can cause.
+//! - [`proxy_header`]: the PROXY protocol header. [`reload`]: SIGHUP and file changes.
 //! - [`shutdown`]: the signal future.
 
 #![forbid(unsafe_code)]
@@ -242,6 +246,13 @@ impl Server {
                 loop {
                     tick.tick().await;
                     shared.audit.flush_log();
+                    if let Some((count, over)) = shared.memory.log_lines.flush() {
+                        warn!(
+                            count,
+                            seconds = over.as_secs_f64(),
+                            "clients disconnected over limits.max_client_memory, not logged one by one (burst)"
+                        );
+                    }
                     if let Some((count, over)) = shared.refusal_lines.flush() {
                         warn!(
                             count,

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::debug;
 
 /// Own-buffer reports are rounded up to this, so small changes cost nothing.
 const GRAIN: usize = 4096;
@@ -41,6 +41,8 @@ pub struct ClientMemory {
     clients: Mutex<HashMap<u64, Arc<Usage>>>,
     next_id: AtomicU64,
     evicted: Counter,
+    /// Evictions are caused by clients: a few log lines per burst, then a count.
+    pub log_lines: crate::throttle::Throttle,
 }
 
 /// One client's bytes, and the signal that tells it to go.
@@ -80,12 +82,17 @@ impl ClientMemory {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             evicted,
+            log_lines: crate::throttle::Throttle::default(),
         }
     }
 
     /// A new limit (reload); enforced at the next report.
     pub fn set_limit(&self, limit: usize) {
         self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
     }
 
     pub fn total(&self) -> usize {
@@ -156,7 +163,7 @@ impl ClientMemory {
             victim.notify.notify_one();
             self.leaving.fetch_add(bytes, Ordering::Relaxed);
             self.evicted.inc();
-            warn!(
+            debug!(
                 client_bytes = bytes,
                 total = staying,
                 limit,

@@ -384,7 +384,10 @@ where
                 continue;
             }
             () = &mut evicted => {
-                warn!(%peer, held = usage.bytes(), "disconnected: all clients together over limits.max_client_memory, and this one held the most");
+                let memory = &st.shared.memory;
+                if let crate::throttle::Verdict::Log { suppressed } = memory.log_lines.event() {
+                    warn!(%peer, held = usage.bytes(), total = memory.total(), limit = memory.limit(), also_evicted = suppressed, "disconnected: all clients together over limits.max_client_memory, and this one held the most");
+                }
                 break Err(SessionError::ClientMemory);
             }
         };
