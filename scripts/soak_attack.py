@@ -104,15 +104,20 @@ async def partial_proxy_header(ctx: dict, source: str) -> None:
 
     async def once():
         c = await connect(ctx, ctx["proxy_port"], tls=False, source=source)
-        try:
-            await c.send(b"PROXY TCP4 1.2.3.4")
-            closed_after(kind, await wait_closed(c))
-        except OSError:
-            closed_after(kind, 0.0)
-        finally:
-            c.abort()
+        await send_then_hold(kind, c, b"PROXY TCP4 1.2.3.4")
 
     await attacker(kind, 0.2, once)
+
+
+async def send_then_hold(kind: str, c: Conn, data: bytes) -> None:
+    """Sends DATA, then waits for redward to close the connection; counts how it ended."""
+    try:
+        await c.send(data)
+        closed_after(kind, await wait_closed(c))
+    except OSError:
+        closed_after(kind, 0.0)
+    finally:
+        c.abort()
 
 
 def client_hello() -> bytes:
@@ -132,13 +137,7 @@ async def slow_tls_handshake(ctx: dict, rng: random.Random) -> None:
 
     async def once():
         c = await connect(ctx, ctx["main_port"], tls=False)
-        try:
-            await c.send(hello[: rng.choice([0, 1, 5, 11, rng.randrange(len(hello))])])
-            closed_after(kind, await wait_closed(c))
-        except OSError:
-            closed_after(kind, 0.0)
-        finally:
-            c.abort()
+        await send_then_hold(kind, c, hello[: rng.choice([0, 1, 5, 11, rng.randrange(len(hello))])])
 
     await attacker(kind, 0.2, once)
 
