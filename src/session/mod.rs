@@ -194,6 +194,7 @@ where
         while !st.closing
             && !draining
             && !st.pin_wait
+            && !st.handover
             && st.slots.len() < st.live.limits.max_pipeline
             && st.uout.len() < UPSTREAM_OUT_HIGH
         {
@@ -262,6 +263,10 @@ where
         }
 
         st.report_commands();
+        if st.handover {
+            // SYNC/PSYNC went out: from here on the connection is a replication stream.
+            break Ok(());
+        }
         // 2. Replies already read: find their ends and move them, in slot order, to the client.
         if let Err(e) = st.take_replies(&mut scanner, &mut uin) {
             break Err(e);
@@ -430,6 +435,13 @@ where
         }
     };
 
+    if st.handover {
+        if let Conn::Dedicated(upstream) = conn {
+            let result = replicate(client, upstream, &st.uout, &cin, &st.cout, &shutdown).await;
+            st.shared.metrics.upstream_own.dec();
+            return result;
+        }
+    }
     if matches!(conn, Conn::Dedicated(_)) {
         st.shared.metrics.upstream_own.dec();
     }
@@ -453,6 +465,49 @@ where
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.shutdown()).await;
     result
+}
+
+/// Replication through redward (`SYNC`/`PSYNC`, for `redis-cli --rdb`, `--replica` and real
+/// replicas): Redis answers with an RDB payload that is not a RESP reply (`$<len>` without a
+/// trailing CRLF, or the diskless `$EOF:<mark>` form, `replicationSetupSlaveForFullResync`
+/// and `rdbSaveToSlavesSockets` in replication.c), and then streams commands, so the
+/// connection is handed over to a plain byte copy in both directions, as stunnel would do.
+/// What was owed first goes first: the replies before SYNC to the client, SYNC and anything
+/// the client sent after it to Redis. It ends when either side closes or redward shuts down.
+async fn replicate<S>(
+    mut client: S,
+    mut upstream: UpstreamStream,
+    to_upstream: &[u8],
+    after: &[u8],
+    to_client: &[u8],
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    debug!("replication stream: copying bytes both ways");
+    client
+        .write_all(to_client)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    client.flush().await.map_err(SessionError::ClientIo)?;
+    upstream
+        .write_all(to_upstream)
+        .await
+        .map_err(SessionError::UpstreamIo)?;
+    upstream
+        .write_all(after)
+        .await
+        .map_err(SessionError::UpstreamIo)?;
+    upstream.flush().await.map_err(SessionError::UpstreamIo)?;
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok(_) => Ok(()),
+            // Either side may go away; which one is not worth telling apart here.
+            Err(e) => Err(SessionError::ClientIo(e)),
+        },
+        () = shutdown.cancelled() => Ok(()),
+    }
 }
 
 /// Which directions the session wants to make progress in.
@@ -787,6 +842,8 @@ struct State {
     subs: Subscriptions,
     /// (P|S)(UN)SUBSCRIBE requests sent whose confirmations are not all in yet.
     pubsub_pending: u32,
+    /// SYNC/PSYNC was sent: the connection becomes a replication stream ([`replicate`]).
+    handover: bool,
     /// No more requests are read (QUIT, protocol error).
     closing: bool,
     /// Requests forwarded / refused (ACL, rate) on this connection, for the metrics.
@@ -831,6 +888,7 @@ impl State {
             resp3: false,
             subs: Subscriptions::default(),
             pubsub_pending: 0,
+            handover: false,
             closing: false,
             closed: false,
             forwarded: 0,
@@ -1188,6 +1246,19 @@ impl State {
             && req.arg(1).eq_ignore_ascii_case(b"reply")
         {
             self.client_reply(req.arg(2));
+            return Outcome::Done;
+        }
+        if (name.eq_ignore_ascii_case(b"sync") || name.eq_ignore_ascii_case(b"psync"))
+            && conn == ConnKind::Dedicated
+            && !self.in_multi
+        {
+            // Every earlier reply goes to the client first; then the bytes are Redis's.
+            if self.slots.upstream_pending() > 0 {
+                return Outcome::WaitForReplies;
+            }
+            self.release_front();
+            self.forward(req, raw);
+            self.handover = true;
             return Outcome::Done;
         }
         match conn {

@@ -1,0 +1,140 @@
+//! Promise: replication passes through redward for users allowed to run it: after `SYNC` or
+//! `PSYNC` the connection carries Redis's RDB payload (in either form) and then its command
+//! stream, untouched, so `redis-cli --rdb` and a real replica work through redward as they do
+//! through stunnel, while other clients carry on.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_rdb_through_redward_saves_the_whole_dataset() {
+    let redis = Redis::start();
+    let mut admin = redis.admin();
+    for i in 0..500 {
+        redis::cmd("SET")
+            .arg(format!("dump:{i}"))
+            .arg(i)
+            .exec(&mut admin)
+            .unwrap();
+    }
+    let proxy = proxy().start(&redis).await;
+    let canary = Canary::start(&proxy).await;
+    let path = proxy.certs.dir.path().join("dump.rdb");
+    let out = tokio::task::spawn_blocking({
+        let (ca, port, path) = (proxy.certs.ca(), proxy.port(), path.clone());
+        move || {
+            Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(ca)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "--no-auth-warning",
+                ])
+                .args(["--user", APP_USER, "--pass", APP_PASSWORD, "--rdb"])
+                .arg(path)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rdb = std::fs::read(&path).unwrap();
+    assert!(rdb.starts_with(b"REDIS"), "not an RDB file");
+    assert!(rdb.windows(8).any(|w| w == b"dump:499"));
+    canary.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_replica_follows_its_master_through_redward() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--replicaof", "127.0.0.1", &proxy.port().to_string()])
+        .args(["--masteruser", APP_USER, "--masterauth", APP_PASSWORD])
+        .args(["--tls-replication", "yes", "--tls-ca-cert-file"])
+        .arg(proxy.certs.ca())
+        .arg("--tls-cert-file")
+        .arg(proxy.certs.cert())
+        .arg("--tls-key-file")
+        .arg(proxy.certs.key())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut via = proxy
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    let followed = loop {
+        i += 1;
+        let _: () = redis::cmd("SET")
+            .arg("replicated")
+            .arg(i)
+            .query_async(&mut via)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let got: Option<u64> = client
+            .get_connection()
+            .ok()
+            .and_then(|mut c| redis::cmd("GET").arg("replicated").query(&mut c).ok());
+        if got == Some(i) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    let _ = replica.kill();
+    let _ = replica.wait();
+    assert!(followed, "the replica never caught up through redward");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_users_allowed_to_replicate_get_the_stream() {
+    let redis = Redis::start();
+    let proxy = proxy()
+        .user("ro", "on >ropw ~* -@all +get")
+        .start(&redis)
+        .await;
+    let mut ro = proxy.raw().await;
+    ro.send(
+        &[
+            cmd(&["AUTH", "ro", "ropw"]),
+            cmd(&["SYNC"]),
+            cmd(&["PSYNC", "?", "-1"]),
+            cmd(&["GET", "k"]),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8(ro.replies(4).await).unwrap(),
+        "+OK\r\n-NOPERM this user has no permissions to run the 'sync' command\r\n\
+         -NOPERM this user has no permissions to run the 'psync' command\r\n$-1\r\n"
+    );
+}
