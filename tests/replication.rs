@@ -138,3 +138,69 @@ async fn only_users_allowed_to_replicate_get_the_stream() {
          -NOPERM this user has no permissions to run the 'psync' command\r\n$-1\r\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_replica_through_redward_shows_the_command_stream() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut cli = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(proxy.certs.ca())
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port().to_string(),
+            "--no-auth-warning",
+        ])
+        .args(["--user", APP_USER, "--pass", APP_PASSWORD, "--replica"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // redis-cli prints the replication stream one command a line until it is killed.
+    let stdout = cli.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut via = proxy
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    let mut seen = Vec::new();
+    let streamed = 'wait: loop {
+        i += 1;
+        let _: () = redis::cmd("SET")
+            .arg("streamed")
+            .arg(format!("value-{i}"))
+            .query_async(&mut via)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(line) = rx.try_recv() {
+            if line.contains("\"SET\",\"streamed\"") {
+                break 'wait true;
+            }
+            seen.push(line);
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    let _ = cli.kill();
+    let _ = cli.wait();
+    assert!(streamed, "no SET in the stream: {seen:?}");
+}
