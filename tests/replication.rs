@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// `redis-cli --tls` to redward on `port`, logged in as `app`.
+fn redis_cli_as_app(ca: &std::path::Path, port: u16) -> Command {
+    let mut cli = Command::new("redis-cli");
+    cli.args(["--tls", "--cacert"])
+        .arg(ca)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--no-auth-warning",
+        ])
+        .args(["--user", APP_USER, "--pass", APP_PASSWORD]);
+    cli
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cli_rdb_through_redward_saves_the_whole_dataset() {
     let redis = Redis::start();
@@ -27,17 +43,8 @@ async fn redis_cli_rdb_through_redward_saves_the_whole_dataset() {
     let out = tokio::task::spawn_blocking({
         let (ca, port, path) = (proxy.certs.ca(), proxy.port(), path.clone());
         move || {
-            Command::new("redis-cli")
-                .args(["--tls", "--cacert"])
-                .arg(ca)
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "--no-auth-warning",
-                ])
-                .args(["--user", APP_USER, "--pass", APP_PASSWORD, "--rdb"])
+            redis_cli_as_app(&ca, port)
+                .arg("--rdb")
                 .arg(path)
                 .stdin(Stdio::null())
                 .output()
@@ -143,17 +150,8 @@ async fn only_users_allowed_to_replicate_get_the_stream() {
 async fn redis_cli_replica_through_redward_shows_the_command_stream() {
     let redis = Redis::start();
     let proxy = proxy().start(&redis).await;
-    let mut cli = Command::new("redis-cli")
-        .args(["--tls", "--cacert"])
-        .arg(proxy.certs.ca())
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &proxy.port().to_string(),
-            "--no-auth-warning",
-        ])
-        .args(["--user", APP_USER, "--pass", APP_PASSWORD, "--replica"])
+    let mut cli = redis_cli_as_app(&proxy.certs.ca(), proxy.port())
+        .arg("--replica")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -1,0 +1,342 @@
+//! The reply path: what each forwarded request is owed (reply counts, (un)subscribe
+//! confirmations), and moving Redis's replies and redward's own to the client in request
+//! order, following pub/sub, MONITOR, HELLO and RESET as they go by.
+
+use super::*;
+
+/// Counts of subscriptions Redis holds for this connection, as its confirmations report them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Subscriptions {
+    channels: i64,
+    patterns: i64,
+    shard: i64,
+    /// channels + patterns as last reported (Redis's count in (P)SUBSCRIBE confirmations).
+    last_total: i64,
+}
+
+impl Subscriptions {
+    pub(super) fn any(&self) -> bool {
+        self.channels + self.patterns + self.shard > 0
+    }
+
+    /// Learns from a confirmation: its count is the new total for its family group.
+    pub(super) fn observe(&mut self, kind: PubSub, count: Option<i64>) {
+        let Some(count) = count else { return };
+        match kind {
+            PubSub::Subscribe | PubSub::Unsubscribe => {
+                self.channels = (self.channels + count - self.last_total).max(0);
+                self.last_total = count;
+            }
+            PubSub::PSubscribe | PubSub::PUnsubscribe => {
+                self.patterns = (self.patterns + count - self.last_total).max(0);
+                self.last_total = count;
+            }
+            PubSub::SSubscribe | PubSub::SUnsubscribe => self.shard = count.max(0),
+            _ => {}
+        }
+    }
+
+    pub(super) fn count(&self, family: Family) -> i64 {
+        match family {
+            Family::Channel => self.channels,
+            Family::Pattern => self.patterns,
+            Family::Shard => self.shard,
+        }
+    }
+}
+
+pub(super) fn confirmation_family(kind: PubSub) -> Option<Family> {
+    match kind {
+        PubSub::Subscribe | PubSub::Unsubscribe => Some(Family::Channel),
+        PubSub::PSubscribe | PubSub::PUnsubscribe => Some(Family::Pattern),
+        PubSub::SSubscribe | PubSub::SUnsubscribe => Some(Family::Shard),
+        _ => None,
+    }
+}
+
+impl State {
+    pub(super) fn expect(&mut self, expect: Expect, hook: Hook, forward: bool) {
+        if matches!(expect, Expect::Replies(0) | Expect::Confirms(_, 0)) {
+            return;
+        }
+        if self.monitor {
+            // Monitor lines and replies cannot be told apart; pass everything through.
+            return;
+        }
+        if hook == Hook::PubSub {
+            self.pubsub_pending += 1;
+        }
+        let sent = self.now();
+        self.slots.push(Slot::Upstream {
+            expect,
+            forward,
+            hook,
+            sent,
+        });
+    }
+
+    /// How many replies Redis owes for a forwarded request, following the commands that change
+    /// that count ((UN)SUBSCRIBE family, MONITOR) and MULTI queueing.
+    pub(super) fn expectation(&mut self, req: &Request<'_>) -> (Expect, Hook) {
+        let name = req.name();
+        let argc = req.argc();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if self.in_multi {
+            if is(b"exec") || is(b"discard") {
+                self.in_multi = false;
+                self.multi_dirty = false;
+            }
+            return (Expect::Replies(1), Hook::None);
+        }
+        if is(b"multi") {
+            self.in_multi = argc == 1;
+            self.multi_dirty = false;
+            return (Expect::Replies(1), Hook::None);
+        }
+        if is(b"monitor") && argc == 1 {
+            return (Expect::Replies(1), Hook::Monitor);
+        }
+        let family = if is(b"subscribe") || is(b"unsubscribe") {
+            Some(Family::Channel)
+        } else if is(b"psubscribe") || is(b"punsubscribe") {
+            Some(Family::Pattern)
+        } else if is(b"ssubscribe") || is(b"sunsubscribe") {
+            Some(Family::Shard)
+        } else {
+            None
+        };
+        if let Some(family) = family {
+            let unsubscribe = name.len() > 2
+                && (name
+                    .get(..5)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"unsub"))
+                    || name
+                        .get(1..6)
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"unsub")));
+            let n = u32::try_from(argc.saturating_sub(1)).unwrap_or(u32::MAX);
+            if unsubscribe && n == 0 {
+                return (Expect::UnsubscribeAll(family), Hook::PubSub);
+            }
+            if n > 0 {
+                return (Expect::Confirms(family, n), Hook::PubSub);
+            }
+        }
+        (Expect::Replies(1), Hook::None)
+    }
+
+    /// Moves complete (or streaming) replies from `uin` to the client, in slot order.
+    pub(super) fn take_replies(
+        &mut self,
+        scanner: &mut ReplyScanner,
+        uin: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        loop {
+            self.release_front();
+            if self.closed || uin.is_empty() || self.cout.len() >= self.client_out_cap() {
+                return Ok(());
+            }
+            let step = scanner.advance(uin)?;
+            let (consumed, info) = match step {
+                Step::Partial { consumed } => (consumed, None),
+                Step::Complete { consumed, info } => (consumed, Some(info)),
+            };
+            let kind = info.map(|i| i.kind).or(scanner.current_kind());
+            // CLIENT REPLY OFF/SKIP silences replies, not pushes: RESP3 pushes, and the
+            // (un)subscribe confirmations Redis sends as pushes in RESP2 too (`CLIENT_PUSHING`
+            // in networking.c's `prepareClientToWrite`), always reach the client.
+            let swallow = kind != Some(b'>')
+                && match self.slots.front() {
+                    Some(Slot::Upstream {
+                        forward: false,
+                        expect,
+                        ..
+                    }) => {
+                        !(kind == Some(b'*')
+                            && matches!(expect, Expect::Confirms(..) | Expect::UnsubscribeAll(_)))
+                    }
+                    _ => false,
+                };
+            if !swallow {
+                self.cout
+                    .extend_from_slice(uin.get(..consumed).unwrap_or(&[]));
+            }
+            uin.advance(consumed);
+            match info {
+                Some(info) => self.on_reply(info)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Accounts one complete top-level frame from Redis against the slots.
+    pub(super) fn on_reply(&mut self, info: FrameInfo) -> Result<(), SessionError> {
+        if self.monitor {
+            // Monitor lines answer no request; only RESET's own reply ends the mode.
+            let reset_reply = info.kind == b'+' && info.head.as_bytes() == Some(&b"RESET"[..]);
+            let reset_front = matches!(
+                self.slots.front(),
+                Some(Slot::Upstream {
+                    hook: Hook::Reset,
+                    ..
+                })
+            );
+            if !(reset_reply && reset_front) {
+                return Ok(());
+            }
+        }
+        let pubsub = info.pubsub();
+        if let Some(kind) = pubsub {
+            if confirmation_family(kind).is_some() {
+                self.subs.observe(kind, info.count);
+            }
+        }
+        let confirms_front = |slots: &Slots, fam: Option<Family>| match (slots.front(), fam) {
+            (
+                Some(Slot::Upstream {
+                    expect: Expect::Confirms(f, _),
+                    ..
+                }),
+                Some(fam),
+            ) => *f == fam,
+            _ => false,
+        };
+        let family = pubsub.and_then(confirmation_family);
+        if info.is_push() {
+            // RESP3 pushes answer no request, except (un)subscribe confirmations, which
+            // belong to the (un)subscribe request at the front.
+            if !confirms_front(&self.slots, family) {
+                return Ok(());
+            }
+        } else if !self.resp3 && self.subs.any() && pubsub.is_some_and(PubSub::is_message) {
+            return Ok(()); // a RESP2 pub/sub message
+        }
+        let Some(Slot::Upstream {
+            expect,
+            hook,
+            sent,
+            forward,
+        }) = self.slots.front_mut()
+        else {
+            return Err(SessionError::UnexpectedReply);
+        };
+        let done = match expect {
+            Expect::Replies(n) | Expect::Confirms(_, n) => {
+                if info.is_error() {
+                    true
+                } else {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                }
+            }
+            Expect::UnsubscribeAll(_) => true, // resolved in release_front; unreachable
+        };
+        if !done {
+            return Ok(());
+        }
+        let (hook, sent, forward) = (*hook, *sent, *forward);
+        // The latency histogram samples one reply in eight: enough for its quantiles, and
+        // cheaper than an observation (a float CAS loop) per request.
+        if forward && self.completed.is_multiple_of(8) {
+            let took = self.now().saturating_duration_since(sent);
+            self.shared
+                .metrics
+                .request_duration
+                .observe(took.as_secs_f64());
+        }
+        self.completed = self.completed.wrapping_add(1);
+        self.slots.pop();
+        match hook {
+            Hook::None => {}
+            Hook::Hello => match info.kind {
+                b'%' => self.resp3 = true,
+                b'*' => self.resp3 = false,
+                _ => {}
+            },
+            Hook::Reset => {
+                if !info.is_error() {
+                    self.resp3 = false;
+                    self.monitor = false;
+                    self.subs = Subscriptions::default();
+                }
+            }
+            Hook::Monitor => {
+                if !info.is_error() {
+                    self.monitor = true;
+                }
+            }
+            Hook::UpstreamAuth => {
+                if info.is_error() {
+                    return Err(SessionError::UpstreamReauth);
+                }
+            }
+            Hook::PubSub => self.pubsub_pending = self.pubsub_pending.saturating_sub(1),
+        }
+        Ok(())
+    }
+
+    /// Writes every local reply now at the front and resolves an UNSUBSCRIBE-all that reached
+    /// the front (all earlier confirmations have been seen, so the count is Redis's).
+    pub(super) fn release_front(&mut self) {
+        loop {
+            match self.slots.front_mut() {
+                Some(Slot::Local(_)) => {
+                    if let Some(Slot::Local(bytes)) = self.slots.pop() {
+                        self.cout.extend_from_slice(&bytes);
+                    }
+                }
+                Some(Slot::LocalProto { .. }) => {
+                    if let Some(Slot::LocalProto { resp2, resp3 }) = self.slots.pop() {
+                        self.cout
+                            .extend_from_slice(if self.resp3 { &resp3 } else { &resp2 });
+                    }
+                }
+                Some(Slot::Close) => {
+                    self.slots.pop();
+                    self.closed = true;
+                    return;
+                }
+                Some(Slot::Upstream { expect, .. }) => {
+                    if let Expect::UnsubscribeAll(family) = *expect {
+                        let n = self.subs.count(family).max(1);
+                        *expect = Expect::Confirms(family, u32::try_from(n).unwrap_or(u32::MAX));
+                    }
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// The shared connection could not be opened: the `n` oldest requests owed by Redis were
+    /// never sent, and are answered as a failed connect of a client's own would be.
+    pub(super) fn shared_unavailable(&mut self, n: u32) {
+        // The connect error is counted once, by the shared connection's task.
+        let unavailable = Bytes::from_static(replies::UPSTREAM_UNAVAILABLE);
+        self.slots.fail_upstream(n, &unavailable);
+    }
+
+    /// The upstream failed: every request still waiting gets an error (unless a reply was cut
+    /// in half, which cannot be repaired), then the client connection closes.
+    pub(super) fn upstream_failed(
+        &mut self,
+        scanner: &ReplyScanner,
+        error: SessionError,
+    ) -> Result<(), SessionError> {
+        if !scanner.in_frame() {
+            for slot in self.slots.drain() {
+                match slot {
+                    Slot::Local(bytes) => self.cout.extend_from_slice(&bytes),
+                    Slot::LocalProto { resp2, resp3 } => self
+                        .cout
+                        .extend_from_slice(if self.resp3 { &resp3 } else { &resp2 }),
+                    Slot::Upstream { forward: true, .. } => {
+                        self.cout.extend_from_slice(replies::UPSTREAM_LOST)
+                    }
+                    Slot::Upstream { .. } => {}
+                    Slot::Close => break,
+                }
+            }
+        }
+        Err(error)
+    }
+}
