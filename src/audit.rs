@@ -74,7 +74,7 @@ pub struct LogEntry {
     pub context: &'static str,
     pub object: String,
     pub username: String,
-    pub created: SystemTime,
+    /// When it last happened (`ctime` in acl.c): ACL LOG's age and grouping count from it.
     pub updated: SystemTime,
     pub client_info: String,
 }
@@ -206,7 +206,6 @@ impl Audit {
             context: ev.context,
             object: ev.object.clone(),
             username: ev.username.clone(),
-            created: now,
             updated: now,
             client_info: client_info(ev),
         });
