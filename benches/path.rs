@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use redward::session::{Offline, Shared};
+use redward::session::Offline;
+use redward::shared::Shared;
 
 const DEPTH: usize = 16;
 
@@ -78,15 +79,9 @@ fn world() -> World {
 }
 
 fn session(w: &World, user: &str) -> Offline {
-    let user = w
-        .shared
-        .live
-        .load()
-        .users
-        .get(user.as_bytes())
-        .cloned()
+    let login = redward::auth::authenticate(&w.shared.live.load().users, user.as_bytes(), b"pw")
         .expect("user");
-    Offline::new(Arc::clone(&w.shared), user)
+    Offline::new(Arc::clone(&w.shared), login)
 }
 
 /// One pipeline through a session; returns the client bytes' length.

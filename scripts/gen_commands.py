@@ -159,6 +159,24 @@ def pairs(flat):
     return dict(zip(flat[0::2], flat[1::2]))
 
 
+# redward's own property, not Redis's: commands that give the connection state Redis keeps
+# per client (the `client` struct in server.h: transaction, watched keys, database, protocol,
+# name, tracking, subscriptions, monitor, replication, cluster flags), or that must not wait
+# behind another client's busy script (SCRIPT, FUNCTION, SHUTDOWN: `SCRIPT KILL` is how a busy
+# Redis is freed). Redis's COMMAND has no flag for this (PING and ASKING carry the same
+# flags and categories), so the generator marks them; a whole container's subcommands
+# inherit the mark. Blocking and module commands get it from their own flags. Commands
+# learned at run time are marked by a conservative rule from their flags and categories
+# (src/commands/discover.rs). Routing reads only the bit (src/session/route.rs).
+OWN_CONNECTION = {
+    "multi", "exec", "discard", "watch", "unwatch", "select", "hello", "reset",
+    "client", "subscribe", "psubscribe", "ssubscribe", "unsubscribe",
+    "punsubscribe", "sunsubscribe", "monitor", "sync", "psync", "replconf",
+    "readonly", "readwrite", "asking", "wait", "waitaof", "script", "function",
+    "shutdown",
+}
+
+
 def bits(names, table, what):
     out = []
     for n in names:
@@ -210,6 +228,14 @@ def key_spec(ks):
         bits(m["flags"], KEY_SPEC_FLAGS, "key spec flag"), b, f)
 
 
+def command_flags(name, flags):
+    out = bits(flags, COMMAND_FLAGS, "command flag")
+    base = name.lower().split("|", 1)[0]
+    if base in OWN_CONNECTION or "blocking" in flags or "module" in flags:
+        out = "FLAG_OWN_CONNECTION" if out == "0" else out + " | FLAG_OWN_CONNECTION"
+    return out
+
+
 def emit(cmd, ind, out, counts, depth=0):
     (name, arity, flags, first, last, step, cats, _tips, specs, subs) = cmd
     p = " " * ind
@@ -217,7 +243,7 @@ def emit(cmd, ind, out, counts, depth=0):
     out.append(p + "CommandSpec {")
     out.append(p + "    name: %s," % rust_str(name.lower()))
     out.append(p + "    arity: %d," % arity)
-    out.append(p + "    flags: %s," % bits(flags, COMMAND_FLAGS, "command flag"))
+    out.append(p + "    flags: %s," % command_flags(name, flags))
     out.append(p + "    categories: %s," % cat_bits(cats))
     out.append(p + "    first_key: %d," % first)
     out.append(p + "    last_key: %d," % last)

@@ -14,11 +14,47 @@ use crate::config::Users;
 use crate::resp::replies;
 use crate::resp::request::{string2ll, Request};
 
+/// Proof that a connection is logged in as a user, the way rustls hands out a verified
+/// certificate only from its verifier: only this module makes one (a password checked by
+/// [`authenticate`], the `default` user being `nopass`, or a reload renewing an earlier
+/// proof) and the listener, after rustls verified a client certificate that names the user.
+/// A session holds an `Option<LoggedIn>`, so "logged in" cannot be claimed anywhere else.
+#[derive(Debug, Clone)]
+pub struct LoggedIn(Arc<User>);
+
+impl LoggedIn {
+    pub fn user(&self) -> &Arc<User> {
+        &self.0
+    }
+
+    /// Every connection starts logged in as `default` when it is `nopass` and enabled, as in
+    /// Redis (`createClient` in networking.c: `DefaultUser` with `USER_FLAG_NOPASS` means
+    /// `c->authenticated`).
+    pub fn implicit(users: &Users) -> Option<LoggedIn> {
+        users.implicit_default().cloned().map(LoggedIn)
+    }
+
+    /// A client certificate that rustls verified names this enabled user (mTLS login, as
+    /// Redis 8's `tls-auth-clients-user`).
+    pub(crate) fn by_certificate(user: Arc<User>) -> LoggedIn {
+        LoggedIn(user)
+    }
+
+    /// After a reload: the same user with its new rules, or `None` when it was removed or
+    /// disabled (Redis disconnects such clients: `ACLKillPubsubClientsIfNeeded` and friends).
+    pub fn renewed(&self, users: &Users) -> Option<LoggedIn> {
+        users
+            .get(self.0.name.as_bytes())
+            .filter(|u| u.enabled)
+            .map(|u| LoggedIn(Arc::clone(u)))
+    }
+}
+
 /// What an AUTH request did.
 #[derive(Debug)]
 pub enum AuthOutcome {
     /// Logged in as this user; reply `+OK`.
-    LoggedIn(Arc<User>),
+    LoggedIn(LoggedIn),
     /// Refused with this reply (the connection's login state is unchanged).
     Refused {
         reply: Bytes,
@@ -56,9 +92,10 @@ pub fn auth(users: &Users, req: &Request<'_>) -> AuthOutcome {
 }
 
 /// Redis's `ACLAuthenticateUser`: the user must exist, be `on`, and the password must match.
-pub fn authenticate(users: &Users, name: &[u8], password: &[u8]) -> Option<Arc<User>> {
+pub fn authenticate(users: &Users, name: &[u8], password: &[u8]) -> Option<LoggedIn> {
     let user = users.get(name)?;
-    user.check_password(password).then(|| Arc::clone(user))
+    user.check_password(password)
+        .then(|| LoggedIn(Arc::clone(user)))
 }
 
 /// What a HELLO request did.
@@ -66,7 +103,7 @@ pub fn authenticate(users: &Users, name: &[u8], password: &[u8]) -> Option<Arc<U
 pub struct HelloOutcome<'a> {
     /// Set when an AUTH option logged the client in (even if a later option then failed, as
     /// in Redis, which applies options in order).
-    pub login: Option<Arc<User>>,
+    pub login: Option<LoggedIn>,
     /// A failed AUTH option's user name, for the audit log.
     pub failed_user: Option<String>,
     /// `Ok`: forward HELLO to Redis as `HELLO [version] [SETNAME name]`, without the AUTH

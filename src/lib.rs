@@ -23,6 +23,7 @@ pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
@@ -30,11 +31,13 @@ pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod mux;
+pub mod net_io;
 pub mod notify;
 pub mod proxy_header;
 pub mod reload;
 pub mod resp;
 pub mod session;
+pub mod shared;
 pub mod shutdown;
 pub mod stunnel;
 pub mod throttle;
@@ -122,7 +125,7 @@ pub struct Server {
     listeners: Vec<listener::Listener>,
     admin: Option<(TcpListener, Arc<admin::Admin>)>,
     reloader: reload::Reloader,
-    shared: Arc<session::Shared>,
+    shared: Arc<shared::Shared>,
     grace: std::time::Duration,
 }
 
@@ -189,7 +192,7 @@ impl Server {
         };
         let pool = (cfg.upstream.shared_connections > 0)
             .then(|| mux::Pool::start(cfg.upstream.shared_connections, &connector, &metrics));
-        let shared = session::Shared::new(cfg, connector, pool, audit, Arc::clone(&metrics));
+        let shared = shared::Shared::new(cfg, connector, pool, audit, Arc::clone(&metrics));
         let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);
         Ok(Server {
             listeners,

@@ -30,7 +30,8 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::config::{ClientAuth, ClientIdentity, ListenerConfig, ProxyProtocol};
 use crate::limits::{ConnGuard, Refused};
 use crate::proxy_header;
-use crate::session::{self, Shared};
+use crate::session;
+use crate::shared::Shared;
 use crate::throttle::Verdict;
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin a core.
@@ -249,7 +250,7 @@ fn certificate_user(
     stream: &tokio_rustls::server::TlsStream<TcpStream>,
     field: ClientIdentity,
     shared: &Shared,
-) -> Option<Arc<crate::acl::User>> {
+) -> Option<crate::auth::LoggedIn> {
     let cert = stream.get_ref().1.peer_certificates()?.first()?;
     let name = crate::tls::client_identity(cert, field)?;
     let user = shared
@@ -260,7 +261,7 @@ fn certificate_user(
         .filter(|u| u.enabled)
         .cloned();
     debug!(identity = %name, found = user.is_some(), "client certificate identity");
-    user
+    user.map(crate::auth::LoggedIn::by_certificate)
 }
 
 /// Why a client certificate was refused, when the handshake failed over one: an operator can
@@ -338,9 +339,9 @@ async fn handle(
     };
     match result {
         Ok(()) => debug!(%peer, "connection closed"),
-        Err(e) if e.is_upstream() => {
-            error!(%peer, error = %e, "connection closed: upstream failure")
-        }
-        Err(e) => debug!(%peer, error = %e, "connection closed"),
+        Err(e) => match e.side() {
+            crate::fault::Side::Client => debug!(%peer, error = %e, "connection closed"),
+            side => error!(%peer, %side, error = %e, "connection closed: {side} failure"),
+        },
     }
 }

@@ -9,7 +9,7 @@
 //! Which clients share: a client starts on a shared connection and stays there while it only
 //! sends commands whose meaning does not depend on the connection. The first command that gives
 //! the connection state (MULTI, WATCH, SELECT, HELLO, CLIENT, blocking commands, pub/sub,
-//! MONITOR, module commands: `session::needs_own_connection`) moves it, once its shared replies
+//! MONITOR, module commands: see `session::route`) moves it, once its shared replies
 //! are in, to a connection of its own for the rest of its life. So nothing a client can observe
 //! through its own connection changes.
 //!
@@ -411,7 +411,7 @@ fn poll_io(
     needs_flush: &mut bool,
 ) -> Poll<Event> {
     if !wbuf.is_empty() || *needs_flush {
-        if let Poll::Ready(r) = crate::session::poll_write_out(cx, stream, wbuf, needs_flush) {
+        if let Poll::Ready(r) = crate::net_io::poll_write_out(cx, stream, wbuf, needs_flush) {
             return Poll::Ready(Event::Wrote(r));
         }
     }

@@ -26,24 +26,10 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::listener::ListenerSettings;
-use crate::session::{Live, Shared};
+use crate::shared::Shared;
 
 /// How often watched files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The reloadable part of a configuration.
-pub fn live(cfg: &Config, generation: u64) -> Live {
-    Live {
-        users: cfg.users.clone(),
-        limits: cfg.limits,
-        command_rates: cfg
-            .command_rates
-            .iter()
-            .map(|(name, rate)| (name.clone(), Arc::new(crate::limits::command_rate(*rate))))
-            .collect(),
-        generation,
-    }
-}
 
 #[derive(Clone)]
 pub struct Reloader {
@@ -213,14 +199,8 @@ impl Reloader {
         for (slot, settings) in updates {
             slot.store(Arc::new(settings));
         }
-        let shared = &self.inner.shared;
-        shared.limiter.update(cfg.connection_limits);
-        shared.memory.set_limit(cfg.limits.max_client_memory);
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        shared.live.store(Arc::new(live(&cfg, generation)));
-        // Published after the new configuration, so a session that sees the new number
-        // also sees what it numbers.
-        shared.generation.store(generation, Ordering::Release);
+        self.inner.shared.publish(&cfg, generation);
         info!(
             generation,
             users = cfg.users.len(),

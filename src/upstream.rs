@@ -37,6 +37,20 @@ pub enum UpstreamError {
     ClosedDuringAuth,
 }
 
+impl UpstreamError {
+    /// Always the upstream's side (redward's own credential refused included: the operator
+    /// fixes that on the Redis side or in `upstream.*`).
+    pub fn side(&self) -> crate::fault::Side {
+        crate::fault::Side::Upstream
+    }
+
+    /// What the client whose request needed the connection is told: Redis's own retryable
+    /// wording, never the detail (addresses, Redis's AUTH error), which goes to the log.
+    pub fn client_reply(&self) -> &'static [u8] {
+        crate::resp::replies::UPSTREAM_UNAVAILABLE
+    }
+}
+
 /// Opens upstream connections.
 #[derive(Clone)]
 pub struct Connector {

@@ -8,7 +8,11 @@
 
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::{BeginSearch, CommandSpec, FindKeys, KeySpec, CATEGORIES, KS_ACCESS, KS_RW, KS_UPDATE};
+use super::{
+    BeginSearch, CommandSpec, FindKeys, KeySpec, CATEGORIES, CAT_CONNECTION, CAT_TRANSACTION,
+    FLAG_ADMIN, FLAG_ALLOW_BUSY, FLAG_BLOCKING, FLAG_MODULE, FLAG_NOSCRIPT, FLAG_NO_MULTI,
+    FLAG_OWN_CONNECTION, FLAG_PUBSUB, KS_ACCESS, KS_RW, KS_UPDATE,
+};
 
 /// Parses a `COMMAND` reply (RESP2) into specs for the commands `known` does not have.
 pub fn unknown_commands(reply: &OwnedFrame, known: impl Fn(&str) -> bool) -> Vec<CommandSpec> {
@@ -51,6 +55,7 @@ fn spec(entry: &OwnedFrame) -> Option<CommandSpec> {
             }
         }
     }
+    flags |= own_connection(flags, categories);
     let key_specs: &'static [KeySpec] = if first > 0 {
         Box::leak(Box::new([KeySpec {
             flags: KS_RW | KS_ACCESS | KS_UPDATE,
@@ -75,6 +80,25 @@ fn spec(entry: &OwnedFrame) -> Option<CommandSpec> {
         key_specs,
         subcommands: &[],
     })
+}
+
+/// [`FLAG_OWN_CONNECTION`] for a command learned from the server, from its flags and ACL
+/// categories alone: the generated table marks the known commands one by one, and a newer
+/// server's command may keep per-client state in ways no flag says. So the rule errs on the
+/// side of a connection of the client's own (always correct, merely not shared): commands in
+/// `@connection` or `@transaction` (WAITAOF, CLIENT-like commands), blocking and module
+/// commands, commands Redis refuses inside MULTI or allows while a script is busy, subscribe
+/// commands (`pubsub` + `noscript`), and admin commands scripts may not run (MONITOR-like).
+pub fn own_connection(flags: u32, categories: u32) -> u32 {
+    let own = categories & (CAT_CONNECTION | CAT_TRANSACTION) != 0
+        || flags & (FLAG_BLOCKING | FLAG_MODULE | FLAG_NO_MULTI | FLAG_ALLOW_BUSY) != 0
+        || flags & (FLAG_PUBSUB | FLAG_NOSCRIPT) == FLAG_PUBSUB | FLAG_NOSCRIPT
+        || flags & (FLAG_ADMIN | FLAG_NOSCRIPT) == FLAG_ADMIN | FLAG_NOSCRIPT;
+    if own {
+        FLAG_OWN_CONNECTION
+    } else {
+        0
+    }
 }
 
 /// A flag name as Redis's `COMMAND` writes it (`commandAddReply` / `addReplyCommandFlags`
@@ -146,6 +170,44 @@ mod tests {
         let flags = learned.first().map(|s| s.flags).unwrap_or(0);
         assert_ne!(flags & crate::commands::FLAG_BLOCKING, 0);
         assert_ne!(flags & crate::commands::FLAG_MODULE, 0);
+    }
+
+    /// Routing follows the learned command's properties, not its name: Redis 7.2's WAITAOF
+    /// (`noscript`, `@slow @connection`) moves the client to its own connection; Redis 7.4's
+    /// HEXPIRE (`write fast`, `@write @hash @fast`) rides the shared one.
+    #[test]
+    fn a_learned_command_routes_by_its_flags_and_categories() {
+        let entry = |name: &str, flags: &[&str], cats: &[&str]| {
+            let words = |w: &[&str]| {
+                OwnedFrame::Array(
+                    w.iter()
+                        .map(|f| OwnedFrame::SimpleString(f.as_bytes().to_vec()))
+                        .collect(),
+                )
+            };
+            OwnedFrame::Array(vec![
+                bulk(name),
+                OwnedFrame::Integer(-4),
+                words(flags),
+                OwnedFrame::Integer(0),
+                OwnedFrame::Integer(0),
+                OwnedFrame::Integer(0),
+                words(cats),
+            ])
+        };
+        let reply = OwnedFrame::Array(vec![
+            entry("waitaof", &["noscript"], &["@slow", "@connection"]),
+            entry("hexpire", &["write", "fast"], &["@write", "@hash", "@fast"]),
+        ]);
+        let learned = unknown_commands(&reply, |_| false);
+        let own = |name: &str| {
+            learned
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.flags & FLAG_OWN_CONNECTION != 0)
+        };
+        assert_eq!(own("waitaof"), Some(true));
+        assert_eq!(own("hexpire"), Some(false));
     }
 
     fn bulk(s: &str) -> OwnedFrame {

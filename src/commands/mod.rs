@@ -164,6 +164,13 @@ pub const FLAG_NO_MULTI: u32 = 1 << 17;
 pub const FLAG_MOVABLEKEYS: u32 = 1 << 18;
 pub const FLAG_ALLOW_BUSY: u32 = 1 << 19;
 pub const FLAG_NO_ASYNC_LOADING: u32 = 1 << 20;
+/// redward's own property, not a Redis flag: the command must run on the client's own
+/// upstream connection, because it gives the connection state Redis keeps per client
+/// (transaction, database, protocol, name, subscriptions, MONITOR, replication, ...), may hold
+/// the connection (blocking commands, module commands), or must not wait behind another
+/// client's busy script (SCRIPT, FUNCTION, SHUTDOWN). Set by `scripts/gen_commands.py` in the
+/// generated table and by [`discover::own_connection`] for commands learned at run time.
+pub const FLAG_OWN_CONNECTION: u32 = 1 << 31;
 
 // Key spec flags: server.c addReplyFlagsForKeyArgs.
 pub const KS_RO: u32 = 1 << 0;

@@ -184,7 +184,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "asking",
         arity: 1,
-        flags: FLAG_FAST,
+        flags: FLAG_FAST | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_CONNECTION,
         first_key: 0,
         last_key: 0,
@@ -295,7 +295,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "blmove",
         arity: 6,
-        flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT | FLAG_BLOCKING,
+        flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_LIST | CAT_SLOW | CAT_BLOCKING,
         first_key: 1,
         last_key: 2,
@@ -309,7 +309,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "blmpop",
         arity: -5,
-        flags: FLAG_WRITE | FLAG_BLOCKING | FLAG_MOVABLEKEYS,
+        flags: FLAG_WRITE | FLAG_BLOCKING | FLAG_MOVABLEKEYS | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_LIST | CAT_SLOW | CAT_BLOCKING,
         first_key: 0,
         last_key: 0,
@@ -320,7 +320,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "blpop",
         arity: -3,
-        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING,
+        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_LIST | CAT_SLOW | CAT_BLOCKING,
         first_key: 1,
         last_key: -2,
@@ -331,7 +331,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "brpop",
         arity: -3,
-        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING,
+        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_LIST | CAT_SLOW | CAT_BLOCKING,
         first_key: 1,
         last_key: -2,
@@ -342,7 +342,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "brpoplpush",
         arity: 4,
-        flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT | FLAG_BLOCKING,
+        flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_LIST | CAT_SLOW | CAT_BLOCKING,
         first_key: 1,
         last_key: 2,
@@ -356,7 +356,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "bzmpop",
         arity: -5,
-        flags: FLAG_WRITE | FLAG_BLOCKING | FLAG_MOVABLEKEYS,
+        flags: FLAG_WRITE | FLAG_BLOCKING | FLAG_MOVABLEKEYS | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_SORTEDSET | CAT_SLOW | CAT_BLOCKING,
         first_key: 0,
         last_key: 0,
@@ -367,7 +367,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "bzpopmax",
         arity: -3,
-        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_FAST,
+        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_FAST | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_SORTEDSET | CAT_FAST | CAT_BLOCKING,
         first_key: 1,
         last_key: -2,
@@ -378,7 +378,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "bzpopmin",
         arity: -3,
-        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_FAST,
+        flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_BLOCKING | FLAG_FAST | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_SORTEDSET | CAT_FAST | CAT_BLOCKING,
         first_key: 1,
         last_key: -2,
@@ -389,7 +389,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "client",
         arity: -2,
-        flags: 0,
+        flags: FLAG_OWN_CONNECTION,
         categories: CAT_SLOW,
         first_key: 0,
         last_key: 0,
@@ -399,7 +399,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|caching",
                 arity: 3,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -410,7 +410,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|getname",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -421,7 +421,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|getredir",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -432,7 +432,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|help",
                 arity: 2,
-                flags: FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -443,7 +443,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|id",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -454,7 +454,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|info",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -465,7 +465,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|kill",
                 arity: -3,
-                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -476,7 +476,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|list",
                 arity: -2,
-                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -487,7 +487,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|no-evict",
                 arity: 3,
-                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -498,7 +498,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|pause",
                 arity: -3,
-                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -509,7 +509,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|reply",
                 arity: 3,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -520,7 +520,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|setname",
                 arity: 3,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -531,7 +531,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|tracking",
                 arity: -3,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -542,7 +542,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|trackinginfo",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -553,7 +553,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|unblock",
                 arity: -3,
-                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -564,7 +564,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "client|unpause",
                 arity: 2,
-                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS | CAT_CONNECTION,
                 first_key: 0,
                 last_key: 0,
@@ -1111,7 +1111,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "discard",
         arity: 1,
-        flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_FAST | FLAG_ALLOW_BUSY,
+        flags: FLAG_NOSCRIPT
+            | FLAG_LOADING
+            | FLAG_STALE
+            | FLAG_FAST
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_TRANSACTION,
         first_key: 0,
         last_key: 0,
@@ -1206,7 +1211,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "exec",
         arity: 1,
-        flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_SKIP_SLOWLOG,
+        flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_SKIP_SLOWLOG | FLAG_OWN_CONNECTION,
         categories: CAT_SLOW | CAT_TRANSACTION,
         first_key: 0,
         last_key: 0,
@@ -1325,7 +1330,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "function",
         arity: -2,
-        flags: 0,
+        flags: FLAG_OWN_CONNECTION,
         categories: CAT_SLOW,
         first_key: 0,
         last_key: 0,
@@ -1335,7 +1340,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|delete",
                 arity: 3,
-                flags: FLAG_WRITE | FLAG_NOSCRIPT,
+                flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_WRITE | CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1346,7 +1351,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|dump",
                 arity: 2,
-                flags: FLAG_NOSCRIPT,
+                flags: FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1357,7 +1362,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|flush",
                 arity: -2,
-                flags: FLAG_WRITE | FLAG_NOSCRIPT,
+                flags: FLAG_WRITE | FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_WRITE | CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1368,7 +1373,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|help",
                 arity: 2,
-                flags: FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1379,7 +1384,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|kill",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_ALLOW_BUSY,
+                flags: FLAG_NOSCRIPT | FLAG_ALLOW_BUSY | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1390,7 +1395,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|list",
                 arity: -2,
-                flags: FLAG_NOSCRIPT,
+                flags: FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1401,7 +1406,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|load",
                 arity: -3,
-                flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT,
+                flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_WRITE | CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1412,7 +1417,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|restore",
                 arity: -3,
-                flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT,
+                flags: FLAG_WRITE | FLAG_DENYOOM | FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_WRITE | CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1423,7 +1428,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "function|stats",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_ALLOW_BUSY,
+                flags: FLAG_NOSCRIPT | FLAG_ALLOW_BUSY | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -1639,7 +1644,8 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             | FLAG_STALE
             | FLAG_FAST
             | FLAG_NO_AUTH
-            | FLAG_ALLOW_BUSY,
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_CONNECTION,
         first_key: 0,
         last_key: 0,
@@ -2312,7 +2318,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "monitor",
         arity: 1,
-        flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+        flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
         categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS,
         first_key: 0,
         last_key: 0,
@@ -2356,7 +2362,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "multi",
         arity: 1,
-        flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_FAST | FLAG_ALLOW_BUSY,
+        flags: FLAG_NOSCRIPT
+            | FLAG_LOADING
+            | FLAG_STALE
+            | FLAG_FAST
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_TRANSACTION,
         first_key: 0,
         last_key: 0,
@@ -2558,7 +2569,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "psubscribe",
         arity: -2,
-        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
         categories: CAT_PUBSUB | CAT_SLOW,
         first_key: 0,
         last_key: 0,
@@ -2569,7 +2580,11 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "psync",
         arity: -3,
-        flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_NO_ASYNC_LOADING | FLAG_NO_MULTI,
+        flags: FLAG_ADMIN
+            | FLAG_NOSCRIPT
+            | FLAG_NO_ASYNC_LOADING
+            | FLAG_NO_MULTI
+            | FLAG_OWN_CONNECTION,
         categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS,
         first_key: 0,
         last_key: 0,
@@ -2680,7 +2695,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "punsubscribe",
         arity: -1,
-        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
         categories: CAT_PUBSUB | CAT_SLOW,
         first_key: 0,
         last_key: 0,
@@ -2718,7 +2733,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "readonly",
         arity: 1,
-        flags: FLAG_LOADING | FLAG_STALE | FLAG_FAST,
+        flags: FLAG_LOADING | FLAG_STALE | FLAG_FAST | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_CONNECTION,
         first_key: 0,
         last_key: 0,
@@ -2729,7 +2744,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "readwrite",
         arity: 1,
-        flags: FLAG_LOADING | FLAG_STALE | FLAG_FAST,
+        flags: FLAG_LOADING | FLAG_STALE | FLAG_FAST | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_CONNECTION,
         first_key: 0,
         last_key: 0,
@@ -2768,7 +2783,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "replconf",
         arity: -1,
-        flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_ALLOW_BUSY,
+        flags: FLAG_ADMIN
+            | FLAG_NOSCRIPT
+            | FLAG_LOADING
+            | FLAG_STALE
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS,
         first_key: 0,
         last_key: 0,
@@ -2795,7 +2815,8 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             | FLAG_STALE
             | FLAG_FAST
             | FLAG_NO_AUTH
-            | FLAG_ALLOW_BUSY,
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_CONNECTION,
         first_key: 0,
         last_key: 0,
@@ -2930,7 +2951,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "script",
         arity: -2,
-        flags: 0,
+        flags: FLAG_OWN_CONNECTION,
         categories: CAT_SLOW,
         first_key: 0,
         last_key: 0,
@@ -2940,7 +2961,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "script|debug",
                 arity: 3,
-                flags: FLAG_NOSCRIPT,
+                flags: FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -2951,7 +2972,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "script|exists",
                 arity: -3,
-                flags: FLAG_NOSCRIPT,
+                flags: FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -2962,7 +2983,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "script|flush",
                 arity: -2,
-                flags: FLAG_NOSCRIPT,
+                flags: FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -2973,7 +2994,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "script|help",
                 arity: 2,
-                flags: FLAG_LOADING | FLAG_STALE,
+                flags: FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -2984,7 +3005,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "script|kill",
                 arity: 2,
-                flags: FLAG_NOSCRIPT | FLAG_ALLOW_BUSY,
+                flags: FLAG_NOSCRIPT | FLAG_ALLOW_BUSY | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -2995,7 +3016,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             CommandSpec {
                 name: "script|load",
                 arity: 3,
-                flags: FLAG_NOSCRIPT | FLAG_STALE,
+                flags: FLAG_NOSCRIPT | FLAG_STALE | FLAG_OWN_CONNECTION,
                 categories: CAT_SLOW | CAT_SCRIPTING,
                 first_key: 0,
                 last_key: 0,
@@ -3033,7 +3054,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "select",
         arity: 2,
-        flags: FLAG_LOADING | FLAG_STALE | FLAG_FAST,
+        flags: FLAG_LOADING | FLAG_STALE | FLAG_FAST | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_CONNECTION,
         first_key: 0,
         last_key: 0,
@@ -3108,7 +3129,8 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
             | FLAG_LOADING
             | FLAG_STALE
             | FLAG_NO_MULTI
-            | FLAG_ALLOW_BUSY,
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS,
         first_key: 0,
         last_key: 0,
@@ -3353,7 +3375,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "ssubscribe",
         arity: -2,
-        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
         categories: CAT_PUBSUB | CAT_SLOW,
         first_key: 1,
         last_key: -1,
@@ -3375,7 +3397,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "subscribe",
         arity: -2,
-        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
         categories: CAT_PUBSUB | CAT_SLOW,
         first_key: 0,
         last_key: 0,
@@ -3422,7 +3444,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "sunsubscribe",
         arity: -1,
-        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
         categories: CAT_PUBSUB | CAT_SLOW,
         first_key: 1,
         last_key: -1,
@@ -3444,7 +3466,11 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "sync",
         arity: 1,
-        flags: FLAG_ADMIN | FLAG_NOSCRIPT | FLAG_NO_ASYNC_LOADING | FLAG_NO_MULTI,
+        flags: FLAG_ADMIN
+            | FLAG_NOSCRIPT
+            | FLAG_NO_ASYNC_LOADING
+            | FLAG_NO_MULTI
+            | FLAG_OWN_CONNECTION,
         categories: CAT_ADMIN | CAT_SLOW | CAT_DANGEROUS,
         first_key: 0,
         last_key: 0,
@@ -3510,7 +3536,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "unsubscribe",
         arity: -1,
-        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE,
+        flags: FLAG_PUBSUB | FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_OWN_CONNECTION,
         categories: CAT_PUBSUB | CAT_SLOW,
         first_key: 0,
         last_key: 0,
@@ -3521,7 +3547,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "unwatch",
         arity: 1,
-        flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_FAST | FLAG_ALLOW_BUSY,
+        flags: FLAG_NOSCRIPT
+            | FLAG_LOADING
+            | FLAG_STALE
+            | FLAG_FAST
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_TRANSACTION,
         first_key: 0,
         last_key: 0,
@@ -3532,7 +3563,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "wait",
         arity: 3,
-        flags: FLAG_NOSCRIPT,
+        flags: FLAG_NOSCRIPT | FLAG_OWN_CONNECTION,
         categories: CAT_SLOW | CAT_CONNECTION,
         first_key: 0,
         last_key: 0,
@@ -3543,7 +3574,12 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "watch",
         arity: -2,
-        flags: FLAG_NOSCRIPT | FLAG_LOADING | FLAG_STALE | FLAG_FAST | FLAG_ALLOW_BUSY,
+        flags: FLAG_NOSCRIPT
+            | FLAG_LOADING
+            | FLAG_STALE
+            | FLAG_FAST
+            | FLAG_ALLOW_BUSY
+            | FLAG_OWN_CONNECTION,
         categories: CAT_FAST | CAT_TRANSACTION,
         first_key: 1,
         last_key: -1,
@@ -3776,7 +3812,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "xread",
         arity: -4,
-        flags: FLAG_READONLY | FLAG_BLOCKING | FLAG_MOVABLEKEYS,
+        flags: FLAG_READONLY | FLAG_BLOCKING | FLAG_MOVABLEKEYS | FLAG_OWN_CONNECTION,
         categories: CAT_READ | CAT_STREAM | CAT_SLOW | CAT_BLOCKING,
         first_key: 0,
         last_key: 0,
@@ -3791,7 +3827,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "xreadgroup",
         arity: -7,
-        flags: FLAG_WRITE | FLAG_BLOCKING | FLAG_MOVABLEKEYS,
+        flags: FLAG_WRITE | FLAG_BLOCKING | FLAG_MOVABLEKEYS | FLAG_OWN_CONNECTION,
         categories: CAT_WRITE | CAT_STREAM | CAT_SLOW | CAT_BLOCKING,
         first_key: 0,
         last_key: 0,

@@ -330,7 +330,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let raw = parse(&text).map_err(|message| ConfigError::Parse {
+    from_text(&text, path)
+}
+
+/// Parses and checks configuration text as if read from `path` (relative file names in it
+/// are taken from `path`'s folder).
+///
+/// # Errors
+/// A [`ConfigError`] naming the file or the field at fault.
+pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw = parse(text).map_err(|message| ConfigError::Parse {
         path: path.to_owned(),
         message,
     })?;

@@ -1,7 +1,8 @@
-//! The session's sockets: one future polling the client and the upstream in the order that
-//! keeps buffers bounded, the write helper shared with the shared connection, and the
-//! replication handover (a plain byte copy after SYNC/PSYNC).
+//! The session's sockets: what is read from them ([`Inbound`]), one future polling the client
+//! and the upstream in the order that keeps buffers bounded, and the replication handover (a
+//! plain byte copy after SYNC/PSYNC).
 
+use super::state::Outbox;
 use super::*;
 
 /// Replication through redward (`SYNC`/`PSYNC`, for `redis-cli --rdb`, `--replica` and real
@@ -41,9 +42,67 @@ where
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
             Ok(_) => Ok(()),
             // Either side may go away; which one is not worth telling apart here.
-            Err(e) => Err(SessionError::ClientIo(e)),
+            Err(e) => Err(SessionError::Replication(e)),
         },
         () = shutdown.cancelled() => Ok(()),
+    }
+}
+
+/// What was read and not yet taken: the client's requests and Redis's replies, with the
+/// parser and scanner that find their boundaries across reads.
+pub(super) struct Inbound {
+    pub(super) parser: RequestParser,
+    pub(super) cin: BytesMut,
+    /// Client reads start small (most connections send short commands, and idle ones should
+    /// cost little) and grow to `READ_CHUNK` once a read fills what was offered.
+    cin_chunk: usize,
+    pub(super) scanner: ReplyScanner,
+    pub(super) uin: BytesMut,
+}
+
+impl Inbound {
+    pub(super) fn new() -> Self {
+        Inbound {
+            parser: RequestParser::new(),
+            cin: BytesMut::with_capacity(FIRST_READ_CHUNK),
+            cin_chunk: FIRST_READ_CHUNK,
+            scanner: ReplyScanner::new(),
+            uin: BytesMut::new(),
+        }
+    }
+
+    /// The client sent `n` bytes.
+    pub(super) fn client_read(&mut self, n: usize) {
+        if n >= self.cin_chunk {
+            self.cin_chunk = READ_CHUNK;
+        }
+    }
+
+    /// Room for the reads the session wants. A shared connection's replies arrive in a
+    /// buffer of their own (swapped in whole), so none is reserved for them.
+    pub(super) fn reserve(&mut self, want: Want, conn: &Conn) {
+        if want.read_client {
+            self.cin.reserve(self.cin_chunk);
+        }
+        if want.read_upstream && matches!(conn, Conn::Dedicated(_)) {
+            self.uin.reserve(READ_CHUNK);
+        }
+    }
+
+    /// Gives back memory a burst left behind, so idle connections stay small.
+    pub(super) fn shrink_if_idle(&mut self, nothing_in_flight: bool) {
+        if nothing_in_flight && self.cin.is_empty() && self.uin.is_empty() {
+            for buf in [&mut self.cin, &mut self.uin] {
+                if buf.capacity() > IDLE_BUFFER_KEEP {
+                    *buf = BytesMut::new();
+                }
+            }
+        }
+    }
+
+    /// Bytes held, for the memory bound.
+    pub(super) fn capacity(&self) -> usize {
+        self.cin.capacity() + self.uin.capacity()
     }
 }
 
@@ -99,19 +158,22 @@ impl Conn {
 /// Polls both sockets in one future (one task, no locks, no split streams): writes first, so
 /// replies drain before more requests are taken in, then reads. Returns the first event;
 /// every poll is cancel-safe because buffers are only changed by completed operations.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     client: &mut S,
     conn: &mut Conn,
-    cout: &mut BytesMut,
-    uout: &mut BytesMut,
-    shared_unsent: &mut u32,
-    cin: &mut BytesMut,
-    uin: &mut BytesMut,
-    client_flush: &mut bool,
+    out: &mut Outbox,
+    inb: &mut Inbound,
     want: Want,
 ) -> Poll<IoEvent> {
+    let Outbox {
+        cout,
+        uout,
+        shared_unsent,
+        client_flush,
+        ..
+    } = out;
+    let (cin, uin) = (&mut inb.cin, &mut inb.uin);
     if want.write_client {
         if let Poll::Ready(r) = poll_write_out(cx, client, cout, client_flush) {
             return Poll::Ready(IoEvent::ClientWrote(r));
@@ -161,38 +223,4 @@ pub(super) fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Poll::Pending
-}
-
-/// Writes as much of `out` as the socket takes, then flushes once it is empty (TLS holds
-/// records until flushed; `needs_flush` remembers that across wake-ups).
-pub(crate) fn poll_write_out<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    w: &mut W,
-    out: &mut BytesMut,
-    needs_flush: &mut bool,
-) -> Poll<std::io::Result<()>> {
-    let mut progressed = false;
-    while !out.is_empty() {
-        match Pin::new(&mut *w).poll_write(cx, out) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => {
-                out.advance(n);
-                *needs_flush = true;
-                progressed = true;
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending if progressed => return Poll::Ready(Ok(())),
-            Poll::Pending => return Poll::Pending,
-        }
-    }
-    *needs_flush = true;
-    match Pin::new(&mut *w).poll_flush(cx) {
-        Poll::Ready(Ok(())) => {
-            *needs_flush = false;
-            Poll::Ready(Ok(()))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending if progressed => Poll::Ready(Ok(())),
-        Poll::Pending => Poll::Pending,
-    }
 }

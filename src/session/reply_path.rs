@@ -59,12 +59,12 @@ impl State {
         if matches!(expect, Expect::Replies(0) | Expect::Confirms(_, 0)) {
             return;
         }
-        if self.monitor {
+        if self.client.monitor {
             // Monitor lines and replies cannot be told apart; pass everything through.
             return;
         }
         if hook == Hook::PubSub {
-            self.pubsub_pending += 1;
+            self.client.pubsub_pending += 1;
         }
         let sent = self.now();
         self.slots.push(Slot::Upstream {
@@ -72,6 +72,7 @@ impl State {
             forward,
             hook,
             sent,
+            rewrite: None,
         });
     }
 
@@ -81,16 +82,16 @@ impl State {
         let name = req.name();
         let argc = req.argc();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        if self.in_multi {
+        if self.client.in_multi {
             if is(b"exec") || is(b"discard") {
-                self.in_multi = false;
-                self.multi_dirty = false;
+                self.client.in_multi = false;
+                self.client.multi_dirty = false;
             }
             return (Expect::Replies(1), Hook::None);
         }
         if is(b"multi") {
-            self.in_multi = argc == 1;
-            self.multi_dirty = false;
+            self.client.in_multi = argc == 1;
+            self.client.multi_dirty = false;
             return (Expect::Replies(1), Hook::None);
         }
         if is(b"monitor") && argc == 1 {
@@ -132,7 +133,7 @@ impl State {
     ) -> Result<(), SessionError> {
         loop {
             self.release_front();
-            if self.closed || uin.is_empty() || self.cout.len() >= self.client_out_cap() {
+            if self.flow.closed || uin.is_empty() || self.out.cout.len() >= self.client_out_cap() {
                 return Ok(());
             }
             let step = scanner.advance(uin)?;
@@ -156,9 +157,28 @@ impl State {
                     }
                     _ => false,
                 };
-            if !swallow {
-                self.cout
-                    .extend_from_slice(uin.get(..consumed).unwrap_or(&[]));
+            let rewrite = match self.slots.front() {
+                Some(Slot::Upstream {
+                    rewrite: Some(r), ..
+                }) if !swallow && kind != Some(b'>') => Some(std::sync::Arc::clone(r)),
+                _ => None,
+            };
+            let bytes = uin.get(..consumed).unwrap_or(&[]);
+            match (&rewrite, info) {
+                (None, _) if !swallow => self.out.cout.extend_from_slice(bytes),
+                (None, _) => {}
+                // The reply hook: this reply is held until complete, then replaced whole.
+                (Some(_), None) => {
+                    if self.out.held.len() + bytes.len() > reply_hook::MAX_HELD {
+                        return Err(SessionError::ReplyTooLarge);
+                    }
+                    self.out.held.extend_from_slice(bytes);
+                }
+                (Some(hook), Some(info)) => {
+                    self.out.held.extend_from_slice(bytes);
+                    hook.rewrite(&self.out.held, &info, &mut self.out.cout);
+                    self.out.held.clear();
+                }
             }
             uin.advance(consumed);
             match info {
@@ -168,9 +188,37 @@ impl State {
         }
     }
 
+    /// A subscriber or MONITOR client that does not read: Redis's
+    /// `client-output-buffer-limit` (`checkClientOutputBufferLimits` in networking.c), applied
+    /// here: the hard cap at once, the soft cap after `output_soft_seconds` over it.
+    pub(super) fn check_output_limits(
+        &self,
+        soft_since: &mut Option<Instant>,
+    ) -> Result<(), SessionError> {
+        if !self.streaming() {
+            return Ok(());
+        }
+        let limits = &self.live.limits;
+        let buffered = self.out.cout.len();
+        if buffered >= limits.output_hard {
+            warn!(peer = %self.peer, buffered, "output buffer hard limit reached; closing");
+            return Err(SessionError::OutputLimit);
+        }
+        if buffered > limits.output_soft {
+            let since = *soft_since.get_or_insert_with(Instant::now);
+            if since.elapsed().as_secs() >= limits.output_soft_seconds {
+                warn!(peer = %self.peer, buffered, "output buffer soft limit exceeded for too long; closing");
+                return Err(SessionError::OutputLimit);
+            }
+        } else {
+            *soft_since = None;
+        }
+        Ok(())
+    }
+
     /// Accounts one complete top-level frame from Redis against the slots.
     pub(super) fn on_reply(&mut self, info: FrameInfo) -> Result<(), SessionError> {
-        if self.monitor {
+        if self.client.monitor {
             // Monitor lines answer no request; only RESET's own reply ends the mode.
             let reset_reply = info.kind == b'+' && info.head.as_bytes() == Some(&b"RESET"[..]);
             let reset_front = matches!(
@@ -187,7 +235,7 @@ impl State {
         let pubsub = info.pubsub();
         if let Some(kind) = pubsub {
             if confirmation_family(kind).is_some() {
-                self.subs.observe(kind, info.count);
+                self.client.subs.observe(kind, info.count);
             }
         }
         let confirms_front = |slots: &Slots, fam: Option<Family>| match (slots.front(), fam) {
@@ -207,7 +255,10 @@ impl State {
             if !confirms_front(&self.slots, family) {
                 return Ok(());
             }
-        } else if !self.resp3 && self.subs.any() && pubsub.is_some_and(PubSub::is_message) {
+        } else if !self.client.resp3
+            && self.client.subs.any()
+            && pubsub.is_some_and(PubSub::is_message)
+        {
             return Ok(()); // a RESP2 pub/sub message
         }
         let Some(Slot::Upstream {
@@ -215,6 +266,7 @@ impl State {
             hook,
             sent,
             forward,
+            ..
         }) = self.slots.front_mut()
         else {
             return Err(SessionError::UnexpectedReply);
@@ -236,32 +288,32 @@ impl State {
         let (hook, sent, forward) = (*hook, *sent, *forward);
         // The latency histogram samples one reply in eight: enough for its quantiles, and
         // cheaper than an observation (a float CAS loop) per request.
-        if forward && self.completed.is_multiple_of(8) {
+        if forward && self.counts.completed.is_multiple_of(8) {
             let took = self.now().saturating_duration_since(sent);
             self.shared
                 .metrics
                 .request_duration
                 .observe(took.as_secs_f64());
         }
-        self.completed = self.completed.wrapping_add(1);
+        self.counts.completed = self.counts.completed.wrapping_add(1);
         self.slots.pop();
         match hook {
             Hook::None => {}
             Hook::Hello => match info.kind {
-                b'%' => self.resp3 = true,
-                b'*' => self.resp3 = false,
+                b'%' => self.client.resp3 = true,
+                b'*' => self.client.resp3 = false,
                 _ => {}
             },
             Hook::Reset => {
                 if !info.is_error() {
-                    self.resp3 = false;
-                    self.monitor = false;
-                    self.subs = Subscriptions::default();
+                    self.client.resp3 = false;
+                    self.client.monitor = false;
+                    self.client.subs = Subscriptions::default();
                 }
             }
             Hook::Monitor => {
                 if !info.is_error() {
-                    self.monitor = true;
+                    self.client.monitor = true;
                 }
             }
             Hook::UpstreamAuth => {
@@ -269,7 +321,9 @@ impl State {
                     return Err(SessionError::UpstreamReauth);
                 }
             }
-            Hook::PubSub => self.pubsub_pending = self.pubsub_pending.saturating_sub(1),
+            Hook::PubSub => {
+                self.client.pubsub_pending = self.client.pubsub_pending.saturating_sub(1)
+            }
         }
         Ok(())
     }
@@ -281,23 +335,26 @@ impl State {
             match self.slots.front_mut() {
                 Some(Slot::Local(_)) => {
                     if let Some(Slot::Local(bytes)) = self.slots.pop() {
-                        self.cout.extend_from_slice(&bytes);
+                        self.out.cout.extend_from_slice(&bytes);
                     }
                 }
                 Some(Slot::LocalProto { .. }) => {
                     if let Some(Slot::LocalProto { resp2, resp3 }) = self.slots.pop() {
-                        self.cout
-                            .extend_from_slice(if self.resp3 { &resp3 } else { &resp2 });
+                        self.out.cout.extend_from_slice(if self.client.resp3 {
+                            &resp3
+                        } else {
+                            &resp2
+                        });
                     }
                 }
                 Some(Slot::Close) => {
                     self.slots.pop();
-                    self.closed = true;
+                    self.flow.closed = true;
                     return;
                 }
                 Some(Slot::Upstream { expect, .. }) => {
                     if let Expect::UnsubscribeAll(family) = *expect {
-                        let n = self.subs.count(family).max(1);
+                        let n = self.client.subs.count(family).max(1);
                         *expect = Expect::Confirms(family, u32::try_from(n).unwrap_or(u32::MAX));
                     }
                     return;
@@ -325,12 +382,15 @@ impl State {
         if !scanner.in_frame() {
             for slot in self.slots.drain() {
                 match slot {
-                    Slot::Local(bytes) => self.cout.extend_from_slice(&bytes),
+                    Slot::Local(bytes) => self.out.cout.extend_from_slice(&bytes),
                     Slot::LocalProto { resp2, resp3 } => self
+                        .out
                         .cout
-                        .extend_from_slice(if self.resp3 { &resp3 } else { &resp2 }),
+                        .extend_from_slice(if self.client.resp3 { &resp3 } else { &resp2 }),
                     Slot::Upstream { forward: true, .. } => {
-                        self.cout.extend_from_slice(replies::UPSTREAM_LOST)
+                        if let Some(reply) = error.owed_reply() {
+                            self.out.cout.extend_from_slice(reply);
+                        }
                     }
                     Slot::Upstream { .. } => {}
                     Slot::Close => break,

@@ -62,6 +62,9 @@ pub enum Slot {
         forward: bool,
         sent: tokio::time::Instant,
         hook: Hook,
+        /// Replaces each reply before the client sees it (`reply_hook.rs`); `None` for
+        /// almost every request, whose replies stream through.
+        rewrite: Option<std::sync::Arc<dyn super::Rewrite>>,
     },
     /// Close the connection once everything before is written (QUIT, protocol error).
     Close,

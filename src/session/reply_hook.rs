@@ -1,0 +1,25 @@
+//! The reply hook: a place on the one path every Redis reply takes to the client
+//! (`reply_path.rs`) where a reply can be replaced before the client sees it, without a second
+//! reply scanner. Topology rewriting (a cluster's `MOVED`/`ASK` and `CLUSTER SLOTS` naming
+//! redward's address instead of the node's) and replies redward composes from Redis's (a
+//! virtual `CLIENT INFO`) attach a [`Rewrite`] to the request's slot.
+//!
+//! Replies without one stream through as they arrive, however large. A reply with one is
+//! held until it is complete (up to [`MAX_HELD`]), then handed to the hook whole.
+
+use std::fmt;
+
+use bytes::BytesMut;
+
+use crate::resp::FrameInfo;
+
+/// The most a reply waiting for its hook may hold; a larger one ends the session with
+/// [`super::SessionError::ReplyTooLarge`] rather than grow without bound.
+pub const MAX_HELD: usize = 64 * 1024 * 1024;
+
+/// Replaces one complete reply from Redis. Called once per reply the slot is owed, in order.
+pub trait Rewrite: Send + Sync + fmt::Debug {
+    /// `reply` is the reply exactly as Redis sent it, `info` what the scanner learned of it;
+    /// what the client gets is appended to `out` (nothing, to drop it).
+    fn rewrite(&self, reply: &[u8], info: &FrameInfo, out: &mut BytesMut);
+}

@@ -1,0 +1,132 @@
+//! What every session shares, process-wide: the reloadable part of the configuration
+//! ([`Live`]), the upstream connector and shared connections, the audit sink, the limiter, the
+//! memory bound and the metrics.
+//!
+//! It lives apart from the per-connection code (`session`) and from the code that replaces
+//! it (`reload`), so neither depends on the other: a session reads `Shared`, a reload
+//! [`publishes`](Shared::publish) into it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::Audit;
+use crate::config::{Config, ProtocolLimits, Users};
+use crate::limits::{CommandRate, Limiter};
+use crate::memory::ClientMemory;
+use crate::metrics::Metrics;
+use crate::mux::Pool;
+use crate::throttle::Throttle;
+use crate::upstream::Connector;
+
+/// What every session shares: the reloadable part ([`Live`]), the upstream connector, the
+/// audit sink, the limiter and the metrics.
+#[derive(Debug)]
+pub struct Shared {
+    /// Swapped whole by a reload; sessions pick up the new one at their next command.
+    pub live: ArcSwap<Live>,
+    /// `live`'s generation, readable with one atomic load per command (cheaper than loading
+    /// `live` itself to find out that nothing changed).
+    pub generation: AtomicU64,
+    pub connector: Connector,
+    /// Shared upstream connections (`upstream.shared_connections`); `None`: a connection per
+    /// client.
+    pub pool: Option<Pool>,
+    pub audit: Arc<Audit>,
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
+    /// What all clients buffer, and who is disconnected past `limits.max_client_memory`.
+    pub memory: Arc<ClientMemory>,
+    /// Refused connections and TLS failures: a few log lines per second, then a count.
+    pub refusal_lines: Throttle,
+}
+
+/// The part of the configuration a reload replaces without dropping connections.
+#[derive(Debug)]
+pub struct Live {
+    pub users: Users,
+    pub limits: ProtocolLimits,
+    /// `commands_per_second`, by user name.
+    pub command_rates: HashMap<String, Arc<CommandRate>>,
+    /// Increases with every reload.
+    pub generation: u64,
+}
+
+impl Live {
+    /// The reloadable part of `cfg`, numbered `generation`.
+    pub fn from_config(cfg: &Config, generation: u64) -> Live {
+        Live {
+            users: cfg.users.clone(),
+            limits: cfg.limits,
+            command_rates: cfg
+                .command_rates
+                .iter()
+                .map(|(name, rate)| (name.clone(), Arc::new(crate::limits::command_rate(*rate))))
+                .collect(),
+            generation,
+        }
+    }
+}
+
+impl Shared {
+    /// What the sessions of a server started from `cfg` share (generation 0 of the
+    /// reloadable part).
+    pub fn new(
+        cfg: &Config,
+        connector: Connector,
+        pool: Option<Pool>,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Shared> {
+        let memory = Arc::new(ClientMemory::new(
+            cfg.limits.max_client_memory,
+            metrics.client_memory.clone(),
+            metrics.clients_evicted.clone(),
+        ));
+        Arc::new(Shared {
+            live: ArcSwap::from_pointee(Live::from_config(cfg, 0)),
+            generation: AtomicU64::new(0),
+            connector,
+            pool,
+            audit,
+            limiter: Arc::new(Limiter::new(cfg.connection_limits)),
+            metrics,
+            memory,
+            refusal_lines: Throttle::default(),
+        })
+    }
+
+    /// Everything sessions share, for `cfg`, without listeners, admin endpoint or shared
+    /// upstream connections: for driving sessions in memory (`session::Offline`).
+    ///
+    /// # Errors
+    /// A [`crate::tls::TlsError`] when the upstream TLS settings cannot be loaded.
+    pub fn offline(cfg: &Config) -> Result<Arc<Shared>, crate::tls::TlsError> {
+        Ok(Shared::new(
+            cfg,
+            Connector::new(&cfg.upstream)?,
+            None,
+            Arc::new(Audit::default()),
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    /// Installs a reloaded configuration: limits and memory bound at once, users, protocol
+    /// limits and command rates for every session's next command.
+    pub fn publish(&self, cfg: &Config, generation: u64) {
+        self.limiter.update(cfg.connection_limits);
+        self.memory.set_limit(cfg.limits.max_client_memory);
+        self.live
+            .store(Arc::new(Live::from_config(cfg, generation)));
+        // Published after the new configuration, so a session that sees the new number also
+        // sees what it numbers.
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// The generation of the configuration in force (one atomic load).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
