@@ -11,72 +11,19 @@
 //! Skipped (with a message) when `redis-server` is not installed.
 //! Knobs: `ACL_ORACLE_SEED`, `ACL_ORACLE_USERS`, `ACL_ORACLE_CMDS`.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
+use common::acl_gen::{
+    all_specs, gen_command_head, gen_command_rule, gen_glob, gen_key, gen_selector_rule,
+    push_permissive_start, push_selector_args, Rng, RuleStyle, NUMBER_WORDS, PASSWORDS,
+    RESET_RULES,
+};
+use common::{Redis, RedisOptions};
 use redward::{acl, commands};
-
-/// The redis-server child, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-fn start_server() -> Option<Server> {
-    for _ in 0..5 {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("skipping: cannot run redis-server: {e}");
-                return None;
-            }
-        };
-        let mut server = Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = server.child.try_wait() {
-                break; // exited: port taken? try another
-            }
-            if let Ok(mut c) = Client::connect(server.port) {
-                if c.call(&[b"PING".to_vec()]) == b"+PONG\r\n" {
-                    return Some(server);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = server.child.kill();
-    }
-    panic!("redis-server did not start");
-}
 
 /// A minimal RESP2 client: writes arrays of bulk strings, reads one reply's raw bytes.
 struct Client {
@@ -148,159 +95,21 @@ impl Client {
     }
 }
 
-/// xorshift64*: deterministic, no extra crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % (n.max(1) as u64)) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-fn all_specs() -> Vec<&'static commands::CommandSpec> {
-    commands::commands()
-        .iter()
-        .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
-        .collect()
-}
-
-const CATS: &[&str] = &[
-    "keyspace",
-    "read",
-    "write",
-    "set",
-    "sortedset",
-    "list",
-    "hash",
-    "string",
-    "bitmap",
-    "hyperloglog",
-    "geo",
-    "stream",
-    "pubsub",
-    "admin",
-    "fast",
-    "slow",
-    "blocking",
-    "dangerous",
-    "connection",
-    "transaction",
-    "scripting",
-    "all",
-    "ALL",
-    "Read",
-    "nope",
-    "",
-];
-
-/// Glob building blocks for key and channel patterns.
-const GLOB_PARTS: &[&str] = &[
-    "a", "b", "k", "x", "*", "*", "?", "[a-c]", "[^a]", "[ab]", "\\*", "\\a", "\\", "[", "]", "[a",
-    "[^", "[z-a]", "[\\]]", "-", ":", "1",
-];
-
-/// Building blocks for keys and channels.
-const KEY_PARTS: &[&str] = &[
-    "a", "b", "k", "x", "c", "*", "?", "[", "]", "\\", "1", ":", "z",
-];
-
-fn gen_glob(rng: &mut Rng) -> String {
-    let n = 1 + rng.below(4);
-    (0..n).map(|_| *rng.pick(GLOB_PARTS)).collect()
-}
-
-fn gen_key(rng: &mut Rng) -> Vec<u8> {
-    if rng.chance(3) {
-        return Vec::new();
-    }
-    if rng.chance(2) {
-        return b"a\0b".to_vec();
-    }
-    if rng.chance(2) {
-        return vec![b'a', 0xff];
-    }
-    let n = 1 + rng.below(3);
-    (0..n).flat_map(|_| rng.pick(KEY_PARTS).bytes()).collect()
-}
-
-fn gen_command_rule(rng: &mut Rng, specs: &[&'static commands::CommandSpec]) -> String {
-    let sign = if rng.chance(60) { "+" } else { "-" };
-    match rng.below(12) {
-        0..=4 => {
-            let s = rng.pick(specs);
-            let name = if rng.chance(10) {
-                s.name.to_ascii_uppercase()
-            } else {
-                s.name.to_owned()
-            };
-            format!("{sign}{name}")
-        }
-        5 => {
-            // first-arg rules, valid and not
-            let c = *rng.pick(&[
-                "select|0",
-                "select|1",
-                "get|x",
-                "debug|object",
-                "config|get",
-                "client|list",
-                "config|nope",
-                "config|get|x",
-                "get|",
-                "nope|x",
-                "|get",
-                "config|",
-            ]);
-            format!("{sign}{c}")
-        }
-        6 => format!("{sign}{}", rng.pick(&["nope", "", "get|x|y", "GET"])),
-        _ => format!("{sign}@{}", rng.pick(CATS)),
-    }
-}
-
-fn gen_selector_rule(rng: &mut Rng, specs: &[&'static commands::CommandSpec]) -> String {
-    match rng.below(20) {
-        0..=5 => gen_command_rule(rng, specs),
-        6..=8 => format!("~{}", gen_glob(rng)),
-        9 => format!(
-            "%{}~{}",
-            rng.pick(&["R", "W", "RW", "WR", "r", "w", "RR", "", "X"]),
-            gen_glob(rng)
-        ),
-        10 => format!("%{}", rng.pick(&["R", "W", "RW"])),
-        11..=12 => format!("&{}", gen_glob(rng)),
-        13 => rng
-            .pick(&[
-                "allkeys",
-                "resetkeys",
-                "~*",
-                "allchannels",
-                "resetchannels",
-                "&*",
-            ])
-            .to_string(),
-        14 => rng
-            .pick(&["allcommands", "nocommands", "+@all", "-@all", "ALLKEYS"])
-            .to_string(),
-        15 => rng.pick(&["%R~*", "%W~*", "~a*", "&a*", "&*"]).to_string(),
-        16 => rng
-            .pick(&["on", "garbage", "reset", ")", "~a b"])
-            .to_string(),
-        _ => gen_command_rule(rng, specs),
-    }
-}
+/// Invalid rules too: Redis must reject them, with the same message.
+const STYLE: RuleStyle = RuleStyle {
+    plus_percent: 60,
+    more_first_arg_rules: &[
+        "config|nope",
+        "config|get|x",
+        "get|",
+        "nope|x",
+        "|get",
+        "config|",
+    ],
+    odd_command_rules: &["nope", "", "get|x|y", "GET"],
+    command_keywords: &["allcommands", "nocommands", "+@all", "-@all", "ALLKEYS"],
+    bad_selector_rules: &["on", "garbage", "reset", ")", "~a b"],
+};
 
 /// One user's rules as ACL SETUSER arguments.
 fn gen_rules(rng: &mut Rng, specs: &[&'static commands::CommandSpec]) -> Vec<String> {
@@ -308,17 +117,8 @@ fn gen_rules(rng: &mut Rng, specs: &[&'static commands::CommandSpec]) -> Vec<Str
     if rng.chance(70) {
         rules.push("on".to_owned());
     }
-    // Permissive starts, so that many requests get past the command check to keys/channels.
-    match rng.below(6) {
-        0 => rules.push("+@all".to_owned()),
-        1 => rules.push("allcommands".to_owned()),
-        2 => {
-            for _ in 0..3 {
-                rules.push(format!("+@{}", rng.pick(&CATS[..21])));
-            }
-        }
-        _ => {}
-    }
+    // 1 in 6 `+@all`, 1 in 6 `allcommands`, 1 in 6 three categories.
+    push_permissive_start(rng, &mut rules, [1, 2, 3, 6]);
     for _ in 0..rng.below(4) {
         rules.push(format!("~{}", gen_glob(rng)));
     }
@@ -333,7 +133,7 @@ fn gen_rules(rng: &mut Rng, specs: &[&'static commands::CommandSpec]) -> Vec<Str
                 rng.pick(&["nopass", "resetpass", "off", "on", "skip-sanitize-payload"])
                     .to_string(),
             ),
-            1 => rules.push(format!(">{}", rng.pick(&["pw", "secret", "x"]))),
+            1 => rules.push(format!(">{}", rng.pick(PASSWORDS))),
             2 if bad => rules.push(format!("<{}", rng.pick(&["pw", "nope"]))),
             3 if bad => rules.push(
                 rng.pick(&[
@@ -344,44 +144,31 @@ fn gen_rules(rng: &mut Rng, specs: &[&'static commands::CommandSpec]) -> Vec<Str
                 ])
                 .to_string(),
             ),
-            4 => rules.push(
-                rng.pick(&["reset", "clearselectors", "sanitize-payload"])
-                    .to_string(),
-            ),
+            4 => rules.push(rng.pick(RESET_RULES).to_string()),
             5..=6 => {
                 // a selector, as one or several arguments
                 let k = 1 + rng.below(4);
                 let ops: Vec<String> = (0..k)
                     .map(|_| {
                         if bad || rng.chance(85) {
-                            gen_selector_rule(rng, specs)
+                            gen_selector_rule(rng, specs, &STYLE)
                         } else {
-                            gen_command_rule(rng, specs)
+                            gen_command_rule(rng, specs, &STYLE)
                         }
                     })
                     .collect();
                 if rng.chance(50) {
                     rules.push(format!("({})", ops.join(" ")));
                 } else {
-                    let last = ops.len() - 1;
-                    for (i, op) in ops.iter().enumerate() {
-                        let mut t = op.clone();
-                        if i == 0 {
-                            t.insert(0, '(');
-                        }
-                        if i == last {
-                            t.push(')');
-                        }
-                        rules.push(t);
-                    }
+                    push_selector_args(&mut rules, &ops);
                 }
                 if bad && rng.chance(10) {
                     rules.push("(~unclosed".to_owned());
                 }
             }
             _ => {
-                let r = gen_selector_rule(rng, specs);
-                if !bad && ["on", "garbage", "reset", ")", "~a b"].contains(&r.as_str()) {
+                let r = gen_selector_rule(rng, specs, &STYLE);
+                if !bad && STYLE.bad_selector_rules.contains(&r.as_str()) {
                     continue;
                 }
                 rules.push(r);
@@ -422,71 +209,32 @@ const WORDS: &[&str] = &[
     "OVERFLOW",
     "WITHSCORES",
     "LEFT",
-    "0",
-    "1",
-    "2",
-    "3",
-    "-1",
-    "01",
-    "2x",
-    "abc",
-    "",
-    "get\0x",
-    " 2",
 ];
+
+/// Other arguments: [`WORDS`], [`NUMBER_WORDS`], then these.
+const ODD_WORDS: &[&str] = &["get\0x", " 2"];
 
 fn gen_argv(
     rng: &mut Rng,
     specs: &[&'static commands::CommandSpec],
     keyed: &[&'static commands::CommandSpec],
 ) -> Vec<Vec<u8>> {
-    let mut argv: Vec<Vec<u8>> = Vec::new();
     if rng.chance(3) {
-        argv.push(rng.pick(&["nope", "get|x", "GET\0"]).as_bytes().to_vec());
-        argv.push(b"x".to_vec());
-        return argv;
+        return vec![
+            rng.pick(&["nope", "get|x", "GET\0"]).as_bytes().to_vec(),
+            b"x".to_vec(),
+        ];
     }
-    let spec = if rng.chance(60) {
-        *rng.pick(keyed)
-    } else {
-        *rng.pick(specs)
-    };
-    let nparts = match spec.name.split_once('|') {
-        Some((p, s)) => {
-            argv.push(p.as_bytes().to_vec());
-            if rng.chance(3) {
-                argv.push(b"nosuchsub".to_vec());
-            } else if rng.chance(10) {
-                argv.push(s.to_ascii_uppercase().into_bytes());
-            } else {
-                argv.push(s.as_bytes().to_vec());
-            }
-            2
-        }
-        None => {
-            argv.push(if rng.chance(10) {
-                spec.name.to_ascii_uppercase().into_bytes()
-            } else {
-                spec.name.as_bytes().to_vec()
-            });
-            1
-        }
-    };
-    let mut argc = if spec.arity > 0 {
-        spec.arity as usize
-    } else {
-        (-spec.arity) as usize + rng.below(6)
-    };
-    if rng.chance(3) {
-        argc = argc.saturating_sub(1).max(1);
-    }
-    while argv.len() < argc.max(nparts) {
+    let (_, mut argv, argc) = gen_command_head(rng, specs, keyed, 6);
+    while argv.len() < argc {
         let a = if rng.chance(55) {
             gen_key(rng)
         } else if rng.chance(30) {
             gen_glob(rng).into_bytes()
         } else {
-            rng.pick(WORDS).as_bytes().to_vec()
+            rng.pick_joined(&[WORDS, NUMBER_WORDS, ODD_WORDS])
+                .as_bytes()
+                .to_vec()
         };
         argv.push(a);
     }
@@ -538,7 +286,13 @@ fn show(b: &[u8]) -> String {
 
 #[test]
 fn dryrun_matches_redis() {
-    let Some(server) = start_server() else { return };
+    let server = match Redis::try_start_with(RedisOptions::open()) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("skipping: cannot run redis-server: {e}");
+            return;
+        }
+    };
     let env = |k: &str, d: u64| {
         std::env::var(k)
             .ok()
@@ -548,11 +302,7 @@ fn dryrun_matches_redis() {
     let seed = env("ACL_ORACLE_SEED", 0x5eed_ac10_u64 ^ 0x9e37_79b9_7f4a_7c15);
     let users = env("ACL_ORACLE_USERS", 300) as usize;
     let per_user = env("ACL_ORACLE_CMDS", 50) as usize;
-    // splitmix64 of the seed, so that nearby seeds give unrelated streams.
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    let mut rng = Rng((z ^ (z >> 31)) | 1);
+    let mut rng = Rng::new(seed);
     let specs = all_specs();
     // Commands with keys or channels, which get most of the requests.
     let keyed: Vec<_> = specs

@@ -16,8 +16,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use common::acl_gen::{
+    all_specs, gen_command_head, gen_glob, gen_key, gen_selector_rule, push_permissive_start,
+    push_selector_args, Rng, RuleStyle, NUMBER_WORDS, PASSWORDS, RESET_RULES,
+};
 use common::*;
-use redward::commands::{self, CommandSpec, CAT_ADMIN, CAT_BLOCKING, CAT_DANGEROUS};
+use redward::commands::{CommandSpec, CAT_ADMIN, CAT_BLOCKING, CAT_DANGEROUS};
 use redward::{acl, resp};
 
 /// Commands never executed here (they are covered by `ACL DRYRUN` in `tests/acl_dryrun.rs`).
@@ -100,41 +104,6 @@ const EXCLUDED: &[&str] = &[
 /// is not excluded either: it only reads.
 const DANGEROUS_BUT_SAFE: &[&str] = &["sort", "sort_ro", "keys", "restore", "restore-asking"];
 
-/// xorshift64*: deterministic, no extra crates.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // splitmix64 of the seed, so that nearby seeds give unrelated streams.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % (n.max(1) as u64)) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-fn all_specs() -> Vec<&'static CommandSpec> {
-    commands::commands()
-        .iter()
-        .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
-        .collect()
-}
-
 /// Whether `spec` may be executed for real (see [`EXCLUDED`]).
 fn executable(spec: &CommandSpec) -> bool {
     let parent = spec.name.split('|').next().unwrap_or(spec.name);
@@ -147,142 +116,23 @@ fn executable(spec: &CommandSpec) -> bool {
     spec.categories & (CAT_ADMIN | CAT_BLOCKING | CAT_DANGEROUS) == 0
 }
 
-// ---- User generation (the ideas of tests/acl_dryrun.rs) ----
+// ---- User generation (with tests/acl_dryrun.rs: tests/common/acl_gen.rs) ----
 
-const CATS: &[&str] = &[
-    "keyspace",
-    "read",
-    "write",
-    "set",
-    "sortedset",
-    "list",
-    "hash",
-    "string",
-    "bitmap",
-    "hyperloglog",
-    "geo",
-    "stream",
-    "pubsub",
-    "admin",
-    "fast",
-    "slow",
-    "blocking",
-    "dangerous",
-    "connection",
-    "transaction",
-    "scripting",
-    "all",
-    "ALL",
-    "Read",
-    "nope",
-    "",
-];
-
-/// Glob building blocks for key and channel patterns. `\` is escaped for the YAML config
-/// (see [`yaml_double_quoted`]).
-const GLOB_PARTS: &[&str] = &[
-    "a", "b", "k", "x", "*", "*", "?", "[a-c]", "[^a]", "[ab]", "\\*", "\\a", "\\", "[", "]", "[a",
-    "[^", "[z-a]", "[\\]]", "-", ":", "1",
-];
-
-/// Building blocks for keys and channels.
-const KEY_PARTS: &[&str] = &[
-    "a", "b", "k", "x", "c", "*", "?", "[", "]", "\\", "1", ":", "z",
-];
-
-fn gen_glob(rng: &mut Rng) -> String {
-    let n = 1 + rng.below(4);
-    (0..n).map(|_| *rng.pick(GLOB_PARTS)).collect()
-}
-
-fn gen_key(rng: &mut Rng) -> Vec<u8> {
-    if rng.chance(3) {
-        return Vec::new();
-    }
-    if rng.chance(2) {
-        return b"a\0b".to_vec();
-    }
-    if rng.chance(2) {
-        return vec![b'a', 0xff];
-    }
-    let n = 1 + rng.below(3);
-    (0..n).flat_map(|_| rng.pick(KEY_PARTS).bytes()).collect()
-}
-
-fn gen_command_rule(rng: &mut Rng, specs: &[&'static CommandSpec]) -> String {
-    let sign = if rng.chance(75) { "+" } else { "-" };
-    match rng.below(12) {
-        0..=4 => {
-            let s = rng.pick(specs);
-            let name = if rng.chance(10) {
-                s.name.to_ascii_uppercase()
-            } else {
-                s.name.to_owned()
-            };
-            format!("{sign}{name}")
-        }
-        5 => {
-            let c = *rng.pick(&[
-                "select|0",
-                "select|1",
-                "get|x",
-                "debug|object",
-                "config|get",
-                "client|list",
-                "sort|k",
-                "publish|a",
-                "xinfo|stream",
-                "pubsub|channels",
-            ]);
-            format!("{sign}{c}")
-        }
-        _ => format!("{sign}@{}", rng.pick(CATS)),
-    }
-}
-
-fn gen_selector_rule(rng: &mut Rng, specs: &[&'static CommandSpec]) -> String {
-    match rng.below(20) {
-        0..=5 => gen_command_rule(rng, specs),
-        6..=8 => format!("~{}", gen_glob(rng)),
-        9 => format!(
-            "%{}~{}",
-            rng.pick(&["R", "W", "RW", "WR", "r", "w", "RR", "", "X"]),
-            gen_glob(rng)
-        ),
-        10 => format!("%{}", rng.pick(&["R", "W", "RW"])),
-        11..=12 => format!("&{}", gen_glob(rng)),
-        13 => rng
-            .pick(&[
-                "allkeys",
-                "resetkeys",
-                "~*",
-                "allchannels",
-                "resetchannels",
-                "&*",
-            ])
-            .to_string(),
-        14 => rng
-            .pick(&["allcommands", "nocommands", "+@all", "-@all"])
-            .to_string(),
-        15 => rng.pick(&["%R~*", "%W~*", "~a*", "&a*", "&*"]).to_string(),
-        _ => gen_command_rule(rng, specs),
-    }
-}
+/// Only rules both sides accept (`acl_dryrun` checks the rejections); globs may hold `\`,
+/// escaped for the YAML config (see [`yaml_double_quoted`]).
+const STYLE: RuleStyle = RuleStyle {
+    plus_percent: 75,
+    more_first_arg_rules: &["sort|k", "publish|a", "xinfo|stream", "pubsub|channels"],
+    odd_command_rules: &[],
+    command_keywords: &["allcommands", "nocommands", "+@all", "-@all"],
+    bad_selector_rules: &[],
+};
 
 /// One user's rules as ACL SETUSER arguments (without the password and `on` added later).
 fn gen_rules(rng: &mut Rng, specs: &[&'static CommandSpec]) -> Vec<String> {
     let mut rules = Vec::new();
-    // Permissive starts, so that many requests get past the command check to keys/channels.
-    match rng.below(10) {
-        0..=4 => rules.push("+@all".to_owned()),
-        5 => rules.push("allcommands".to_owned()),
-        6..=8 => {
-            for _ in 0..3 {
-                rules.push(format!("+@{}", rng.pick(&CATS[..21])));
-            }
-        }
-        _ => {}
-    }
+    // 5 in 10 `+@all`, 1 in 10 `allcommands`, 3 in 10 three categories.
+    push_permissive_start(rng, &mut rules, [5, 6, 9, 10]);
     for _ in 0..rng.below(4) {
         rules.push(format!("~{}", gen_glob(rng)));
     }
@@ -298,28 +148,17 @@ fn gen_rules(rng: &mut Rng, specs: &[&'static CommandSpec]) -> Vec<String> {
                 rng.pick(&["nopass", "resetpass", "off", "skip-sanitize-payload"])
                     .to_string(),
             ),
-            1 => rules.push(format!(">{}", rng.pick(&["pw", "secret", "x"]))),
-            2 => rules.push(
-                rng.pick(&["reset", "clearselectors", "sanitize-payload"])
-                    .to_string(),
-            ),
+            1 => rules.push(format!(">{}", rng.pick(PASSWORDS))),
+            2 => rules.push(rng.pick(RESET_RULES).to_string()),
             3..=6 => {
                 // A selector, as one or several arguments.
                 let k = 1 + rng.below(4);
-                let ops: Vec<String> = (0..k).map(|_| gen_selector_rule(rng, specs)).collect();
-                let last = ops.len() - 1;
-                for (i, op) in ops.iter().enumerate() {
-                    let mut t = op.clone();
-                    if i == 0 {
-                        t.insert(0, '(');
-                    }
-                    if i == last {
-                        t.push(')');
-                    }
-                    rules.push(t);
-                }
+                let ops: Vec<String> = (0..k)
+                    .map(|_| gen_selector_rule(rng, specs, &STYLE))
+                    .collect();
+                push_selector_args(&mut rules, &ops);
             }
-            _ => rules.push(gen_selector_rule(rng, specs)),
+            _ => rules.push(gen_selector_rule(rng, specs, &STYLE)),
         }
     }
     rules.retain(|r| !r.is_empty() && !r.contains(' '));
@@ -443,19 +282,10 @@ const WORDS: &[&str] = &[
     "WITHSCORES",
     "LEFT",
     "MKSTREAM",
-    "0",
-    "1",
-    "2",
-    "3",
-    "-1",
-    "01",
-    "2x",
-    "abc",
-    "",
-    "*",
-    "$",
-    "#",
 ];
+
+/// Other arguments: [`WORDS`], [`NUMBER_WORDS`], then these.
+const ODD_WORDS: &[&str] = &["*", "$", "#"];
 
 /// A key, channel or other argument; `matching` (0..=100) is the chance of one made from one
 /// of the user's patterns in `pool`.
@@ -470,7 +300,9 @@ fn gen_arg(rng: &mut Rng, pool: &[String], matching: usize) -> Vec<u8> {
     } else if roll < 70 {
         gen_glob(rng).into_bytes()
     } else {
-        rng.pick(WORDS).as_bytes().to_vec()
+        rng.pick_joined(&[WORDS, NUMBER_WORDS, ODD_WORDS])
+            .as_bytes()
+            .to_vec()
     }
 }
 
@@ -536,42 +368,8 @@ fn gen_argv(
         let name = rng.pick(&["publish", "SPUBLISH"]).as_bytes().to_vec();
         return vec![name, gen_arg(rng, &pats.channels, matching), b"m".to_vec()];
     }
-    let spec = if rng.chance(60) {
-        *rng.pick(keyed)
-    } else {
-        *rng.pick(specs)
-    };
-    let mut argv: Vec<Vec<u8>> = Vec::new();
-    let nparts = match spec.name.split_once('|') {
-        Some((p, s)) => {
-            argv.push(p.as_bytes().to_vec());
-            if rng.chance(3) {
-                argv.push(b"nosuchsub".to_vec());
-            } else if rng.chance(10) {
-                argv.push(s.to_ascii_uppercase().into_bytes());
-            } else {
-                argv.push(s.as_bytes().to_vec());
-            }
-            2
-        }
-        None => {
-            argv.push(if rng.chance(10) {
-                spec.name.to_ascii_uppercase().into_bytes()
-            } else {
-                spec.name.as_bytes().to_vec()
-            });
-            1
-        }
-    };
-    let mut argc = if spec.arity > 0 {
-        spec.arity as usize
-    } else {
-        (-spec.arity) as usize + rng.below(5)
-    };
-    if rng.chance(3) {
-        argc = argc.saturating_sub(1).max(1);
-    }
-    while argv.len() < argc.max(nparts) {
+    let (spec, mut argv, argc) = gen_command_head(rng, specs, keyed, 5);
+    while argv.len() < argc {
         let channel = argv.len() == 1 && ["publish", "spublish"].contains(&spec.name);
         let pool = if channel { &pats.channels } else { &pats.keys };
         argv.push(gen_arg(rng, pool, matching));

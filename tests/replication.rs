@@ -69,25 +69,15 @@ async fn redis_cli_rdb_through_redward_saves_the_whole_dataset() {
 async fn a_real_replica_follows_its_master_through_redward() {
     let redis = Redis::start();
     let proxy = proxy().start(&redis).await;
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut replica = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["--replicaof", "127.0.0.1", &proxy.port().to_string()])
-        .args(["--masteruser", APP_USER, "--masterauth", APP_PASSWORD])
-        .args(["--tls-replication", "yes", "--tls-ca-cert-file"])
-        .arg(proxy.certs.ca())
-        .arg("--tls-cert-file")
-        .arg(proxy.certs.cert())
-        .arg("--tls-key-file")
-        .arg(proxy.certs.key())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
+    let master_port = proxy.port().to_string();
+    let replica = Redis::start_with(
+        RedisOptions::open()
+            .args(["--replicaof", "127.0.0.1", &master_port])
+            .args(["--masteruser", APP_USER, "--masterauth", APP_PASSWORD])
+            .args(["--tls-replication", "yes"])
+            .tls_files(&proxy.certs),
+    );
+    let port = replica.port;
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let mut via = proxy
         .client()
@@ -116,8 +106,7 @@ async fn a_real_replica_follows_its_master_through_redward() {
             break false;
         }
     };
-    let _ = replica.kill();
-    let _ = replica.wait();
+    drop(replica);
     assert!(followed, "the replica never caught up through redward");
 }
 

@@ -155,47 +155,15 @@ async fn sessions_resume_with_tls_1_3_tickets_and_tls_1_2_ids() {
 async fn an_upstream_redis_that_speaks_tls_itself_is_reached_over_tls() {
     // A Redis with only a TLS port, certificate from redward's own generator.
     let upstream_certs = Certs::new();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let acl = dir.path().join("users.acl");
-    std::fs::write(
-        &acl,
-        format!("user default off\nuser {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all\n"),
-    )
-    .unwrap();
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+    let upstream = Redis::start_with(
+        RedisOptions::with_acl(vec![
+            "user default off".to_owned(),
+            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
         ])
-        .arg("--tls-cert-file")
-        .arg(upstream_certs.cert())
-        .arg("--tls-key-file")
-        .arg(upstream_certs.key())
-        .arg("--tls-ca-cert-file")
-        .arg(upstream_certs.ca())
-        .args(["--tls-auth-clients", "no"])
-        .arg("--aclfile")
-        .arg(&acl)
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    for _ in 0..250 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        .tls_only(&upstream_certs)
+        .args(["--tls-auth-clients", "no"]),
+    );
+    let port = upstream.port;
     // The address must be a name the upstream certificate carries (localhost).
     let plain = Redis::start();
     let certs = Certs::new();
@@ -218,6 +186,4 @@ async fn an_upstream_redis_that_speaks_tls_itself_is_reached_over_tls() {
     )
     .await;
     assert_eq!(raw.replies(3).await, b"+OK\r\n+OK\r\n$8\r\nover tls\r\n");
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -3,6 +3,9 @@
 //! clients that speak real TLS to it.
 #![allow(dead_code)]
 
+pub mod acl_gen;
+
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,10 +24,67 @@ pub const APP_PASSWORD: &str = "app-secret";
 /// A redis-server child process on its own port and directory, killed on drop.
 pub struct Redis {
     child: Option<Child>,
+    /// The port it listens on (with TLS when started with [`RedisOptions::tls_only`]).
     pub port: u16,
     dir: tempfile::TempDir,
-    /// ACL lines the server starts with (`user ...`), kept for restarts.
-    acl: Vec<String>,
+    /// How it was started, kept for restarts.
+    options: RedisOptions,
+}
+
+/// What a [`Redis`] starts with besides the usual arguments (loopback, an ephemeral port, its
+/// own directory, no persistence).
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// ACL lines the server starts with (`user ...`), written to its ACL file.
+    pub acl: Vec<String>,
+    /// More `redis-server` arguments, after the usual ones (a repeated option overrides).
+    pub args: Vec<OsString>,
+    /// Listen only with TLS on [`Redis::port`] (`--tls-port`, plaintext `--port 0`); see
+    /// [`RedisOptions::tls_only`].
+    pub tls_only: bool,
+}
+
+impl RedisOptions {
+    pub fn with_acl(acl: Vec<String>) -> RedisOptions {
+        RedisOptions {
+            acl,
+            ..RedisOptions::default()
+        }
+    }
+
+    /// Only the `default` user, on without a password and allowed everything (as a
+    /// redis-server without an ACL file).
+    pub fn open() -> RedisOptions {
+        RedisOptions::with_acl(vec!["user default on nopass ~* &* +@all".to_owned()])
+    }
+
+    /// Appends `redis-server` arguments.
+    pub fn args<I, S>(mut self, args: I) -> RedisOptions
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The server's TLS certificate, key and CA (for a TLS port or TLS replication).
+    pub fn tls_files(self, certs: &Certs) -> RedisOptions {
+        self.args([
+            OsString::from("--tls-cert-file"),
+            certs.cert().into(),
+            "--tls-key-file".into(),
+            certs.key().into(),
+            "--tls-ca-cert-file".into(),
+            certs.ca().into(),
+        ])
+    }
+
+    /// Listens with TLS only, with `certs`.
+    pub fn tls_only(mut self, certs: &Certs) -> RedisOptions {
+        self.tls_only = true;
+        self.tls_files(certs)
+    }
 }
 
 impl Redis {
@@ -39,50 +99,69 @@ impl Redis {
     }
 
     pub fn start_with_acl(acl: Vec<String>) -> Redis {
+        Redis::start_with(RedisOptions::with_acl(acl))
+    }
+
+    pub fn start_with(options: RedisOptions) -> Redis {
+        Redis::try_start_with(options)
+            .unwrap_or_else(|e| panic!("spawn redis-server (apt-get install redis-server): {e}"))
+    }
+
+    /// Like [`Redis::start_with`], but `Err` when redis-server cannot be run at all (not
+    /// installed), for tests that skip then.
+    pub fn try_start_with(options: RedisOptions) -> std::io::Result<Redis> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut redis = Redis {
             child: None,
             port: 0,
             dir,
-            acl,
+            options,
         };
         for _ in 0..5 {
             redis.port = free_port();
-            if redis.spawn() {
-                return redis;
+            if redis.spawn()? {
+                return Ok(redis);
             }
         }
         panic!("redis-server did not start (is the redis-server package installed?)");
     }
 
-    fn spawn(&mut self) -> bool {
+    /// Starts the child; `Ok(false)` if it exits or does not listen within 10 s.
+    fn spawn(&mut self) -> std::io::Result<bool> {
         let acl_path = self.dir.path().join("users.acl");
-        std::fs::write(&acl_path, self.acl.join("\n") + "\n").expect("write acl file");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        std::fs::write(&acl_path, self.options.acl.join("\n") + "\n").expect("write acl file");
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        if self.options.tls_only {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--aclfile")
             .arg(&acl_path)
+            .args(&self.options.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server (apt-get install redis-server)");
+            .spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(_)) = c.try_wait() {
-                    return false; // exited: port taken, try another
+                    return Ok(false); // exited: port taken, try another
                 }
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
+                return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        Ok(false)
     }
 
     pub fn kill(&mut self) {
@@ -96,7 +175,7 @@ impl Redis {
     pub fn restart(&mut self) {
         self.kill();
         assert!(
-            self.spawn(),
+            self.spawn().expect("spawn redis-server"),
             "redis-server did not restart on port {}",
             self.port
         );
