@@ -4,12 +4,15 @@
 //! - [`config`]: the YAML file, checked into a [`Config`]; errors name the field or file.
 //! - [`tls`]: rustls server/client configs, development certificates.
 //! - [`listener`]: bind, accept, TLS handshake under a deadline, spawn a session.
-//! - [`session`]: one client's life: login, then forwarding with replies kept in order.
+//! - [`session`]: one client's life, as phases: login, dispatch, route, the reply path.
+//! - [`shared`]: what every session shares (the reloadable part, pools, limiter, metrics).
+//! - [`fault`]: whose fault an error is. [`net_io`]: the write helper sessions and `mux` share.
 //! - [`resp`]: request framing and reply scanning (no I/O), Redis's own reply texts.
 //! - [`commands`]: Redis's command table (generated), existence and arity like Redis.
 //! - [`auth`]: AUTH and HELLO against redward's users. [`acl`]: users and rules.
-//! - [`upstream`]: connections to Redis, authenticated with redward's own credential.
-//! - [`mux`]: shared upstream connections (many clients' requests in one write).
+//! - [`upstream`]: connections to a target Redis, authenticated with redward's own credential.
+//! - [`mux`]: shared upstream connections, a pool per target (many clients' requests in one
+//!   write).
 //! - [`limits`]: connection caps and rates, login lockout, command rates. [`memory`]: the
 //!   bound on what all clients together buffer. [`throttle`]: log lines an attacker can cause.
 //! - [`proxy_header`]: the PROXY protocol header. [`reload`]: SIGHUP and file changes.
@@ -191,7 +194,7 @@ impl Server {
             None => None,
         };
         let pool = (cfg.upstream.shared_connections > 0)
-            .then(|| mux::Pool::start(cfg.upstream.shared_connections, &connector, &metrics));
+            .then(|| mux::Pools::start(cfg.upstream.shared_connections, &connector, &metrics));
         let shared = shared::Shared::new(cfg, connector, pool, audit, Arc::clone(&metrics));
         let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);
         Ok(Server {

@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::memory::Charge;
 use crate::metrics::Metrics;
 use crate::resp::{ReplyScanner, Step};
-use crate::upstream::{Connector, UpstreamStream};
+use crate::upstream::{Connector, Target, UpstreamStream};
 
 /// Bytes read from the shared connection at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -47,7 +47,54 @@ const INBOX_KEEP: usize = 64 * 1024;
 /// sockets): Redis not keeping up holds memory here, not without bound.
 const QUEUE_HIGH: usize = 4 * 1024 * 1024;
 
-/// The shared connections, and which one the next client gets.
+/// Why a shared connection was dropped. Every cause is the upstream's side: redward's own
+/// requests on it are well-formed by construction, so a reply out of turn is Redis's (or the
+/// network's) doing.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("closed by Redis")]
+    Closed,
+    #[error("Redis sent a reply no request was waiting for")]
+    UnexpectedReply,
+    #[error("Redis sent a push on the shared connection")]
+    UnexpectedPush,
+    #[error("reply: {0}")]
+    Protocol(#[from] crate::resp::ReplyError),
+}
+
+impl MuxError {
+    pub fn side(&self) -> crate::fault::Side {
+        crate::fault::Side::Upstream
+    }
+}
+
+/// Shared connections, one [`Pool`] per upstream [`Target`]: today the one the configuration
+/// names; a cluster's nodes or a Sentinel-followed master add theirs.
+#[derive(Debug, Default)]
+pub struct Pools {
+    by_target: std::collections::HashMap<Target, Pool>,
+}
+
+impl Pools {
+    /// Starts `n` shared connections to `connector`'s target. Must run inside the runtime.
+    pub fn start(n: usize, connector: &Connector, metrics: &Arc<Metrics>) -> Self {
+        let mut pools = Pools::default();
+        pools.by_target.insert(
+            connector.target().clone(),
+            Pool::start(n, connector, metrics),
+        );
+        pools
+    }
+
+    /// The pool of shared connections to `target`, if there is one.
+    pub fn get(&self, target: &Target) -> Option<&Pool> {
+        self.by_target.get(target)
+    }
+}
+
+/// The shared connections to one target, and which one the next client gets.
 #[derive(Debug)]
 pub struct Pool {
     muxes: Vec<Arc<Mux>>,
@@ -381,8 +428,8 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
         };
         let failed = match event {
             Event::Wrote(Ok(())) => None,
-            Event::Wrote(Err(e)) | Event::Read(Err(e)) => Some(e.to_string()),
-            Event::Read(Ok(0)) => Some("closed by Redis".to_owned()),
+            Event::Wrote(Err(e)) | Event::Read(Err(e)) => Some(MuxError::Io(e)),
+            Event::Read(Ok(0)) => Some(MuxError::Closed),
             Event::Read(Ok(_)) => route(&mut rbuf, &mut scanner, &mut inflight).err(),
         };
         if let Some(why) = failed {
@@ -390,7 +437,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
                 debug!(reason = %why, "idle shared upstream connection closed");
             } else {
                 metrics.upstream_stream_errors.inc();
-                warn!(reason = %why, in_flight = inflight.len(), "shared upstream connection lost");
+                warn!(side = %why.side(), reason = %why, in_flight = inflight.len(), "shared upstream connection lost");
             }
             // Requests written (or partly written) are lost; queued ones go on a new connection.
             for r in inflight.drain(..) {
@@ -425,21 +472,21 @@ fn route(
     rbuf: &mut BytesMut,
     scanner: &mut ReplyScanner,
     inflight: &mut VecDeque<Route>,
-) -> Result<(), String> {
+) -> Result<(), MuxError> {
     let mut span = 0usize;
     while span < rbuf.len() {
         let Some(front) = inflight.front_mut() else {
-            return Err("Redis sent a reply no request was waiting for".to_owned());
+            return Err(MuxError::UnexpectedReply);
         };
         let rest = rbuf.get(span..).unwrap_or(&[]);
-        match scanner.advance(rest).map_err(|e| e.to_string())? {
+        match scanner.advance(rest)? {
             Step::Partial { consumed } => {
                 span += consumed;
                 break;
             }
             Step::Complete { consumed, info } => {
                 if info.is_push() {
-                    return Err("Redis sent a push on the shared connection".to_owned());
+                    return Err(MuxError::UnexpectedPush);
                 }
                 span += consumed;
                 front.replies -= 1;

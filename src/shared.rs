@@ -17,7 +17,7 @@ use crate::config::{Config, ProtocolLimits, Users};
 use crate::limits::{CommandRate, Limiter};
 use crate::memory::ClientMemory;
 use crate::metrics::Metrics;
-use crate::mux::Pool;
+use crate::mux::{Pool, Pools};
 use crate::throttle::Throttle;
 use crate::upstream::Connector;
 
@@ -31,9 +31,9 @@ pub struct Shared {
     /// `live` itself to find out that nothing changed).
     pub generation: AtomicU64,
     pub connector: Connector,
-    /// Shared upstream connections (`upstream.shared_connections`); `None`: a connection per
-    /// client.
-    pub pool: Option<Pool>,
+    /// Shared upstream connections (`upstream.shared_connections`), by target; `None`: a
+    /// connection per client.
+    pub pools: Option<Pools>,
     pub audit: Arc<Audit>,
     pub limiter: Arc<Limiter>,
     pub metrics: Arc<Metrics>,
@@ -76,7 +76,7 @@ impl Shared {
     pub fn new(
         cfg: &Config,
         connector: Connector,
-        pool: Option<Pool>,
+        pools: Option<Pools>,
         audit: Arc<Audit>,
         metrics: Arc<Metrics>,
     ) -> Arc<Shared> {
@@ -89,7 +89,7 @@ impl Shared {
             live: ArcSwap::from_pointee(Live::from_config(cfg, 0)),
             generation: AtomicU64::new(0),
             connector,
-            pool,
+            pools,
             audit,
             limiter: Arc::new(Limiter::new(cfg.connection_limits)),
             metrics,
@@ -123,6 +123,11 @@ impl Shared {
         // Published after the new configuration, so a session that sees the new number also
         // sees what it numbers.
         self.generation.store(generation, Ordering::Release);
+    }
+
+    /// The shared connections a new client starts on, if any: those to the configured target.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pools.as_ref()?.get(self.connector.target())
     }
 
     /// The generation of the configuration in force (one atomic load).

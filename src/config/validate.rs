@@ -236,7 +236,7 @@ pub struct UpstreamConfig {
     pub shared_connections: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UpstreamAddr {
     Tcp { host: String, port: u16 },
     Unix(PathBuf),

@@ -59,10 +59,11 @@ impl Deadlines {
         }
     }
 
-    /// The client sent something: the idle timeout starts again.
-    pub(super) fn client_read(&mut self, now: Instant) {
+    /// The client sent something: the idle timeout starts again. (`now` is called only if
+    /// an idle timeout is set: the clock is read at most once per turn, and only if needed.)
+    pub(super) fn client_read(&mut self, now: impl FnOnce() -> Instant) {
         if !self.idle_timeout.is_zero() {
-            self.idle = now + self.idle_timeout;
+            self.idle = now() + self.idle_timeout;
         }
     }
 
@@ -71,12 +72,13 @@ impl Deadlines {
         self.write = None;
     }
 
-    /// Sets the timer for the earliest deadline that applies now.
-    pub(super) fn arm(&mut self, now: Instant, waiting: Waiting) {
+    /// Sets the timer for the earliest deadline that applies now (`now` is called only when
+    /// a write deadline starts).
+    pub(super) fn arm(&mut self, now: impl FnOnce() -> Instant, waiting: Waiting) {
         if !waiting.to_write {
             self.write = None;
         } else if self.write.is_none() {
-            self.write = Some(now + self.write_timeout);
+            self.write = Some(now() + self.write_timeout);
         }
         self.login_applies = waiting.for_login;
         self.idle_applies = waiting.idle && !self.idle_timeout.is_zero();
@@ -135,7 +137,7 @@ mod tests {
             idle: true,
             to_write: false,
         };
-        d.arm(Instant::now(), waiting);
+        d.arm(Instant::now, waiting);
         d.fired().await;
         assert!(Instant::now() >= d.login);
         assert!(matches!(
@@ -153,12 +155,12 @@ mod tests {
             idle: true,
             to_write: false,
         };
-        d.arm(start, idle);
+        d.arm(|| start, idle);
         tokio::time::advance(4 * SEC).await;
-        d.client_read(Instant::now());
+        d.client_read(Instant::now);
         d.fired().await; // the old deadline: moved later, not expired
         assert!(d.expired(Instant::now()).is_none());
-        d.arm(Instant::now(), idle);
+        d.arm(Instant::now, idle);
         d.fired().await;
         assert!(matches!(
             d.expired(Instant::now()),
@@ -172,7 +174,7 @@ mod tests {
         let start = Instant::now();
         let mut d = Deadlines::new(start, 10 * SEC, SEC, 3 * SEC);
         d.arm(
-            start,
+            || start,
             Waiting {
                 for_login: false,
                 idle: false,

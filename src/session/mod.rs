@@ -132,7 +132,7 @@ where
     let usage = account.usage_handle();
     let evicted = usage.evicted();
     tokio::pin!(evicted);
-    let mut conn = match &st.shared.pool {
+    let mut conn = match st.shared.pool() {
         Some(pool) => {
             Conn::Shared(pool.attach(st.live.limits.shared_reply_buffer, Some(account.charge())))
         }
@@ -178,7 +178,7 @@ where
             break Ok(());
         }
         inb.shrink_if_idle(st.slots.is_empty());
-        account.report(inb.capacity() + st.out.cout.capacity() + st.out.uout.capacity());
+        account.report(inb.capacity() + st.out.capacity());
 
         // 4. Wait for the next thing to do.
         let want = Want {
@@ -194,8 +194,7 @@ where
             idle: st.slots.is_empty() && !st.streaming(),
             to_write: want.write_client,
         };
-        let now = st.now();
-        deadlines.arm(now, waiting);
+        deadlines.arm(|| st.now(), waiting);
         inb.reserve(want, &conn);
         let io = std::future::poll_fn(|cx| {
             poll_io(cx, &mut client, &mut conn, &mut st.out, &mut inb, want)
@@ -292,8 +291,7 @@ impl State {
             IoEvent::ClientRead(Ok(0)) => return ControlFlow::Break(Ok(())),
             IoEvent::ClientRead(Ok(n)) => {
                 inb.client_read(n);
-                let now = self.now();
-                deadlines.client_read(now);
+                deadlines.client_read(|| self.now());
             }
             IoEvent::ClientRead(Err(e)) => {
                 return ControlFlow::Break(Err(SessionError::ClientIo(e)))

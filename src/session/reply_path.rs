@@ -145,26 +145,24 @@ impl State {
             // CLIENT REPLY OFF/SKIP silences replies, not pushes: RESP3 pushes, and the
             // (un)subscribe confirmations Redis sends as pushes in RESP2 too (`CLIENT_PUSHING`
             // in networking.c's `prepareClientToWrite`), always reach the client.
-            let swallow = kind != Some(b'>')
-                && match self.slots.front() {
-                    Some(Slot::Upstream {
-                        forward: false,
-                        expect,
-                        ..
-                    }) => {
-                        !(kind == Some(b'*')
-                            && matches!(expect, Expect::Confirms(..) | Expect::UnsubscribeAll(_)))
-                    }
-                    _ => false,
-                };
-            let rewrite = match self.slots.front() {
+            // And a reply hook, if the request has one (`reply_hook.rs`), sees what is not
+            // swallowed. One look at the front slot per reply decides both.
+            let (swallow, rewrite) = match self.slots.front() {
                 Some(Slot::Upstream {
-                    rewrite: Some(r), ..
-                }) if !swallow && kind != Some(b'>') => Some(std::sync::Arc::clone(r)),
-                _ => None,
+                    forward,
+                    expect,
+                    rewrite,
+                    ..
+                }) if kind != Some(b'>') => {
+                    let confirmation = kind == Some(b'*')
+                        && matches!(expect, Expect::Confirms(..) | Expect::UnsubscribeAll(_));
+                    let swallow = !*forward && !confirmation;
+                    (swallow, rewrite.as_ref().filter(|_| !swallow))
+                }
+                _ => (false, None),
             };
             let bytes = uin.get(..consumed).unwrap_or(&[]);
-            match (&rewrite, info) {
+            match (rewrite, info) {
                 (None, _) if !swallow => self.out.cout.extend_from_slice(bytes),
                 (None, _) => {}
                 // The reply hook: this reply is held until complete, then replaced whole.

@@ -69,6 +69,13 @@ pub(super) struct Outbox {
     pub(super) held: BytesMut,
 }
 
+impl Outbox {
+    /// Bytes held, for the memory bound.
+    pub(super) fn capacity(&self) -> usize {
+        self.cout.capacity() + self.uout.capacity() + self.held.capacity()
+    }
+}
+
 /// Commands counted for the metrics: one atomic add per turn of the loop, not per command.
 #[derive(Debug, Default)]
 pub(super) struct Counts {

@@ -1,13 +1,15 @@
 //! Connections to the Redis behind redward: TCP, unix socket or TLS, opened under a deadline and
 //! authenticated with redward's own credential before any client byte is sent.
 //!
+//! The [`Connector`] holds a [`Target`] (where) and a [`Credential`] (as whom), in
+//! `target.rs`; this file opens the connection.
+//!
 //! A client's AUTH never reaches Redis. Every upstream connection is logged in as the
 //! configured upstream user, so Redis's own ACLs (if any) see redward, and redward's users are
 //! redward's business.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -17,8 +19,10 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{UpstreamAddr, UpstreamConfig};
-use crate::resp::encode_command;
 use crate::tls::TlsError;
+
+mod target;
+pub use target::{Credential, Target};
 
 /// Why an upstream connection could not be used. Client-facing text is always the generic
 /// `UPSTREAM_UNAVAILABLE`; the detail goes to the log.
@@ -51,20 +55,20 @@ impl UpstreamError {
     }
 }
 
-/// Opens upstream connections.
+/// Opens upstream connections to one [`Target`], logged in with one [`Credential`].
 #[derive(Clone)]
 pub struct Connector {
-    cfg: UpstreamConfig,
+    target: Target,
+    credential: Option<Credential>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// The pre-encoded `AUTH [user] password` request, sent first on every connection (and
-    /// again after a client's RESET, which logs the upstream connection out).
-    auth: Option<Arc<[u8]>>,
+    connect_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("addr", &self.cfg.addr)
+            .field("target", &self.target)
+            .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
 }
@@ -83,39 +87,38 @@ impl Connector {
                 Some((TlsConnector::from(config), name))
             }
         };
-        let auth = cfg.password.as_ref().map(|pw| {
-            let mut out = Vec::new();
-            match &cfg.username {
-                Some(user) => encode_command(
-                    &mut out,
-                    [&b"AUTH"[..], user.as_bytes(), pw.expose().as_bytes()].into_iter(),
-                ),
-                None => {
-                    encode_command(&mut out, [&b"AUTH"[..], pw.expose().as_bytes()].into_iter())
-                }
-            }
-            Arc::from(out)
-        });
         Ok(Connector {
-            cfg: cfg.clone(),
+            target: Target::Fixed(cfg.addr.clone()),
+            credential: Credential::from_config(cfg),
             tls,
-            auth,
+            connect_timeout: cfg.connect_timeout,
         })
     }
 
-    pub fn address(&self) -> &UpstreamAddr {
-        &self.cfg.addr
+    /// The same credential and TLS settings, to another target (a cluster node a `MOVED`
+    /// named, a master a Sentinel named).
+    pub fn to_target(&self, target: Target) -> Connector {
+        Connector {
+            target,
+            ..self.clone()
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// Whether redward logs in to Redis as its `default` user, whose password is
     /// `requirepass` (no username configured, or `default` named).
     pub fn logs_in_as_default(&self) -> bool {
-        self.cfg.username.as_deref().is_none_or(|u| u == "default")
+        self.credential
+            .as_ref()
+            .is_none_or(Credential::is_default_user)
     }
 
     /// The AUTH request redward sends upstream, if it has a credential.
     pub fn auth_request(&self) -> Option<&[u8]> {
-        self.auth.as_deref()
+        self.credential.as_ref().map(Credential::auth_request)
     }
 
     /// Connects and authenticates, within `connect_timeout` for the whole exchange.
@@ -123,19 +126,24 @@ impl Connector {
     /// # Errors
     /// An [`UpstreamError`]; the caller answers the client with a retryable error.
     pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
-        let addr = self.cfg.addr.to_string();
-        match tokio::time::timeout(self.cfg.connect_timeout, self.connect_inner(&addr)).await {
+        match tokio::time::timeout(self.connect_timeout, self.connect_inner()).await {
             Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout { addr }),
+            Err(_) => Err(UpstreamError::Timeout {
+                addr: self.target.to_string(),
+            }),
         }
     }
 
-    async fn connect_inner(&self, addr: &str) -> Result<UpstreamStream, UpstreamError> {
+    /// Resolves the target, connects, and logs in.
+    async fn connect_inner(&self) -> Result<UpstreamStream, UpstreamError> {
+        let resolved = self.target.resolve().await?;
+        let addr = resolved.to_string();
+        let addr = addr.as_str();
         let connect_err = |source| UpstreamError::Connect {
             addr: addr.to_owned(),
             source,
         };
-        let mut stream = match &self.cfg.addr {
+        let mut stream = match &resolved {
             UpstreamAddr::Unix(path) => {
                 UpstreamStream::Unix(UnixStream::connect(path).await.map_err(connect_err)?)
             }
@@ -160,7 +168,7 @@ impl Connector {
                 }
             }
         };
-        if let Some(auth) = &self.auth {
+        if let Some(auth) = self.auth_request() {
             stream.write_all(auth).await.map_err(connect_err)?;
             stream.flush().await.map_err(connect_err)?;
             let line = read_line(&mut stream).await.map_err(connect_err)?;
@@ -187,9 +195,9 @@ impl Connector {
     pub async fn command_table(
         &self,
     ) -> Result<redis_protocol::resp2::types::OwnedFrame, UpstreamError> {
-        let addr = self.cfg.addr.to_string();
+        let addr = self.target.to_string();
         let work = async {
-            let mut stream = self.connect_inner(&addr).await?;
+            let mut stream = self.connect_inner().await?;
             let io = |source| UpstreamError::Connect {
                 addr: addr.clone(),
                 source,
@@ -218,10 +226,10 @@ impl Connector {
                 }
             }
         };
-        match tokio::time::timeout(self.cfg.connect_timeout, work).await {
+        match tokio::time::timeout(self.connect_timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout {
-                addr: self.cfg.addr.to_string(),
+                addr: self.target.to_string(),
             }),
         }
     }

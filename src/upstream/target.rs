@@ -1,0 +1,91 @@
+//! What an upstream connection goes to and as whom: the [`Target`] (resolved to an address at
+//! every connect, so one whose address changes is followed without a restart) and the
+//! [`Credential`] redward logs in with. Pools of shared connections are keyed by target
+//! (`mux::Pools`).
+
+use std::sync::Arc;
+
+use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::resp::encode_command;
+
+use super::UpstreamError;
+
+/// Where upstream connections go.
+///
+/// Today every target is a fixed address (`upstream.address`). A Sentinel-named master (ask
+/// the Sentinels which address is the master now) and a cluster node (an address a `MOVED`
+/// named) are targets too: [`Target::resolve`] is where each finds its address, at every
+/// connect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// One fixed address: TCP host and port, or a unix socket.
+    Fixed(UpstreamAddr),
+}
+
+impl Target {
+    /// The address to connect to now.
+    ///
+    /// # Errors
+    /// An [`UpstreamError`] when the target cannot say (not for a fixed address).
+    pub async fn resolve(&self) -> Result<UpstreamAddr, UpstreamError> {
+        match self {
+            Target::Fixed(addr) => Ok(addr.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Fixed(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// The credential redward logs in to Redis with: `AUTH [username] password`, pre-encoded,
+/// sent first on every connection (and again after a client's RESET, which logs the upstream
+/// connection out). Its `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Credential {
+    username: Option<String>,
+    request: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// `upstream.username` / `upstream.password`; `None` without a password (Redis without
+    /// `requirepass` or ACL users: nothing to send).
+    pub fn from_config(cfg: &UpstreamConfig) -> Option<Credential> {
+        let password = cfg.password.as_ref()?;
+        let mut request = Vec::new();
+        let pw = password.expose().as_bytes();
+        match &cfg.username {
+            Some(user) => encode_command(
+                &mut request,
+                [&b"AUTH"[..], user.as_bytes(), pw].into_iter(),
+            ),
+            None => encode_command(&mut request, [&b"AUTH"[..], pw].into_iter()),
+        }
+        Some(Credential {
+            username: cfg.username.clone(),
+            request: Arc::from(request),
+        })
+    }
+
+    /// The AUTH request, ready to write.
+    pub fn auth_request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// Whether this logs in as Redis's `default` user, whose password is `requirepass`.
+    pub fn is_default_user(&self) -> bool {
+        self.username.as_deref().is_none_or(|u| u == "default")
+    }
+}
