@@ -189,3 +189,124 @@ pub fn hello<'a>(users: &Users, req: &Request<'a>, authenticated: bool) -> Hello
 pub fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::resp::{encode_command, Frame, Limits, RequestParser};
+
+    fn users() -> Users {
+        let cfg = crate::config::from_text(
+            r#"
+listen: [{ address: "127.0.0.1:0", tls: off }]
+upstream: { address: "127.0.0.1:1" }
+users:
+  - { name: default, rules: "on >secret +@all ~*" }
+  - { name: app, rules: "on >pw +@read ~app:*" }
+  - { name: gone, rules: "off >pw +@all ~*" }
+"#,
+            Path::new("test.yaml"),
+        )
+        .expect("config");
+        cfg.users
+    }
+
+    /// Runs `f` on the request `args` encode to.
+    fn with_request<T>(args: &[&str], f: impl FnOnce(&Request<'_>) -> T) -> T {
+        let mut buf = Vec::new();
+        encode_command(&mut buf, args.iter().map(|a| a.as_bytes()));
+        let mut parser = RequestParser::new();
+        let frame = parser
+            .parse(&buf, &Limits::new(1 << 20, 1 << 16, false))
+            .expect("parses")
+            .expect("complete");
+        assert!(matches!(frame, Frame::Command { .. }));
+        let req = parser.request(&buf, &frame);
+        f(&req)
+    }
+
+    fn logged_in_as(outcome: AuthOutcome) -> Option<String> {
+        match outcome {
+            AuthOutcome::LoggedIn(proof) => Some(proof.user().name.clone()),
+            AuthOutcome::Refused { .. } => None,
+        }
+    }
+
+    #[test]
+    fn auth_yields_a_proof_only_for_an_enabled_user_with_the_right_password() {
+        let users = users();
+        let auth_as = |args: &[&str]| with_request(args, |r| logged_in_as(auth(&users, r)));
+        assert_eq!(auth_as(&["AUTH", "secret"]), Some("default".into()));
+        assert_eq!(auth_as(&["AUTH", "app", "pw"]), Some("app".into()));
+        assert_eq!(auth_as(&["AUTH", "app", "wrong"]), None);
+        assert_eq!(auth_as(&["AUTH", "gone", "pw"]), None, "an `off` user");
+        assert_eq!(auth_as(&["AUTH", "nobody", "pw"]), None);
+        // Redis's texts: WRONGPASS for a bad pair, a syntax error for too many arguments.
+        with_request(&["AUTH", "app", "wrong"], |r| match auth(&users, r) {
+            AuthOutcome::Refused { reply, failed_user } => {
+                assert!(reply.starts_with(b"-WRONGPASS"));
+                assert_eq!(failed_user.as_deref(), Some("app"));
+            }
+            AuthOutcome::LoggedIn(_) => panic!("logged in with a wrong password"),
+        });
+        with_request(&["AUTH", "a", "b", "c"], |r| {
+            assert!(matches!(
+                auth(&users, r),
+                AuthOutcome::Refused {
+                    failed_user: None,
+                    ..
+                }
+            ));
+        });
+    }
+
+    #[test]
+    fn a_proof_is_renewed_by_a_reload_and_lost_when_the_user_is_disabled() {
+        let users = users();
+        let proof = authenticate(&users, b"app", b"pw").expect("logs in");
+        assert!(proof.renewed(&users).is_some());
+        let off = crate::config::from_text(
+            r#"
+listen: [{ address: "127.0.0.1:0", tls: off }]
+upstream: { address: "127.0.0.1:1" }
+users:
+  - { name: app, rules: "off >pw +@read ~app:*" }
+"#,
+            Path::new("test.yaml"),
+        )
+        .expect("config")
+        .users;
+        assert!(proof.renewed(&off).is_none());
+        // `default` with a password gives no implicit login.
+        assert!(LoggedIn::implicit(&users).is_none());
+    }
+
+    #[test]
+    fn hello_checks_version_then_options_then_login_in_redis_order() {
+        let users = users();
+        let hello_as = |args: &[&str], authenticated: bool| {
+            with_request(args, |r| {
+                let out = hello(&users, r, authenticated);
+                (
+                    out.login.map(|l| l.user().name.clone()),
+                    out.result
+                        .map(|f| (f.version.is_some(), f.had_auth))
+                        .map_err(|e| String::from_utf8_lossy(&e).into_owned()),
+                )
+            })
+        };
+        let (login, result) = hello_as(&["HELLO", "3", "AUTH", "app", "pw"], false);
+        assert_eq!(login.as_deref(), Some("app"));
+        assert_eq!(result, Ok((true, true)));
+        let (_, result) = hello_as(&["HELLO", "4"], true);
+        assert!(result.is_err_and(|e| e.starts_with("-NOPROTO")));
+        let (_, result) = hello_as(&["HELLO", "3"], false);
+        assert!(result.is_err_and(|e| e.starts_with("-NOAUTH")));
+        // An AUTH before a bad option stays done, as Redis applies options in order.
+        let (login, result) = hello_as(&["HELLO", "3", "AUTH", "app", "pw", "BOGUS"], false);
+        assert_eq!(login.as_deref(), Some("app"));
+        assert!(result.is_err());
+    }
+}

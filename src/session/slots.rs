@@ -140,3 +140,62 @@ impl Slots {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(forward: bool) -> Slot {
+        Slot::Upstream {
+            expect: Expect::Replies(1),
+            forward,
+            sent: tokio::time::Instant::now(),
+            hook: Hook::None,
+            rewrite: None,
+        }
+    }
+
+    #[test]
+    fn slots_count_what_redis_still_owes() {
+        let mut slots = Slots::default();
+        slots.push(upstream(true));
+        slots.push(Slot::Local(Bytes::from_static(b"+OK\r\n")));
+        slots.push(upstream(false));
+        assert_eq!((slots.len(), slots.upstream_pending()), (3, 2));
+        assert!(matches!(slots.pop(), Some(Slot::Upstream { .. })));
+        assert_eq!(slots.upstream_pending(), 1);
+        assert!(matches!(slots.pop(), Some(Slot::Local(_))));
+        assert_eq!(slots.upstream_pending(), 1);
+        slots.drain().for_each(drop);
+        assert_eq!((slots.len(), slots.upstream_pending()), (0, 0));
+    }
+
+    #[test]
+    fn requests_never_sent_get_the_error_in_their_place_and_swallowed_ones_vanish() {
+        let mut slots = Slots::default();
+        slots.push(upstream(true));
+        slots.push(Slot::Local(Bytes::from_static(b"-NOPERM\r\n")));
+        slots.push(upstream(false)); // redward's own request: nothing to answer
+        slots.push(upstream(true));
+        slots.push(upstream(true)); // beyond the `n` that failed: still owed by Redis
+        let err = Bytes::from_static(b"-ERR unavailable\r\n");
+        slots.fail_upstream(3, &err);
+        let kinds: Vec<String> = slots
+            .drain()
+            .map(|s| match s {
+                Slot::Local(b) => String::from_utf8_lossy(&b).into_owned(),
+                Slot::Upstream { .. } => "upstream".to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "-ERR unavailable\r\n",
+                "-NOPERM\r\n",
+                "-ERR unavailable\r\n",
+                "upstream"
+            ]
+        );
+    }
+}
