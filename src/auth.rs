@@ -197,20 +197,23 @@ mod tests {
     use super::*;
     use crate::resp::{encode_command, Frame, Limits, RequestParser};
 
+    /// The users a configuration with these `users:` entries gives.
+    fn users_from(entries: &str) -> Users {
+        let text = format!(
+            "listen: [{{ address: \"127.0.0.1:0\", tls: off }}]\n\
+             upstream: {{ address: \"127.0.0.1:1\" }}\nusers:\n{entries}"
+        );
+        crate::config::from_text(&text, Path::new("test.yaml"))
+            .expect("config")
+            .users
+    }
+
     fn users() -> Users {
-        let cfg = crate::config::from_text(
-            r#"
-listen: [{ address: "127.0.0.1:0", tls: off }]
-upstream: { address: "127.0.0.1:1" }
-users:
-  - { name: default, rules: "on >secret +@all ~*" }
-  - { name: app, rules: "on >pw +@read ~app:*" }
-  - { name: gone, rules: "off >pw +@all ~*" }
-"#,
-            Path::new("test.yaml"),
+        users_from(
+            "  - { name: default, rules: \"on >secret +@all ~*\" }\n\
+             \x20 - { name: app, rules: \"on >pw +@read ~app:*\" }\n\
+             \x20 - { name: gone, rules: \"off >pw +@all ~*\" }\n",
         )
-        .expect("config");
-        cfg.users
     }
 
     /// Runs `f` on the request `args` encode to.
@@ -267,17 +270,7 @@ users:
         let users = users();
         let proof = authenticate(&users, b"app", b"pw").expect("logs in");
         assert!(proof.renewed(&users).is_some());
-        let off = crate::config::from_text(
-            r#"
-listen: [{ address: "127.0.0.1:0", tls: off }]
-upstream: { address: "127.0.0.1:1" }
-users:
-  - { name: app, rules: "off >pw +@read ~app:*" }
-"#,
-            Path::new("test.yaml"),
-        )
-        .expect("config")
-        .users;
+        let off = users_from("  - { name: app, rules: \"off >pw +@read ~app:*\" }\n");
         assert!(proof.renewed(&off).is_none());
         // `default` with a password gives no implicit login.
         assert!(LoggedIn::implicit(&users).is_none());

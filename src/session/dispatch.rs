@@ -162,15 +162,7 @@ impl State {
             self.client.multi_dirty = false;
             let mut discard = Vec::with_capacity(16);
             encode_command(&mut discard, [&b"DISCARD"[..]].into_iter());
-            self.out.uout.extend_from_slice(&discard);
-            let sent = self.now();
-            self.slots.push(Slot::Upstream {
-                expect: Expect::Replies(1),
-                forward: false,
-                hook: Hook::None,
-                sent,
-                rewrite: None,
-            });
+            self.send_own(&discard, Hook::None, false);
             self.local(Bytes::from_static(replies::EXECABORT));
             return Outcome::Done;
         }

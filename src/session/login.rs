@@ -148,25 +148,10 @@ impl State {
             self.local(Bytes::from_static(replies::RESET));
             return Outcome::Done;
         }
-        self.out.uout.extend_from_slice(raw);
-        let sent = self.now();
-        self.slots.push(Slot::Upstream {
-            expect: Expect::Replies(1),
-            forward: true,
-            hook: Hook::Reset,
-            sent,
-            rewrite: None,
-        });
-        if let Some(auth) = self.shared.connector.auth_request() {
-            self.out.uout.extend_from_slice(auth);
-            let sent = self.now();
-            self.slots.push(Slot::Upstream {
-                expect: Expect::Replies(1),
-                forward: false,
-                hook: Hook::UpstreamAuth,
-                sent,
-                rewrite: None,
-            });
+        self.send_own(raw, Hook::Reset, true);
+        let shared = Arc::clone(&self.shared);
+        if let Some(auth) = shared.connector.auth_request() {
+            self.send_own(auth, Hook::UpstreamAuth, false);
         }
         Outcome::Done
     }

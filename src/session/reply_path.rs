@@ -66,6 +66,17 @@ impl State {
         if hook == Hook::PubSub {
             self.client.pubsub_pending += 1;
         }
+        self.owed(expect, hook, forward);
+    }
+
+    /// Writes a request of redward's own to Redis (`forward: false` swallows its reply).
+    pub(super) fn send_own(&mut self, request: &[u8], hook: Hook, forward: bool) {
+        self.out.uout.extend_from_slice(request);
+        self.owed(Expect::Replies(1), hook, forward);
+    }
+
+    /// Pushes the slot for replies Redis owes, timed from this turn.
+    fn owed(&mut self, expect: Expect, hook: Hook, forward: bool) {
         let sent = self.now();
         self.slots.push(Slot::Upstream {
             expect,

@@ -168,16 +168,22 @@ fn a_reply_hook_sees_a_reply_whole_however_it_arrives_and_others_stream_through(
     assert!(st.slots.is_empty());
 }
 
+/// `serve` on one end of an in-memory stream; the test holds the other end.
+fn spawn_session(
+    stop: &CancellationToken,
+) -> (
+    tokio::task::JoinHandle<Result<(), SessionError>>,
+    tokio::io::DuplexStream,
+) {
+    let (client, peer) = tokio::io::duplex(4096);
+    let addr = SocketAddr::from(([127, 0, 0, 1], 40001));
+    let session = tokio::spawn(serve(client, addr, shared(), stop.clone(), None));
+    (session, peer)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_client_that_never_logs_in_is_closed_at_the_login_deadline() {
-    let (client, mut peer) = tokio::io::duplex(4096);
-    let session = tokio::spawn(serve(
-        client,
-        SocketAddr::from(([127, 0, 0, 1], 40001)),
-        shared(),
-        CancellationToken::new(),
-        None,
-    ));
+    let (session, mut peer) = spawn_session(&CancellationToken::new());
     // A request before login is answered (NOAUTH) without any upstream.
     tokio::io::AsyncWriteExt::write_all(&mut peer, &cmd(&["GET", "k"]))
         .await
@@ -197,15 +203,8 @@ async fn a_client_that_never_logs_in_is_closed_at_the_login_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_ends_an_idle_logged_in_session_cleanly() {
-    let (client, mut peer) = tokio::io::duplex(4096);
     let stop = CancellationToken::new();
-    let session = tokio::spawn(serve(
-        client,
-        SocketAddr::from(([127, 0, 0, 1], 40002)),
-        shared(),
-        stop.clone(),
-        None,
-    ));
+    let (session, mut peer) = spawn_session(&stop);
     tokio::io::AsyncWriteExt::write_all(&mut peer, &cmd(&["AUTH", "secret"]))
         .await
         .expect("write");
