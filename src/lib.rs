@@ -24,6 +24,7 @@ pub mod acl;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod clients;
 pub mod commands;
 pub mod config;
 pub mod fault;
@@ -195,7 +196,14 @@ impl Server {
         };
         let pool = (cfg.upstream.shared_connections > 0)
             .then(|| mux::Pools::start(cfg.upstream.shared_connections, &connector, &metrics));
+        let databases = connector.databases().await;
         let shared = shared::Shared::new(cfg, connector, pool, audit, Arc::clone(&metrics));
+        if let Some(n) = databases {
+            // SELECT rides shared connections only for a database known to exist.
+            shared
+                .databases
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
         let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);
         Ok(Server {
             listeners,

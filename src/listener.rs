@@ -288,6 +288,10 @@ async fn handle(
 ) {
     // Redis traffic is request/response; Nagle would add delay to every small reply.
     let _ = tcp.set_nodelay(true);
+    let addrs = session::Addrs {
+        peer,
+        local: tcp.local_addr().ok(),
+    };
     let result = match tls {
         Some((acceptor, mtls)) => {
             let handshake = tokio::time::timeout(
@@ -314,7 +318,7 @@ async fn handle(
                             None => None,
                         },
                     };
-                    session::serve(stream, peer, shared, stop, login).await
+                    session::serve(stream, addrs, shared, stop, login).await
                 }
                 Ok(Err(e)) => {
                     shared.metrics.tls_handshake_failures.inc();
@@ -335,7 +339,7 @@ async fn handle(
                 }
             }
         }
-        None => session::serve(tcp, peer, shared, stop, None).await,
+        None => session::serve(tcp, addrs, shared, stop, None).await,
     };
     match result {
         Ok(()) => debug!(%peer, "connection closed"),

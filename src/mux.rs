@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::memory::Charge;
 use crate::metrics::Metrics;
 use crate::resp::{ReplyScanner, Step};
-use crate::upstream::{Connector, Target, UpstreamStream};
+use crate::upstream::{Connector, Setup, Target, UpstreamStream};
 
 /// Bytes read from the shared connection at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -70,27 +70,44 @@ impl MuxError {
     }
 }
 
-/// Shared connections, one [`Pool`] per upstream [`Target`]: today the one the configuration
-/// names; a cluster's nodes or a Sentinel-followed master add theirs.
-#[derive(Debug, Default)]
+/// Shared connections, one [`Pool`] per upstream [`Target`] and [`Setup`] (protocol and
+/// database): a client that said `HELLO 3` or `SELECT 1` rides connections already in that
+/// state. Pools start on first use; how many can exist is bounded by the targets times the
+/// databases Redis has (`databases`, 16 by default) times two protocols.
+#[derive(Debug)]
 pub struct Pools {
-    by_target: std::collections::HashMap<Target, Pool>,
+    /// Connections per pool (`upstream.shared_connections`).
+    per_pool: usize,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+    by_key: Mutex<std::collections::HashMap<(Target, Setup), Arc<Pool>>>,
 }
 
 impl Pools {
-    /// Starts `n` shared connections to `connector`'s target. Must run inside the runtime.
+    /// `n` shared connections per pool to `connector`'s target; the default set-up's pool
+    /// starts now, the others on first use. Must run inside the runtime.
     pub fn start(n: usize, connector: &Connector, metrics: &Arc<Metrics>) -> Self {
-        let mut pools = Pools::default();
-        pools.by_target.insert(
-            connector.target().clone(),
-            Pool::start(n, connector, metrics),
-        );
+        let pools = Pools {
+            per_pool: n,
+            connector: connector.clone(),
+            metrics: Arc::clone(metrics),
+            by_key: Mutex::new(std::collections::HashMap::new()),
+        };
+        pools.get(connector.target(), Setup::default());
         pools
     }
 
-    /// The pool of shared connections to `target`, if there is one.
-    pub fn get(&self, target: &Target) -> Option<&Pool> {
-        self.by_target.get(target)
+    /// The pool of shared connections to `target` set up as `setup`, started if need be.
+    pub fn get(&self, target: &Target, setup: Setup) -> Arc<Pool> {
+        let mut by_key = lock(&self.by_key);
+        let key = (target.clone(), setup);
+        if let Some(pool) = by_key.get(&key) {
+            return Arc::clone(pool);
+        }
+        let connector = self.connector.to_target(target.clone()).with_setup(setup);
+        let pool = Arc::new(Pool::start(self.per_pool, &connector, &self.metrics));
+        by_key.insert(key, Arc::clone(&pool));
+        pool
     }
 }
 

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::audit::Audit;
+use crate::clients::Clients;
 use crate::config::{Config, ProtocolLimits, Users};
 use crate::limits::{CommandRate, Limiter};
 use crate::memory::ClientMemory;
 use crate::metrics::Metrics;
 use crate::mux::{Pool, Pools};
 use crate::throttle::Throttle;
-use crate::upstream::Connector;
+use crate::upstream::{Connector, Setup};
 
 /// What every session shares: the reloadable part ([`Live`]), the upstream connector, the
 /// audit sink, the limiter and the metrics.
@@ -41,6 +42,11 @@ pub struct Shared {
     pub memory: Arc<ClientMemory>,
     /// Refused connections and TLS failures: a few log lines per second, then a count.
     pub refusal_lines: Throttle,
+    /// redward's own clients, for `CLIENT LIST`, `CLIENT INFO` and `CLIENT KILL`.
+    pub clients: Arc<Clients>,
+    /// Redis's `databases` (`CONFIG GET databases` at start-up); 0 until learned. `SELECT`
+    /// rides shared connections only for a database known to exist.
+    pub databases: std::sync::atomic::AtomicU32,
 }
 
 /// The part of the configuration a reload replaces without dropping connections.
@@ -95,6 +101,8 @@ impl Shared {
             metrics,
             memory,
             refusal_lines: Throttle::default(),
+            clients: Arc::new(Clients::default()),
+            databases: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -125,9 +133,15 @@ impl Shared {
         self.generation.store(generation, Ordering::Release);
     }
 
-    /// The shared connections a new client starts on, if any: those to the configured target.
-    pub fn pool(&self) -> Option<&Pool> {
-        self.pools.as_ref()?.get(self.connector.target())
+    /// The shared connections to the configured target set up as `setup` (a client's protocol
+    /// and database), if shared connections are on.
+    pub fn pool(&self, setup: Setup) -> Option<Arc<Pool>> {
+        Some(self.pools.as_ref()?.get(self.connector.target(), setup))
+    }
+
+    /// Redis's number of databases, 0 if not known.
+    pub fn databases(&self) -> u32 {
+        self.databases.load(Ordering::Relaxed)
     }
 
     /// The generation of the configuration in force (one atomic load).

@@ -34,6 +34,8 @@ impl State {
             return Outcome::Done;
         }
         let before = self.counts.forwarded + self.counts.refused;
+        let sub = (req.argc() > 1).then(|| req.arg(1));
+        self.client.last_cmd.set(req.name(), sub);
         let outcome = self.dispatch_inner(req, raw, conn);
         if outcome == Outcome::Done {
             self.flow.retrying = false;
@@ -191,6 +193,17 @@ impl State {
             self.client_reply(req.arg(2));
             return Outcome::Done;
         }
+        if name.eq_ignore_ascii_case(b"client") {
+            if let Some(outcome) = self.client_command(req) {
+                return outcome;
+            }
+        }
+        if conn == ConnKind::Shared && !self.flow.prefer_own && name.eq_ignore_ascii_case(b"select")
+        {
+            if let Some(outcome) = self.select_shared(req, raw) {
+                return outcome;
+            }
+        }
         if (name.eq_ignore_ascii_case(b"sync") || name.eq_ignore_ascii_case(b"psync"))
             && conn == ConnKind::Dedicated
             && !self.client.in_multi
@@ -210,11 +223,16 @@ impl State {
                 if !self.flow.prefer_own
                     && !route::needs_own_connection(
                         resolved.or_else(|| commands::lookup(name)),
-                    ) =>
-            {
-                self.out.shared_unsent += 1;
-            }
+                    ) => {}
             _ => return Outcome::NeedUpstream,
+        }
+        self.forward_to(conn, req, raw)
+    }
+
+    /// Forwards a request on the connection of kind `conn` and expects its replies.
+    pub(super) fn forward_to(&mut self, conn: ConnKind, req: &Request<'_>, raw: &[u8]) -> Outcome {
+        if conn == ConnKind::Shared {
+            self.out.shared_unsent += 1;
         }
         let (expect, hook) = self.expectation(req);
         self.forward(req, raw);

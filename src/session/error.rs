@@ -34,6 +34,8 @@ pub enum SessionError {
     IdleTimeout,
     #[error("evicted: all clients together over limits.max_client_memory")]
     ClientMemory,
+    #[error("killed by CLIENT KILL")]
+    Killed,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -49,6 +51,7 @@ impl SessionError {
             | SessionError::OutputLimit
             | SessionError::IdleTimeout
             | SessionError::ClientMemory
+            | SessionError::Killed
             | SessionError::Replication(_) => Side::Client,
             SessionError::UpstreamIo(_)
             | SessionError::UpstreamClosed

@@ -106,10 +106,18 @@ impl State {
             }
             Ok(fwd) => fwd,
         };
+        if conn == ConnKind::Shared && !self.flow.prefer_own && !self.client.in_multi {
+            // Nothing changed yet. The protocol rides shared connections set up for it, the
+            // name stays here (`client_cmd.rs`).
+            return self.hello_shared(fwd.version, fwd.setname, out.login);
+        }
         if conn != ConnKind::Dedicated {
-            // Nothing changed yet: connect, then come back to this same request. (HELLO sets
-            // the protocol and names the connection: never on a shared one.)
+            // Nothing changed yet: connect, then come back to this same request.
             return Outcome::NeedUpstream;
+        }
+        if let Some(name) = fwd.setname {
+            self.client.name = name.to_vec();
+            self.client.changed = true;
         }
         if let Some(proof) = out.login {
             self.log_in(proof, "HELLO");
@@ -138,7 +146,15 @@ impl State {
     /// it for Redis's own reply and state, then logs the upstream connection back in as
     /// itself; the client is logged out of redward, as `clearClientConnectionState` does.
     pub(super) fn do_reset(&mut self, raw: &[u8], conn: ConnKind) -> Outcome {
+        if conn == ConnKind::Shared && self.client.setup != Setup::default() {
+            // Back to RESP2 and database 0: on the shared connections set up that way.
+            return Outcome::Reattach(Setup::default());
+        }
         self.log_out();
+        // `clearClientConnectionState` (networking.c): database 0, RESP2, no name.
+        self.client.name.clear();
+        self.client.db = 0;
+        self.client.changed = true;
         self.client.in_multi = false;
         self.client.multi_dirty = false;
         // RESET clears CLIENT REPLY OFF/SKIP before replying, so its reply is always sent.

@@ -32,6 +32,7 @@
 //!   path without sockets, for benchmarks and tests.
 
 mod acl_cmd;
+mod client_cmd;
 mod deadlines;
 mod dispatch;
 mod error;
@@ -70,7 +71,7 @@ use crate::resp::{
     encode_command, Frame, FrameInfo, Limits, PubSub, ReplyScanner, Request, RequestParser, Step,
 };
 use crate::shared::{Live, Shared};
-use crate::upstream::UpstreamStream;
+use crate::upstream::{Setup, UpstreamStream};
 
 pub use error::SessionError;
 pub use offline::Offline;
@@ -106,6 +107,17 @@ enum Outcome {
     /// (subscriptions, the protocol): once every earlier reply is in, dispatch it again
     /// (nothing was changed by the first attempt).
     WaitForReplies,
+    /// The request must ride shared connections set up differently (`SELECT`, `HELLO`,
+    /// `RESET`): once every earlier reply is in, move to them and dispatch it again.
+    Reattach(Setup),
+}
+
+/// The two ends of a client's connection: its address (as the PROXY header gave it, if one
+/// did) and redward's.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
 }
 
 /// Serves one client connection until it closes, the upstream fails, or `shutdown` fires and
@@ -116,7 +128,7 @@ enum Outcome {
 /// A [`SessionError`] saying why the connection was closed by redward.
 pub async fn serve<S>(
     mut client: S,
-    peer: SocketAddr,
+    addrs: Addrs,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     login: Option<LoggedIn>,
@@ -124,7 +136,8 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut st = State::new(shared, peer, login);
+    let peer = addrs.peer;
+    let mut st = State::new(shared, addrs, login);
     let mut inb = Inbound::new();
     // What this client's buffers hold counts toward `limits.max_client_memory`; past it, the
     // client holding the most is told to go (`memory.rs`).
@@ -132,12 +145,16 @@ where
     let usage = account.usage_handle();
     let evicted = usage.evicted();
     tokio::pin!(evicted);
-    let mut conn = match st.shared.pool() {
+    st.charge = Some(account.charge());
+    let mut conn = match st.shared.pool(Setup::default()) {
         Some(pool) => {
-            Conn::Shared(pool.attach(st.live.limits.shared_reply_buffer, Some(account.charge())))
+            Conn::Shared(pool.attach(st.live.limits.shared_reply_buffer, st.charge.clone()))
         }
         None => Conn::None,
     };
+    let killed = st.registration.entry.kill.clone();
+    let killed = killed.cancelled();
+    tokio::pin!(killed);
     let limits = &st.live.limits;
     let mut deadlines = Deadlines::new(
         Instant::now(),
@@ -209,6 +226,10 @@ where
             () = &mut cancelled, if !st.flow.draining => {
                 st.flow.draining = true;
                 continue;
+            }
+            () = &mut killed => {
+                debug!(%peer, "killed by CLIENT KILL");
+                break Err(SessionError::Killed);
             }
             () = &mut evicted => {
                 let memory = &st.shared.memory;

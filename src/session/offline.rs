@@ -14,7 +14,11 @@ pub struct Offline {
 impl Offline {
     /// A session logged in with `login`, forwarding as on a shared upstream connection.
     pub fn new(shared: Arc<Shared>, login: LoggedIn) -> Self {
-        let st = State::new(shared, SocketAddr::from(([127, 0, 0, 1], 0)), Some(login));
+        let addrs = Addrs {
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            local: None,
+        };
+        let st = State::new(shared, addrs, Some(login));
         Offline {
             st,
             parser: RequestParser::new(),
@@ -38,6 +42,11 @@ impl Offline {
                 // As on the shared connection (the default); a command that needs a
                 // connection of its own is dispatched as if it had one.
                 match st.dispatch(&req, raw, ConnKind::Shared) {
+                    Outcome::Reattach(setup) => {
+                        st.flow.retrying = true;
+                        st.client.setup = setup;
+                        st.dispatch(&req, raw, ConnKind::Shared);
+                    }
                     Outcome::NeedUpstream => {
                         st.flow.retrying = true;
                         st.dispatch(&req, raw, ConnKind::Dedicated);

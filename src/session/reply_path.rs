@@ -36,6 +36,11 @@ impl Subscriptions {
         }
     }
 
+    /// Channels, patterns and shard channels, as `CLIENT LIST` shows them.
+    pub(super) fn counts(&self) -> (i64, i64, i64) {
+        (self.channels, self.patterns, self.shard)
+    }
+
     pub(super) fn count(&self, family: Family) -> i64 {
         match family {
             Family::Channel => self.channels,

@@ -56,6 +56,17 @@ impl State {
                     self.flow.pin_wait = true;
                     break;
                 }
+                Outcome::Reattach(setup) => {
+                    self.flow.retrying = true;
+                    if self.slots.upstream_pending() > 0 {
+                        // Moving between shared connections: every reply owed on the old ones
+                        // comes first. The request waits.
+                        self.flow.pin_wait = true;
+                        break;
+                    }
+                    self.reattach(conn, setup);
+                    continue; // dispatch the same request again, on the new connections
+                }
                 Outcome::NeedUpstream => {
                     self.flow.retrying = true;
                     if matches!(conn, Conn::Dedicated(_)) {
@@ -91,10 +102,25 @@ impl State {
             && self.out.uout.len() < UPSTREAM_OUT_HIGH
     }
 
-    /// Opens the client's own upstream connection. `false`: it failed, and the request was
-    /// answered with Redis's retryable error.
+    /// Moves a client on shared connections to those set up as `setup` (nothing is owed on
+    /// the old ones: the caller waited for every reply).
+    fn reattach(&mut self, conn: &mut Conn, setup: Setup) {
+        if let (Conn::Shared(_), Some(pool)) = (&*conn, self.shared.pool(setup)) {
+            let limit = self.live.limits.shared_reply_buffer;
+            *conn = Conn::Shared(pool.attach(limit, self.charge.clone()));
+        }
+        self.client.setup = setup;
+        self.client.resp3 = setup.resp3;
+        self.client.db = setup.db;
+        self.client.changed = true;
+    }
+
+    /// Opens the client's own upstream connection, in the protocol and database the client
+    /// had on the shared ones. `false`: it failed, and the request was answered with Redis's
+    /// retryable error.
     async fn connect_own(&mut self, conn: &mut Conn) -> bool {
-        match self.shared.connector.connect().await {
+        let connector = self.shared.connector.with_setup(self.client.setup);
+        match connector.connect().await {
             Ok(stream) => {
                 debug!(peer = %self.peer, "upstream connected");
                 if matches!(conn, Conn::Shared(_)) {

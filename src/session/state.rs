@@ -4,6 +4,7 @@
 //! ([`Outbox`]) and the reply order ([`Slots`]).
 
 use super::*;
+use crate::clients::{LastCommand, Registration};
 
 /// `CLIENT REPLY` state (`CLIENT_REPLY_OFF`, `_SKIP`, `_SKIP_NEXT` in `networking.c`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,6 +31,21 @@ pub(super) struct ClientState {
     pub(super) subs: Subscriptions,
     /// (P|S)(UN)SUBSCRIBE requests sent whose confirmations are not all in yet.
     pub(super) pubsub_pending: u32,
+    /// redward's id for this client (`CLIENT ID`), kept across moves between connections.
+    pub(super) id: u64,
+    /// `CLIENT SETNAME` / `HELLO ... SETNAME`, `CLIENT SETINFO`: kept here, not in Redis.
+    pub(super) name: Vec<u8>,
+    pub(super) lib_name: Vec<u8>,
+    pub(super) lib_ver: Vec<u8>,
+    /// The database selected (as far as redward knows: SELECT inside MULTI or on a
+    /// connection of the client's own is Redis's business).
+    pub(super) db: u32,
+    /// The shared connections this client rides: their protocol and database.
+    pub(super) setup: Setup,
+    /// The last command, for `CLIENT LIST`.
+    pub(super) last_cmd: LastCommand,
+    /// Something `CLIENT LIST` shows besides the last command changed.
+    pub(super) changed: bool,
 }
 
 /// Where the connection's loop stands.
@@ -103,12 +119,23 @@ pub(super) struct State {
     pub(super) client: ClientState,
     pub(super) flow: Flow,
     pub(super) counts: Counts,
+    /// This client's place among redward's clients (`CLIENT LIST`, `CLIENT KILL`).
+    pub(super) registration: Registration,
+    /// What a shared connection's inbox charges this client's memory through.
+    pub(super) charge: Option<crate::memory::Charge>,
 }
 
 impl State {
-    pub(super) fn new(shared: Arc<Shared>, peer: SocketAddr, login: Option<LoggedIn>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, addrs: Addrs, login: Option<LoggedIn>) -> Self {
         let live = shared.live.load_full();
         let login = login.or_else(|| LoggedIn::implicit(&live.users));
+        let user = login.as_ref().map_or("", |l| l.user().name.as_str());
+        let registration = shared.clients.register(addrs.peer, addrs.local, user);
+        let client = ClientState {
+            id: registration.entry.id,
+            ..ClientState::default()
+        };
+        let peer = addrs.peer;
         State {
             live,
             now: None,
@@ -117,15 +144,21 @@ impl State {
             login,
             slots: Slots::default(),
             out: Outbox::default(),
-            client: ClientState::default(),
+            client,
             flow: Flow::default(),
             counts: Counts::default(),
+            registration,
+            charge: None,
         }
     }
 
-    /// Adds this connection's command counts to the shared metrics.
+    /// Adds this connection's command counts to the shared metrics, and tells the registry
+    /// about a turn that ran commands.
     pub(super) fn report_commands(&mut self) {
         let forwarded = self.counts.forwarded - self.counts.reported_forwarded;
+        if forwarded > 0 || self.counts.unreported_local > 0 || self.client.changed {
+            self.publish();
+        }
         if forwarded > 0 {
             self.shared.metrics.commands_forwarded.inc_by(forwarded);
             self.counts.reported_forwarded = self.counts.forwarded;

@@ -25,7 +25,11 @@ fn shared() -> Arc<Shared> {
 }
 
 fn state() -> State {
-    State::new(shared(), SocketAddr::from(([127, 0, 0, 1], 40000)), None)
+    let addrs = Addrs {
+        peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        local: None,
+    };
+    State::new(shared(), addrs, None)
 }
 
 fn cmd(args: &[&str]) -> Vec<u8> {
@@ -118,10 +122,11 @@ fn refusals_are_slotted_between_redis_replies_in_request_order() {
 fn a_command_that_keeps_connection_state_asks_for_the_clients_own_connection() {
     let mut st = state();
     log_in(&mut st, "default", "secret");
+    // (SELECT too, while redward does not know how many databases Redis has.)
     for state_command in [
         &["MULTI"][..],
         &["SELECT", "1"],
-        &["CLIENT", "SETNAME", "x"],
+        &["CLIENT", "TRACKING", "ON"],
     ] {
         let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(state_command));
         assert_eq!(outcomes, [Outcome::NeedUpstream], "{state_command:?}");
@@ -131,6 +136,43 @@ fn a_command_that_keeps_connection_state_asks_for_the_clients_own_connection() {
     let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["GET", "k"]));
     assert_eq!(outcomes, [Outcome::Done]);
     assert_eq!(st.out.shared_unsent, 1);
+}
+
+#[test]
+fn name_database_and_protocol_live_in_redward_for_a_client_on_shared_connections() {
+    let mut st = state();
+    st.shared
+        .databases
+        .store(16, std::sync::atomic::Ordering::Relaxed);
+    log_in(&mut st, "default", "secret");
+    let script = [
+        cmd(&["CLIENT", "SETNAME", "worker"]),
+        cmd(&["CLIENT", "GETNAME"]),
+        cmd(&["CLIENT", "SETNAME", "two words"]),
+    ]
+    .concat();
+    let outcomes = dispatch_all(&mut st, ConnKind::Shared, &script);
+    assert_eq!(outcomes, [Outcome::Done; 3]);
+    assert_eq!(
+        sent(&mut st),
+        "+OK\r\n$6\r\nworker\r\n-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
+    assert!(st.out.uout.is_empty(), "nothing reached Redis");
+    // SELECT and HELLO 3 move to shared connections set up that way, not to an own one.
+    let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["SELECT", "3"]));
+    assert_eq!(
+        outcomes,
+        [Outcome::Reattach(Setup {
+            resp3: false,
+            db: 3
+        })]
+    );
+    let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["SELECT", "16"]));
+    assert_eq!(outcomes, [Outcome::Done]);
+    assert_eq!(sent(&mut st), "-ERR DB index is out of range\r\n");
+    st.flow.retrying = false;
+    let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["HELLO", "3"]));
+    assert_eq!(outcomes, [Outcome::Reattach(Setup { resp3: true, db: 0 })]);
 }
 
 #[test]
@@ -176,7 +218,10 @@ fn spawn_session(
     tokio::io::DuplexStream,
 ) {
     let (client, peer) = tokio::io::duplex(4096);
-    let addr = SocketAddr::from(([127, 0, 0, 1], 40001));
+    let addr = Addrs {
+        peer: SocketAddr::from(([127, 0, 0, 1], 40001)),
+        local: None,
+    };
     let session = tokio::spawn(serve(client, addr, shared(), stop.clone(), None));
     (session, peer)
 }

@@ -39,6 +39,9 @@ pub enum UpstreamError {
     AuthRejected(String),
     #[error("upstream closed the connection during AUTH")]
     ClosedDuringAuth,
+    /// Redis refused the connection's set-up (`HELLO 3`, `SELECT db`); the text is Redis's.
+    #[error("upstream refused the connection set-up: {0}")]
+    SetupRejected(String),
 }
 
 impl UpstreamError {
@@ -55,11 +58,43 @@ impl UpstreamError {
     }
 }
 
-/// Opens upstream connections to one [`Target`], logged in with one [`Credential`].
+/// What a new upstream connection is set to after login, before any client's request: the
+/// protocol and the database. Shared connections come in one pool per setup, so a client that
+/// said `HELLO 3` or `SELECT 1` rides one already in that state (`mux::Pools`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Setup {
+    /// `HELLO 3` after login.
+    pub resp3: bool,
+    /// `SELECT db` after login, unless 0.
+    pub db: u32,
+}
+
+impl Setup {
+    /// The requests that put a connection in this state, pipelined, and how many replies
+    /// they get.
+    fn requests(self) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut n = 0;
+        if self.resp3 {
+            crate::resp::encode_command(&mut out, [&b"HELLO"[..], b"3"].into_iter());
+            n += 1;
+        }
+        if self.db != 0 {
+            let db = self.db.to_string();
+            crate::resp::encode_command(&mut out, [&b"SELECT"[..], db.as_bytes()].into_iter());
+            n += 1;
+        }
+        (out, n)
+    }
+}
+
+/// Opens upstream connections to one [`Target`], logged in with one [`Credential`], set up
+/// as [`Setup`] says.
 #[derive(Clone)]
 pub struct Connector {
     target: Target,
     credential: Option<Credential>,
+    setup: Setup,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: std::time::Duration,
 }
@@ -90,6 +125,7 @@ impl Connector {
         Ok(Connector {
             target: Target::Fixed(cfg.addr.clone()),
             credential: Credential::from_config(cfg),
+            setup: Setup::default(),
             tls,
             connect_timeout: cfg.connect_timeout,
         })
@@ -100,6 +136,14 @@ impl Connector {
     pub fn to_target(&self, target: Target) -> Connector {
         Connector {
             target,
+            ..self.clone()
+        }
+    }
+
+    /// The same connector, setting each new connection up as `setup` says.
+    pub fn with_setup(&self, setup: Setup) -> Connector {
+        Connector {
+            setup,
             ..self.clone()
         }
     }
@@ -182,8 +226,63 @@ impl Connector {
                 }
             }
         }
+        let (setup, replies) = self.setup.requests();
+        if replies > 0 {
+            stream.write_all(&setup).await.map_err(connect_err)?;
+            stream.flush().await.map_err(connect_err)?;
+            read_setup_replies(&mut stream, replies)
+                .await
+                .map_err(|e| match e {
+                    SetupFailure::Io(source) => connect_err(source),
+                    SetupFailure::Refused(text) => UpstreamError::SetupRejected(text),
+                })?;
+        }
         Ok(stream)
     }
+}
+
+enum SetupFailure {
+    Io(io::Error),
+    Refused(String),
+}
+
+/// Reads the `n` replies to a connection's set-up (at most 64 KiB: a HELLO map); an error
+/// reply refuses the set-up.
+async fn read_setup_replies(stream: &mut UpstreamStream, n: usize) -> Result<(), SetupFailure> {
+    let mut buf = BytesMut::with_capacity(512);
+    let mut scanner = crate::resp::ReplyScanner::new();
+    let mut left = n;
+    while left > 0 {
+        if buf.len() > 64 * 1024 {
+            return Err(SetupFailure::Refused("set-up reply too long".into()));
+        }
+        if stream.read_buf(&mut buf).await.map_err(SetupFailure::Io)? == 0 {
+            return Err(SetupFailure::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        loop {
+            match scanner.advance(&buf) {
+                Ok(crate::resp::Step::Complete { consumed, info }) => {
+                    if info.is_error() {
+                        let text = buf.get(1..consumed.saturating_sub(2)).unwrap_or(&[]);
+                        return Err(SetupFailure::Refused(
+                            String::from_utf8_lossy(text).into_owned(),
+                        ));
+                    }
+                    bytes::Buf::advance(&mut buf, consumed);
+                    left -= 1;
+                    if left == 0 || buf.is_empty() {
+                        break;
+                    }
+                }
+                Ok(crate::resp::Step::Partial { consumed }) => {
+                    bytes::Buf::advance(&mut buf, consumed);
+                    break;
+                }
+                Err(e) => return Err(SetupFailure::Refused(e.to_string())),
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Connector {
@@ -195,31 +294,84 @@ impl Connector {
     pub async fn command_table(
         &self,
     ) -> Result<redis_protocol::resp2::types::OwnedFrame, UpstreamError> {
+        self.query(&["COMMAND"]).await
+    }
+
+    /// How many databases Redis has, found the way any client could: `SELECT 1` ... `SELECT
+    /// 255` pipelined on one connection, counting until Redis's `DB index is out of range`
+    /// (`selectDb` in server.c). Needs neither `CONFIG` (often not granted to a proxy's
+    /// user) nor a known `databases` setting. `None` when SELECT is refused for any other
+    /// reason (no permission, cluster mode): then SELECT goes to a connection of the client's
+    /// own, where Redis gives its own answer.
+    pub async fn databases(&self) -> Option<u32> {
+        const PROBE: u32 = 255;
+        let mut request = Vec::new();
+        for db in 1..=PROBE {
+            let db = db.to_string();
+            crate::resp::encode_command(&mut request, [&b"SELECT"[..], db.as_bytes()].into_iter());
+        }
+        let work = async {
+            let mut stream = self.connect_inner().await.ok()?;
+            stream.write_all(&request).await.ok()?;
+            stream.flush().await.ok()?;
+            let mut buf = BytesMut::with_capacity(4096);
+            let mut scanner = crate::resp::ReplyScanner::new();
+            let mut selectable = 1u32; // database 0 always exists
+            while selectable <= PROBE {
+                match scanner.advance(&buf).ok()? {
+                    crate::resp::Step::Complete { consumed, info } => {
+                        if info.is_error() {
+                            let text = buf.get(..consumed).unwrap_or(&[]);
+                            let out_of_range = text
+                                .windows(b"out of range".len())
+                                .any(|w| w == b"out of range");
+                            return out_of_range.then_some(selectable);
+                        }
+                        bytes::Buf::advance(&mut buf, consumed);
+                        selectable += 1;
+                    }
+                    crate::resp::Step::Partial { consumed } => {
+                        bytes::Buf::advance(&mut buf, consumed);
+                        if stream.read_buf(&mut buf).await.ok()? == 0 {
+                            return None;
+                        }
+                    }
+                }
+            }
+            Some(selectable)
+        };
+        tokio::time::timeout(self.connect_timeout, work)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// One request of redward's own on a fresh connection, its reply decoded (RESP2); bounded
+    /// by `connect_timeout` and 16 MiB.
+    async fn query(
+        &self,
+        args: &[&str],
+    ) -> Result<redis_protocol::resp2::types::OwnedFrame, UpstreamError> {
         let addr = self.target.to_string();
+        let mut request = Vec::new();
+        crate::resp::encode_command(&mut request, args.iter().map(|a| a.as_bytes()));
         let work = async {
             let mut stream = self.connect_inner().await?;
             let io = |source| UpstreamError::Connect {
                 addr: addr.clone(),
                 source,
             };
-            stream
-                .write_all(b"*1\r\n$7\r\nCOMMAND\r\n")
-                .await
-                .map_err(io)?;
+            stream.write_all(&request).await.map_err(io)?;
             stream.flush().await.map_err(io)?;
             let mut buf = BytesMut::with_capacity(256 * 1024);
             loop {
                 match redis_protocol::resp2::decode::decode(&buf) {
                     Ok(Some((frame, _))) => return Ok(frame),
                     Ok(None) => {}
-                    Err(e) => {
-                        return Err(UpstreamError::AuthRejected(format!("COMMAND reply: {e}")))
-                    }
+                    Err(e) => return Err(UpstreamError::AuthRejected(format!("reply: {e}"))),
                 }
                 if buf.len() > 16 * 1024 * 1024 {
-                    return Err(UpstreamError::AuthRejected(
-                        "COMMAND reply too large".into(),
-                    ));
+                    return Err(UpstreamError::AuthRejected("reply too large".into()));
                 }
                 if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
                     return Err(UpstreamError::ClosedDuringAuth);
