@@ -52,6 +52,24 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
 	hash -r
 fi
 
+# Real client libraries for tests/clients.rs, pinned: redis-py from PyPI, and node-redis from
+# npm as tests/clients/package-lock.json has it, into tests/clients/node_modules. Not optional:
+# REDWARD_REQUIRE_CLIENT_LIBS=1 makes that test fail, not skip, when one is missing.
+redis_py=6.4.0
+if ! python3 -c "import sys, redis; sys.exit(redis.__version__ != '$redis_py')" 2>/dev/null; then
+	log "installing redis-py $redis_py with pip"
+	python3 -m pip install --quiet "redis==$redis_py" ||
+		python3 -m pip install --quiet --user "redis==$redis_py" ||
+		python3 -m pip install --quiet --user --break-system-packages "redis==$redis_py" ||
+		die "could not install redis-py $redis_py (tests/clients.rs needs it)"
+fi
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+node_redis=$(node -p 'require("./tests/clients/package.json").dependencies.redis')
+if [[ $(node -p 'try { require("./tests/clients/node_modules/redis/package.json").version } catch { "" }') != "$node_redis" ]]; then
+	step npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+fi
+export REDWARD_REQUIRE_CLIENT_LIBS=1
+
 if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
 	PATH=$HOME/.cargo/bin:$PATH
 fi
