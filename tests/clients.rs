@@ -8,6 +8,11 @@
 //! asserts what it gets and prints a transcript. The same script is run directly against
 //! redis-server (plaintext) and through redward: both must pass, with the same transcript.
 //!
+//! `tests/clients/hold_open.py` keeps 20 redis-py clients open at once, each checking its own
+//! name, database and protocol, while Redis's connections are counted: clients with redis-py's
+//! default handshake should share upstream connections as bare ones do (those tests are
+//! `#[ignore]`d until redward keeps that per-client state itself; issue 12).
+//!
 //! The libraries are installed by `scripts/test.sh` (pip: redis; npm: `tests/clients/
 //! package.json` into `tests/clients/node_modules`), which also sets
 //! `REDWARD_REQUIRE_CLIENT_LIBS=1`. Without that, a missing library makes its test say so and
@@ -227,4 +232,78 @@ async fn node_redis_resp2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_redis_resp3() {
     same_as_redis(Library::NodeRedis, 3).await;
+}
+
+/// 20 redis-py clients with the default handshake and `extra` options (`--db 1`, a name, RESP3),
+/// all open at once, each checked to see its own name, database and protocol: Redis must see
+/// at most a few upstream connections, not one per client (issue 12).
+async fn twenty_clients_share_upstream_connections(extra: &[&str]) {
+    if !Library::RedisPy.available() {
+        return;
+    }
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(clients_dir().join("hold_open.py"))
+        .args(["--port", &proxy.port().to_string()])
+        .args(["--user", APP_USER, "--password", APP_PASSWORD])
+        .arg("--tls-ca")
+        .arg(proxy.certs.ca())
+        .args(["--clients", "20"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("run python3");
+    let stdout = child.stdout.take().expect("stdout");
+    // The script stops itself after 60 s, so this read ends.
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        line
+    })
+    .await
+    .expect("read the script's output");
+    let upstream = redis.client_count();
+    drop(child.stdin.take()); // the script exits
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("wait")
+        .expect("wait for the script");
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "hold_open.py {extra:?} failed through redward ({status})"
+    );
+    assert!(status.success(), "hold_open.py {extra:?}: {status}");
+    assert!(
+        upstream <= 3,
+        "20 redis-py clients ({extra:?}) through redward: Redis has {upstream} connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_without_client_info_shares_upstream_connections() {
+    // AUTH only: what redward shares today (and the check that this test counts right).
+    twenty_clients_share_upstream_connections(&["--protocol", "2", "--no-client-info"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redward gives each such client its own upstream connection today (issue 12)"]
+async fn redis_py_default_handshake_shares_upstream_connections() {
+    // CLIENT SETINFO LIB-NAME / LIB-VER, and CLIENT SETNAME.
+    twenty_clients_share_upstream_connections(&["--protocol", "2", "--name-prefix", "py"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redward gives each such client its own upstream connection today (issue 12)"]
+async fn redis_py_resp3_shares_upstream_connections() {
+    // HELLO 3 AUTH, then CLIENT SETINFO.
+    twenty_clients_share_upstream_connections(&["--protocol", "3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redward gives each such client its own upstream connection today (issue 12)"]
+async fn redis_py_db1_shares_upstream_connections() {
+    // SELECT 1 in the handshake.
+    twenty_clients_share_upstream_connections(&["--protocol", "2", "--db", "1"]).await;
 }
