@@ -10,8 +10,8 @@
 //!
 //! `tests/clients/hold_open.py` keeps 20 redis-py clients open at once, each checking its own
 //! name, database and protocol, while Redis's connections are counted: clients with redis-py's
-//! default handshake should share upstream connections as bare ones do (those tests are
-//! `#[ignore]`d until redward keeps that per-client state itself; issue 12).
+//! default handshake share upstream connections as bare ones do: redward keeps their name,
+//! library info, database and protocol itself.
 //!
 //! The libraries are installed by `scripts/test.sh` (pip: redis; npm: `tests/clients/
 //! package.json` into `tests/clients/node_modules`), which also sets
@@ -283,26 +283,23 @@ async fn twenty_clients_share_upstream_connections(extra: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_without_client_info_shares_upstream_connections() {
-    // AUTH only: what redward shares today (and the check that this test counts right).
+    // AUTH only (and the check that this test counts right).
     twenty_clients_share_upstream_connections(&["--protocol", "2", "--no-client-info"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "redward gives each such client its own upstream connection today (issue 12)"]
 async fn redis_py_default_handshake_shares_upstream_connections() {
     // CLIENT SETINFO LIB-NAME / LIB-VER, and CLIENT SETNAME.
     twenty_clients_share_upstream_connections(&["--protocol", "2", "--name-prefix", "py"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "redward gives each such client its own upstream connection today (issue 12)"]
 async fn redis_py_resp3_shares_upstream_connections() {
     // HELLO 3 AUTH, then CLIENT SETINFO.
     twenty_clients_share_upstream_connections(&["--protocol", "3"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "redward gives each such client its own upstream connection today (issue 12)"]
 async fn redis_py_db1_shares_upstream_connections() {
     // SELECT 1 in the handshake.
     twenty_clients_share_upstream_connections(&["--protocol", "2", "--db", "1"]).await;
