@@ -8,7 +8,8 @@
 //! - [`shared`]: what every session shares (the reloadable part, pools, limiter, metrics).
 //! - [`fault`]: whose fault an error is. [`net_io`]: the write helper sessions and `mux` share.
 //! - [`resp`]: request framing and reply scanning (no I/O), Redis's own reply texts.
-//! - [`commands`]: Redis's command table (generated), existence and arity like Redis.
+//! - [`commands`]: Redis's command table (generated), existence and arity like Redis, and the
+//!   catalog in force (amended by the server behind). [`learn`]: asking that server.
 //! - [`auth`]: AUTH and HELLO against redward's users. [`acl`]: users and rules.
 //! - [`upstream`]: connections to a target Redis, authenticated with redward's own credential.
 //! - [`mux`]: shared upstream connections, a pool per target (many clients' requests in one
@@ -30,6 +31,7 @@ pub mod config;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod learn;
 pub mod limits;
 pub mod listener;
 pub mod memory;
@@ -102,27 +104,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Reads the upstream's `COMMAND` so newer commands and modules are known. Redis may be down
-/// when redward starts: then the generated table alone is used, and that is logged.
-async fn learn_upstream_commands(connector: &upstream::Connector) {
-    match connector.command_table().await {
-        Ok(reply) => {
-            let extra = commands::discover::unknown_commands(&reply, |name| {
-                commands::lookup(name.as_bytes()).is_some()
-            });
-            let names: Vec<&str> = extra.iter().map(|c| c.name).collect();
-            let shown = names.join(" ");
-            let n = commands::register_extra(extra);
-            if n > 0 {
-                info!(count = n, commands = %shown, "learned commands from the upstream's COMMAND");
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "could not read COMMAND from the upstream; using the built-in command table")
-        }
-    }
-}
-
 /// A bound, ready-to-run proxy. Binding is separate from running so that every start-up
 /// failure happens before anyone is served, and so tests can bind port 0 and read the port.
 pub struct Server {
@@ -183,7 +164,10 @@ impl Server {
                 })?;
             listeners.push(listener);
         }
-        learn_upstream_commands(&connector).await;
+        // The server behind: its command table, flavor and version (`learn`). Redis may be
+        // down when redward starts: then the generated Redis 7.0 table is used, and that is
+        // logged; every later upstream (re)connect may learn again.
+        learn::learn_and_log(&connector, cfg.upstream.connect_timeout).await;
         let metrics = Arc::new(metrics::Metrics::new());
         let admin = match cfg.admin_address {
             Some(addr) => Some((

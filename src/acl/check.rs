@@ -1,10 +1,12 @@
 //! The permission check itself: Redis 7.0's `ACLCheckAllUserCommandPerm` /
-//! `ACLSelectorCheckCmd` (`acl.c`), and the replies Redis sends when it refuses.
+//! `ACLSelectorCheckCmd` (`acl.c`), and the replies the server behind sends when it refuses,
+//! in its own wording (Redis 7.0, or Redis 7.2+ / Valkey: `commands::catalog::AclTexts`).
 
 use super::glob::stringmatch;
 use super::keys::{command_keys, has_keys, KeyRef};
 use super::rules::{c_str, command_id, Selector, KEY_READ, KEY_WRITE};
 use super::User;
+use crate::commands::catalog::{self, AclTexts};
 use crate::commands::{
     self, Argv, CommandError, CommandSpec, FLAG_NO_AUTH, KS_ACCESS, KS_DELETE, KS_INSERT, KS_UPDATE,
 };
@@ -28,21 +30,44 @@ impl Denied {
         }
     }
 
-    /// The error line Redis 7.0.15 writes when it refuses to execute the command
-    /// (`processCommand` in `server.c`), CRLF included.
+    /// The error line the server behind writes when it refuses to execute the command
+    /// (`processCommand` in `server.c`), CRLF included; the user is the one the last
+    /// [`check`] on this thread refused (see [`Denied::reply_as`], which names it).
     pub fn reply<A: Argv + ?Sized>(&self, cmd: &CommandSpec, argv: &A) -> Vec<u8> {
+        LAST_DENIED_USER.with_borrow(|user| self.reply_as(user, cmd, argv))
+    }
+
+    /// The error line the server behind writes when it refuses `user` the command, CRLF
+    /// included: Redis 7.0's `processCommand` (`this user has no permissions ...`, naming
+    /// neither user nor key), or Redis 7.2+ / Valkey's (`getAclErrorMessage` with `verbose`
+    /// 0 in `acl.c`: `User <name> has no permissions to run the '<cmd>' command`, and only
+    /// `No permissions to access a key` / `... a channel` for keys and channels).
+    pub fn reply_as<A: Argv + ?Sized>(&self, user: &str, cmd: &CommandSpec, argv: &A) -> Vec<u8> {
         let _ = argv;
-        let msg = match self {
-            Denied::Command => format!(
+        let msg = match (catalog::server().acl_texts(), self) {
+            (AclTexts::Redis70, Denied::Command) => format!(
                 "-NOPERM this user has no permissions to run the '{}' command",
                 cmd.name
             ),
-            Denied::Key { .. } => "-NOPERM this user has no permissions to access one of the \
-                                   keys used as arguments"
+            (AclTexts::Redis70, Denied::Key { .. }) => {
+                "-NOPERM this user has no permissions \
+                                                        to access one of the keys used as arguments"
+                    .to_owned()
+            }
+            (AclTexts::Redis70, Denied::Channel { .. }) => "-NOPERM this user has no \
+                                                            permissions to access one of the \
+                                                            channels used as arguments"
                 .to_owned(),
-            Denied::Channel { .. } => "-NOPERM this user has no permissions to access one of \
-                                       the channels used as arguments"
-                .to_owned(),
+            (AclTexts::Redis72, Denied::Command) => format!(
+                "-NOPERM User {user} has no permissions to run the '{}' command",
+                cmd.name
+            ),
+            (AclTexts::Redis72, Denied::Key { .. }) => {
+                "-NOPERM No permissions to access a key".to_owned()
+            }
+            (AclTexts::Redis72, Denied::Channel { .. }) => {
+                "-NOPERM No permissions to access a channel".to_owned()
+            }
         };
         let mut out = msg.into_bytes();
         for b in &mut out {
@@ -55,30 +80,49 @@ impl Denied {
     }
 
     /// The reply of `ACL DRYRUN <user> <argv...>` for this refusal (`aclCommand`): a bulk
-    /// string, naming the command's full name, or the key / channel argument (as C's `%s`
-    /// prints it: up to the first NUL byte).
-    pub fn dryrun_reply<A: Argv + ?Sized>(&self, cmd: &CommandSpec, argv: &A) -> Vec<u8> {
+    /// string naming the command's full name, or the key / channel argument. Redis 7.0 writes
+    /// `This user has no permissions ...` and prints the argument with C's `%s` (up to the
+    /// first NUL byte); Redis 7.2+ and Valkey write `User <name> has no permissions ...`
+    /// (`getAclErrorMessage` with `verbose` 1) and print it whole (`%S`).
+    pub fn dryrun_reply<A: Argv + ?Sized>(
+        &self,
+        user: &str,
+        cmd: &CommandSpec,
+        argv: &A,
+    ) -> Vec<u8> {
+        let texts = catalog::server().acl_texts();
         let arg = |i: usize| {
-            if i < argv.argc() {
-                c_str(argv.arg(i))
+            let a = if i < argv.argc() {
+                argv.arg(i)
             } else {
                 &[][..]
+            };
+            match texts {
+                AclTexts::Redis70 => c_str(a),
+                AclTexts::Redis72 => a,
             }
         };
         let mut msg = Vec::with_capacity(80);
+        match texts {
+            AclTexts::Redis70 => msg.extend_from_slice(b"This user"),
+            AclTexts::Redis72 => {
+                msg.extend_from_slice(b"User ");
+                msg.extend_from_slice(user.as_bytes());
+            }
+        }
         match self {
             Denied::Command => {
-                msg.extend_from_slice(b"This user has no permissions to run the '");
+                msg.extend_from_slice(b" has no permissions to run the '");
                 msg.extend_from_slice(cmd.name.as_bytes());
                 msg.extend_from_slice(b"' command");
             }
             Denied::Key { arg: i } => {
-                msg.extend_from_slice(b"This user has no permissions to access the '");
+                msg.extend_from_slice(b" has no permissions to access the '");
                 msg.extend_from_slice(arg(*i));
                 msg.extend_from_slice(b"' key");
             }
             Denied::Channel { arg: i } => {
-                msg.extend_from_slice(b"This user has no permissions to access the '");
+                msg.extend_from_slice(b" has no permissions to access the '");
                 msg.extend_from_slice(arg(*i));
                 msg.extend_from_slice(b"' channel");
             }
@@ -88,6 +132,15 @@ impl Denied {
         out.extend_from_slice(b"\r\n");
         out
     }
+}
+
+thread_local! {
+    /// The user the last refusing [`check`] on this thread was for. A bridge for
+    /// [`Denied::reply`], whose callers (the session's dispatch) do not pass the user that
+    /// Redis 7.2+ and Valkey name in their NOPERM text: `check` and `reply` run back to back,
+    /// without an await between them, on the same thread. Callers that have the user should
+    /// use [`Denied::reply_as`].
+    static LAST_DENIED_USER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Redis 7.0 `ACLCheckAllUserCommandPerm`: may `user` run `cmd` (already resolved from `argv`
@@ -126,6 +179,11 @@ pub fn check<A: Argv + ?Sized>(
             }
         }
     }
+    LAST_DENIED_USER.with_borrow_mut(|last| {
+        if *last != user.name {
+            last.clone_from(&user.name);
+        }
+    });
     Err(match relevant.0 {
         2 => Denied::Key { arg: relevant.1 },
         4 => Denied::Channel { arg: relevant.1 },
@@ -162,7 +220,7 @@ pub fn dryrun<A: Argv + ?Sized>(user: &User, argv: &A) -> Vec<u8> {
         }
         Ok(cmd) => match check(user, cmd, argv) {
             Ok(()) => b"+OK\r\n".to_vec(),
-            Err(d) => d.dryrun_reply(cmd, argv),
+            Err(d) => d.dryrun_reply(&user.name, cmd, argv),
         },
     }
 }
@@ -187,7 +245,19 @@ fn check_selector<A: Argv + ?Sized>(
     keys: &mut Option<Vec<KeyRef>>,
 ) -> Result<(), Denied> {
     if !sel.all_commands && cmd.flags & FLAG_NO_AUTH == 0 && !id.is_some_and(|i| sel.bit(i)) {
-        let firstargs = id.map_or(&[][..], |i| sel.firstargs(i));
+        // A command outside the bitmap (learned from the server) is checked by replaying the
+        // selector's command rules against it.
+        let (replayed_ok, replayed_args) = match id {
+            Some(_) => (false, Vec::new()),
+            None => sel.replay(cmd),
+        };
+        if replayed_ok {
+            return check_keys_and_channels(sel, cmd, argv, keys);
+        }
+        let firstargs: Vec<&[u8]> = match id {
+            Some(i) => sel.firstargs(i).iter().map(Vec::as_slice).collect(),
+            None => replayed_args,
+        };
         if argv.argc() < 2 || firstargs.is_empty() {
             return Err(Denied::Command);
         }
@@ -204,7 +274,16 @@ fn check_selector<A: Argv + ?Sized>(
             return Err(Denied::Command);
         }
     }
+    check_keys_and_channels(sel, cmd, argv, keys)
+}
 
+/// The rest of `ACLSelectorCheckCmd` once the command itself is allowed: keys, then channels.
+fn check_keys_and_channels<A: Argv + ?Sized>(
+    sel: &Selector,
+    cmd: &'static CommandSpec,
+    argv: &A,
+    keys: &mut Option<Vec<KeyRef>>,
+) -> Result<(), Denied> {
     if !sel.all_keys && has_keys(cmd) {
         let keys = keys.get_or_insert_with(|| command_keys(cmd, argv));
         for k in keys.iter() {

