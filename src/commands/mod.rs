@@ -279,8 +279,22 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     if cat.is_builtin_table() {
         return lookup_generated(name);
     }
-    let lower = name.to_ascii_lowercase();
-    let lower = std::str::from_utf8(&lower).ok()?;
+    // Lowercased on the stack for any plausible name (no allocation per request).
+    let mut buf = [0u8; 64];
+    let heap;
+    let lower: &[u8] = match buf.get_mut(..name.len()) {
+        Some(out) => {
+            for (o, c) in out.iter_mut().zip(name) {
+                *o = c.to_ascii_lowercase();
+            }
+            out
+        }
+        None => {
+            heap = name.to_ascii_lowercase();
+            &heap
+        }
+    };
+    let lower = std::str::from_utf8(lower).ok()?;
     if let Some(spec) = cat.changed.get(lower) {
         return Some(spec);
     }
