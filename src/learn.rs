@@ -2,10 +2,10 @@
 //! table), asked on one authenticated upstream connection and installed as the catalog in
 //! force (`commands::catalog`).
 //!
-//! Called at start-up (`Server::bind`) and meant to be called again after every upstream
-//! (re)connect ([`learn_on`] on the fresh connection, before it carries clients' requests), so
-//! a restart of Redis into another version, or a switch to Valkey, changes the table, the ACL
-//! checks and the error texts at the next connection. If the server cannot be asked (down,
+//! Called at start-up (`Server::bind`) and again after upstream connections are (re)opened
+//! ([`after_connect`]: by the shared connections and by clients' own, at most every 10 s, in
+//! the background), so a restart of Redis into another version, or a switch to Valkey,
+//! changes the table, the ACL checks and the error texts within seconds. If the server cannot be asked (down,
 //! `COMMAND` refused), the catalog in force stays: the generated Redis 7.0 table until a
 //! server was learned once.
 
@@ -144,6 +144,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
 /// [`learn`], logged: what the server is and what it changed, or why the catalog in force
 /// stays. For start-up and for a reconnect hook that does not handle errors itself.
 pub async fn learn_and_log(connector: &Connector, timeout: Duration) -> Option<Learned> {
+    learned_now();
     match learn(connector, timeout).await {
         Ok(l) => {
             log(&l);
@@ -154,6 +155,52 @@ pub async fn learn_and_log(connector: &Connector, timeout: Duration) -> Option<L
             None
         }
     }
+}
+
+/// How often the server behind may be learned again after start-up, at most.
+const RELEARN_EVERY: Duration = Duration::from_secs(10);
+
+/// When the server was last learned (or a re-learning started), in milliseconds since
+/// [`epoch`]; a re-learning claims the slot with a compare-and-swap, so at most one runs.
+static LAST_LEARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Marks the server as just learned (start-up), so the first connections do not ask again.
+pub fn learned_now() {
+    LAST_LEARNED.store(now_ms().max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An upstream connection was (re)opened: learn the server again in the background, unless
+/// that happened less than [`RELEARN_EVERY`] ago. So a Redis restarted into a newer version,
+/// or replaced by Valkey, changes the command table, the ACL checks and the texts within
+/// seconds of redward reconnecting; a steady server is asked at most every 10 s, and only
+/// when connections are opened. Costs the caller one atomic load when nothing is due.
+pub fn after_connect(connector: &Connector) {
+    use std::sync::atomic::Ordering;
+    let last = LAST_LEARNED.load(Ordering::Relaxed);
+    let now = now_ms().max(1);
+    let every = u64::try_from(RELEARN_EVERY.as_millis()).unwrap_or(u64::MAX);
+    if last != 0 && now.saturating_sub(last) < every {
+        return;
+    }
+    if LAST_LEARNED
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return; // another connection claimed it
+    }
+    let connector = connector.clone();
+    tokio::spawn(async move {
+        learn_and_log(&connector, connector.connect_timeout()).await;
+    });
 }
 
 /// Logs what [`learn`] or [`learn_on`] found (a line at info level when the server or its

@@ -406,6 +406,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             match connector.connect().await {
                 Ok(stream) => {
                     debug!("shared upstream connection opened");
+                    crate::learn::after_connect(&connector);
                     metrics.upstream_shared.inc();
                     conn = Some(stream);
                     scanner = ReplyScanner::new();

@@ -30,13 +30,6 @@ impl Denied {
         }
     }
 
-    /// The error line the server behind writes when it refuses to execute the command
-    /// (`processCommand` in `server.c`), CRLF included; the user is the one the last
-    /// [`check`] on this thread refused (see [`Denied::reply_as`], which names it).
-    pub fn reply<A: Argv + ?Sized>(&self, cmd: &CommandSpec, argv: &A) -> Vec<u8> {
-        LAST_DENIED_USER.with_borrow(|user| self.reply_as(user, cmd, argv))
-    }
-
     /// The error line the server behind writes when it refuses `user` the command, CRLF
     /// included: Redis 7.0's `processCommand` (`this user has no permissions ...`, naming
     /// neither user nor key), or Redis 7.2+ / Valkey's (`getAclErrorMessage` with `verbose`
@@ -134,15 +127,6 @@ impl Denied {
     }
 }
 
-thread_local! {
-    /// The user the last refusing [`check`] on this thread was for. A bridge for
-    /// [`Denied::reply`], whose callers (the session's dispatch) do not pass the user that
-    /// Redis 7.2+ and Valkey name in their NOPERM text: `check` and `reply` run back to back,
-    /// without an await between them, on the same thread. Callers that have the user should
-    /// use [`Denied::reply_as`].
-    static LAST_DENIED_USER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
-
 /// Redis 7.0 `ACLCheckAllUserCommandPerm`: may `user` run `cmd` (already resolved from `argv`
 /// by [`commands::resolve`]) with these arguments?
 ///
@@ -179,11 +163,6 @@ pub fn check<A: Argv + ?Sized>(
             }
         }
     }
-    LAST_DENIED_USER.with_borrow_mut(|last| {
-        if *last != user.name {
-            last.clone_from(&user.name);
-        }
-    });
     Err(match relevant.0 {
         2 => Denied::Key { arg: relevant.1 },
         4 => Denied::Channel { arg: relevant.1 },

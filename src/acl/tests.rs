@@ -357,21 +357,21 @@ fn noperm_replies() {
     let get = commands::lookup(b"get").unwrap();
     let a = argv("get k");
     assert_eq!(
-        Denied::Command.reply(get, &a),
+        Denied::Command.reply_as("u", get, &a),
         b"-NOPERM this user has no permissions to run the 'get' command\r\n"
     );
     assert_eq!(
-        Denied::Key { arg: 1 }.reply(get, &a),
+        Denied::Key { arg: 1 }.reply_as("u", get, &a),
         b"-NOPERM this user has no permissions to access one of the keys used as arguments\r\n"
     );
     assert_eq!(
-        Denied::Channel { arg: 1 }.reply(get, &a),
+        Denied::Channel { arg: 1 }.reply_as("u", get, &a),
         b"-NOPERM this user has no permissions to access one of the channels used as \
           arguments\r\n"
     );
     let sub = commands::lookup_subcommand(commands::lookup(b"config").unwrap(), b"set").unwrap();
     assert_eq!(
-        Denied::Command.reply(sub, &argv("config set a b")),
+        Denied::Command.reply_as("u", sub, &argv("config set a b")),
         b"-NOPERM this user has no permissions to run the 'config|set' command\r\n"
     );
     let u = user("on +@all -get ~*");

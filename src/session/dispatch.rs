@@ -110,7 +110,7 @@ impl State {
                 // (`processCommand`, with the default enable-*-command no): same text here.
                 let reply = match protected_refusal(spec.name) {
                     Some(text) => Bytes::from_static(text),
-                    None => Bytes::from(d.reply(spec, req)),
+                    None => Bytes::from(d.reply_as(&user.name, spec, req)),
                 };
                 self.reject(reply);
                 return Outcome::Done;

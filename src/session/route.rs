@@ -123,6 +123,7 @@ impl State {
         match connector.connect().await {
             Ok(stream) => {
                 debug!(peer = %self.peer, "upstream connected");
+                crate::learn::after_connect(&self.shared.connector);
                 if matches!(conn, Conn::Shared(_)) {
                     self.shared.metrics.upstream_moves.inc();
                 }

@@ -152,6 +152,11 @@ impl Connector {
         &self.target
     }
 
+    /// `upstream.connect_timeout`: the bound on opening and logging in.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        self.connect_timeout
+    }
+
     /// Whether redward logs in to Redis as its `default` user, whose password is
     /// `requirepass` (no username configured, or `default` named).
     pub fn logs_in_as_default(&self) -> bool {
