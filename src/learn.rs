@@ -157,11 +157,17 @@ pub async fn learn_and_log(connector: &Connector, timeout: Duration) -> Option<L
     }
 }
 
-/// How often the server behind may be learned again after start-up, at most.
+/// How often the server behind may be learned again after start-up, at most, while nothing
+/// failed.
 const RELEARN_EVERY: Duration = Duration::from_secs(10);
 
+/// An upstream connection could not be opened, or was lost (see [`after_connect`]).
+pub fn upstream_failed() {
+    catalog::mark_stale();
+}
+
 /// When the server was last learned (or a re-learning started), in milliseconds since
-/// [`epoch`]; a re-learning claims the slot with a compare-and-swap, so at most one runs.
+/// [`epoch`].
 static LAST_LEARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn epoch() -> std::time::Instant {
@@ -178,28 +184,36 @@ pub fn learned_now() {
     LAST_LEARNED.store(now_ms().max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
-/// An upstream connection was (re)opened: learn the server again in the background, unless
-/// that happened less than [`RELEARN_EVERY`] ago. So a Redis restarted into a newer version,
-/// or replaced by Valkey, changes the command table, the ACL checks and the texts within
-/// seconds of redward reconnecting; a steady server is asked at most every 10 s, and only
-/// when connections are opened. Costs the caller one atomic load when nothing is due.
+/// A re-learning is running (at most one at a time).
+static LEARNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An upstream connection was (re)opened: learn the server again in the background, at once
+/// after an upstream failure or when the connection's HELLO named another server than the
+/// one learned (`catalog::observe_hello`),
+/// otherwise unless that happened less than [`RELEARN_EVERY`] ago. So a Redis restarted into
+/// a newer version, or replaced by Valkey, changes the command table, the ACL checks and the
+/// texts as soon as redward reconnects; a steady server is asked at most every 10 s, and only
+/// when connections are opened. At most one runs at a time. Costs the caller two atomic
+/// loads when nothing is due.
 pub fn after_connect(connector: &Connector) {
     use std::sync::atomic::Ordering;
-    let last = LAST_LEARNED.load(Ordering::Relaxed);
     let now = now_ms().max(1);
-    let every = u64::try_from(RELEARN_EVERY.as_millis()).unwrap_or(u64::MAX);
-    if last != 0 && now.saturating_sub(last) < every {
-        return;
+    let stale = catalog::take_stale();
+    if !stale {
+        let last = LAST_LEARNED.load(Ordering::Relaxed);
+        let every = u64::try_from(RELEARN_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < every {
+            return;
+        }
     }
-    if LAST_LEARNED
-        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-        .is_err()
-    {
-        return; // another connection claimed it
+    if LEARNING.swap(true, Ordering::AcqRel) {
+        return; // one is running; it sees the server as it is now
     }
+    LAST_LEARNED.store(now, Ordering::Relaxed);
     let connector = connector.clone();
     tokio::spawn(async move {
         learn_and_log(&connector, connector.connect_timeout()).await;
+        LEARNING.store(false, Ordering::Release);
     });
 }
 

@@ -415,6 +415,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
                 }
                 Err(e) => {
                     metrics.upstream_connect_errors.inc();
+                    crate::learn::upstream_failed();
                     warn!(error = %e, "upstream unavailable (shared connection)");
                     // Nothing was sent: every queued request is answered as unavailable.
                     wbuf.clear();
@@ -451,6 +452,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             Event::Read(Ok(_)) => route(&mut rbuf, &mut scanner, &mut inflight).err(),
         };
         if let Some(why) = failed {
+            crate::learn::upstream_failed();
             if inflight.is_empty() {
                 debug!(reason = %why, "idle shared upstream connection closed");
             } else {

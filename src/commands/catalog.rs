@@ -74,6 +74,42 @@ pub enum AclTexts {
     Redis72,
 }
 
+/// The server learned is not the one a new connection met (see [`observe_hello`]), or an
+/// upstream connection failed: the server should be learned again (`learn::after_connect`).
+static STALE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the catalog as possibly out of date.
+pub fn mark_stale() {
+    STALE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Takes the mark: `true` once after [`mark_stale`].
+pub fn take_stale() -> bool {
+    STALE.swap(false, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What a new upstream connection's `HELLO` said of the server (`server`, `version`: the
+/// flavor's own version, `helloCommand` in networking.c); marks the catalog stale when that
+/// is not the server the catalog was learned from (Redis restarted as another version, or
+/// replaced by Valkey, while no connection noticed a failure).
+pub fn observe_hello(server: &str, version: &str) {
+    let current = self::server();
+    let (flavor, version) = match (server, Version::parse(version)) {
+        (s, Some(v)) if s.eq_ignore_ascii_case("valkey") => (Flavor::Valkey, v),
+        (_, Some(v)) => (Flavor::Redis, v),
+        (_, None) => return,
+    };
+    let same = match flavor {
+        Flavor::Valkey => {
+            current.flavor == Flavor::Valkey && current.valkey_version == Some(version)
+        }
+        Flavor::Redis => current.flavor == Flavor::Redis && current.redis_version == version,
+    };
+    if !same {
+        mark_stale();
+    }
+}
+
 impl ServerInfo {
     /// The server the generated table was made from: Redis 7.0.15. Used until the upstream
     /// has been asked, and when it cannot be.

@@ -64,6 +64,7 @@ use crate::acl::{self, Denied, User};
 use crate::audit::{Event, Reason};
 use crate::auth::{self, AuthOutcome, LoggedIn};
 use crate::commands;
+use crate::fault::Side;
 use crate::mux::Taken;
 use crate::net_io::poll_write_out;
 use crate::resp::replies;

@@ -393,6 +393,10 @@ impl State {
         scanner: &ReplyScanner,
         error: SessionError,
     ) -> Result<(), SessionError> {
+        if error.side() == Side::Upstream {
+            // The server may come back as another version: learn it at the next connection.
+            crate::learn::upstream_failed();
+        }
         if !scanner.in_frame() {
             for slot in self.slots.drain() {
                 match slot {

@@ -133,6 +133,7 @@ impl State {
             }
             Err(e) => {
                 self.shared.metrics.upstream_connect_errors.inc();
+                crate::learn::upstream_failed();
                 warn!(peer = %self.peer, side = %e.side(), error = %e, "upstream unavailable");
                 self.local(Bytes::from_static(e.client_reply()));
                 self.end_of_command();

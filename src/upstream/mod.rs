@@ -71,13 +71,16 @@ pub struct Setup {
 
 impl Setup {
     /// The requests that put a connection in this state, pipelined, and how many replies
-    /// they get.
+    /// they get. `HELLO` always goes first (`HELLO 3` for RESP3, bare `HELLO` otherwise,
+    /// which changes nothing): its reply names the server and its version, so a server that
+    /// changed behind redward is noticed at the next connection (`commands::catalog`).
     fn requests(self) -> (Vec<u8>, usize) {
         let mut out = Vec::new();
-        let mut n = 0;
+        let mut n = 1;
         if self.resp3 {
             crate::resp::encode_command(&mut out, [&b"HELLO"[..], b"3"].into_iter());
-            n += 1;
+        } else {
+            crate::resp::encode_command(&mut out, [&b"HELLO"[..]].into_iter());
         }
         if self.db != 0 {
             let db = self.db.to_string();
@@ -232,10 +235,10 @@ impl Connector {
             }
         }
         let (setup, replies) = self.setup.requests();
-        if replies > 0 {
+        {
             stream.write_all(&setup).await.map_err(connect_err)?;
             stream.flush().await.map_err(connect_err)?;
-            read_setup_replies(&mut stream, replies)
+            read_setup_replies(&mut stream, replies, self.setup.resp3)
                 .await
                 .map_err(|e| match e {
                     SetupFailure::Io(source) => connect_err(source),
@@ -246,6 +249,34 @@ impl Connector {
     }
 }
 
+/// Finds `server` and `version` in a HELLO reply (RESP2 array or RESP3 map of bulk strings)
+/// and tells the catalog.
+fn observe_hello(reply: &[u8]) {
+    if let Some((server, version)) = hello_identity(reply) {
+        crate::commands::catalog::observe_hello(&server, &version);
+    }
+}
+
+/// `server` and `version` from a HELLO reply (RESP2 array or RESP3 map of bulk strings).
+fn hello_identity(reply: &[u8]) -> Option<(String, String)> {
+    let mut words = reply
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.starts_with(b"$") && !l.starts_with(b"*") && !l.starts_with(b"%"));
+    let (mut server, mut version) = (None, None);
+    while let Some(word) = words.next() {
+        match word {
+            b"server" => server = words.next(),
+            b"version" => version = words.next(),
+            _ => {}
+        }
+    }
+    Some((
+        String::from_utf8_lossy(server?).into_owned(),
+        String::from_utf8_lossy(version?).into_owned(),
+    ))
+}
+
 enum SetupFailure {
     Io(io::Error),
     Refused(String),
@@ -253,7 +284,11 @@ enum SetupFailure {
 
 /// Reads the `n` replies to a connection's set-up (at most 64 KiB: a HELLO map); an error
 /// reply refuses the set-up.
-async fn read_setup_replies(stream: &mut UpstreamStream, n: usize) -> Result<(), SetupFailure> {
+async fn read_setup_replies(
+    stream: &mut UpstreamStream,
+    n: usize,
+    resp3: bool,
+) -> Result<(), SetupFailure> {
     let mut buf = BytesMut::with_capacity(512);
     let mut scanner = crate::resp::ReplyScanner::new();
     let mut left = n;
@@ -267,8 +302,14 @@ async fn read_setup_replies(stream: &mut UpstreamStream, n: usize) -> Result<(),
         loop {
             match scanner.advance(&buf) {
                 Ok(crate::resp::Step::Complete { consumed, info }) => {
-                    if info.is_error() {
-                        let text = buf.get(1..consumed.saturating_sub(2)).unwrap_or(&[]);
+                    let reply = buf.get(..consumed).unwrap_or(&[]);
+                    if left == n && !info.is_error() {
+                        observe_hello(reply);
+                    } else if left == n && !resp3 {
+                        // A bare HELLO refused (a server before 6.2, or no permission for
+                        // it): not a refusal of the connection, only no identity to check.
+                    } else if info.is_error() {
+                        let text = reply.get(1..consumed.saturating_sub(2)).unwrap_or(&[]);
                         return Err(SetupFailure::Refused(
                             String::from_utf8_lossy(text).into_owned(),
                         ));
@@ -461,5 +502,24 @@ impl AsyncWrite for UpstreamStream {
             UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_reply_names_the_server_in_resp2_and_resp3() {
+        for reply in [
+            &b"*14\r\n$6\r\nserver\r\n$6\r\nvalkey\r\n$7\r\nversion\r\n$5\r\n8.1.8\r\n$5\r\nproto\r\n:2\r\n"[..],
+            b"%7\r\n$6\r\nserver\r\n$6\r\nvalkey\r\n$7\r\nversion\r\n$5\r\n8.1.8\r\n$5\r\nproto\r\n:3\r\n",
+        ] {
+            assert_eq!(
+                hello_identity(reply),
+                Some(("valkey".to_owned(), "8.1.8".to_owned()))
+            );
+        }
+        assert_eq!(hello_identity(b"-ERR unknown command\r\n"), None);
     }
 }

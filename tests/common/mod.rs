@@ -273,6 +273,19 @@ impl Redis {
         Ok(false)
     }
 
+    /// Stops this server and starts `kind` on the same port, with the same ACL and options
+    /// (a restart into another version or flavor behind a running redward).
+    pub fn restart_as(&mut self, kind: ServerKind) {
+        self.kill();
+        self.options.server = kind;
+        assert!(
+            self.spawn().expect("spawn"),
+            "{} did not start on port {}",
+            kind.name(),
+            self.port
+        );
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
