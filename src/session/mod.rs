@@ -196,7 +196,7 @@ where
             break Ok(());
         }
         inb.shrink_if_idle(st.slots.is_empty());
-        account.report(inb.capacity() + st.out.capacity());
+        account.report(inb.capacity() + st.out.capacity() + st.client.held());
 
         // 4. Wait for the next thing to do.
         let want = Want {

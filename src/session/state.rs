@@ -48,6 +48,14 @@ pub(super) struct ClientState {
     pub(super) changed: bool,
 }
 
+impl ClientState {
+    /// Bytes the state kept here holds (a name or library info can be as long as a request
+    /// allows): counted toward `limits.max_client_memory` like the buffers.
+    pub(super) fn held(&self) -> usize {
+        self.name.capacity() + self.lib_name.capacity() + self.lib_ver.capacity()
+    }
+}
+
 /// Where the connection's loop stands.
 #[derive(Debug, Default)]
 pub(super) struct Flow {
