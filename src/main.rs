@@ -173,6 +173,13 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn run(path: &std::path::Path) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(cfg) => cfg,
+        Err(e) if e.names_unknown_command() => match learn_then_load(path) {
+            // A rule names a command the built-in Redis 7.0 table lacks (HEXPIRE, a Valkey or
+            // module command): the server behind may know it. Ask it, then read the file again.
+            Some(Ok(cfg)) => cfg,
+            Some(Err(e)) => return fail(EXIT_CONFIG, &e),
+            None => return fail(EXIT_CONFIG, &e),
+        },
         Err(e) => return fail(EXIT_CONFIG, &e),
     };
     init_logging(&cfg);
@@ -212,6 +219,22 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_CONFIG, &e),
     }
+}
+
+/// Learns the server behind (`upstream:` of the file at `path`), then loads the file again
+/// with its command table in force. `None`: the server could not be asked (the first error
+/// stands).
+fn learn_then_load(path: &std::path::Path) -> Option<Result<redward::Config, config::ConfigError>> {
+    let upstream = config::load_upstream(path).ok()?;
+    let connector = redward::upstream::Connector::new(&upstream).ok()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime
+        .block_on(redward::learn::learn(&connector, upstream.connect_timeout))
+        .ok()?;
+    Some(config::load(path))
 }
 
 /// Half the cores, at least one: redward usually shares its host with Redis (a sidecar, or the

@@ -78,3 +78,97 @@ async fn a_restart_into_valkey_changes_the_table_the_checks_and_the_texts() {
     .await;
     assert_eq!(ok, "+OK\r\n+OK\r\n$1\r\n1\r\n");
 }
+
+/// Starts the redward binary on `config`; `Ok(child)` once it serves, or `Err((exit code,
+/// stderr))` if it exits first.
+fn start_binary(
+    config: &std::path::Path,
+    port: u16,
+) -> Result<std::process::Child, (Option<i32>, String)> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redward"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn redward");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            return Err((status.code(), text(&out.stderr)));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redward neither served nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_naming_a_command_only_the_server_behind_knows_starts_in_front_of_that_server() {
+    if let Err(e) = ServerKind::Valkey.binary() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let acl = vec![
+        "user default off".to_owned(),
+        format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |upstream: u16, listen: u16| {
+        format!(
+            "listen:\n  - address: \"127.0.0.1:{listen}\"\n    tls: off\n\
+             upstream:\n  address: \"127.0.0.1:{upstream}\"\n  username: {UPSTREAM_USER}\n  password: \"{UPSTREAM_PASSWORD}\"\n\
+             users:\n  - name: aof\n    rules: \"on >pw ~* -@all +ping +waitaof\"\n"
+        )
+    };
+    // Redis 7.0 has no WAITAOF: refused, one line naming the user's rules.
+    let redis = Redis::start_kind(ServerKind::Redis, acl.clone()).expect("redis");
+    let path = dir.path().join("redis.yaml");
+    let port = free_port();
+    std::fs::write(&path, config(redis.port, port)).expect("write");
+    match start_binary(&path, port) {
+        Ok(mut child) => {
+            let _ = child.kill();
+            panic!("started with +waitaof in front of Redis 7.0");
+        }
+        Err((code, stderr)) => {
+            assert_eq!(code, Some(78), "{stderr}"); // EX_CONFIG
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains("users[0].rules") && stderr.contains("Unknown command"),
+                "{stderr}"
+            );
+        }
+    }
+    // Valkey 8.1 has it (Redis 7.2's): the rule is accepted and WAITAOF is allowed.
+    let valkey = Redis::start_kind(ServerKind::Valkey, acl).expect("valkey");
+    let path = dir.path().join("valkey.yaml");
+    let port = free_port();
+    std::fs::write(&path, config(valkey.port, port)).expect("write");
+    let mut child = start_binary(&path, port).unwrap_or_else(|e| panic!("refused: {e:?}"));
+    let mut c = Raw::plain(&format!("127.0.0.1:{port}")).await;
+    c.send(
+        &[
+            cmd(&["AUTH", "aof", "pw"]),
+            cmd(&["WAITAOF", "0", "0", "0"]),
+            cmd(&["GET", "k"]),
+        ]
+        .concat(),
+    )
+    .await;
+    let got = text(&c.replies(3).await);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(got.starts_with("+OK\r\n*2\r\n:0\r\n:0\r\n"), "{got}");
+    assert!(
+        got.ends_with("-NOPERM User aof has no permissions to run the 'get' command\r\n"),
+        "{got}"
+    );
+}

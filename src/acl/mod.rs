@@ -34,7 +34,10 @@ pub use check::{check, dryrun, Denied};
 pub use describe::{describe, describe_selector_commands};
 pub use glob::stringmatch;
 pub use keys::{command_keys, KeyRef};
-pub use rules::{command_id, parse_user, parse_user_args, KeyPattern, RuleError, Selector};
+pub use rules::{
+    command_id, parse_user, parse_user_args, KeyPattern, RuleError, Selector,
+    UNKNOWN_COMMAND_IN_ACL,
+};
 pub use sort::sort_refusal;
 
 use sha2::{Digest, Sha256};

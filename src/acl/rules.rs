@@ -52,11 +52,14 @@ pub(crate) enum Errno {
     Child,
 }
 
+/// Redis's text for a rule naming a command or category it does not know.
+pub const UNKNOWN_COMMAND_IN_ACL: &str = "Unknown command or category name in ACL";
+
 impl Errno {
     /// `ACLSetUserStringError` in `acl.c`.
     pub(crate) fn text(self) -> &'static str {
         match self {
-            Errno::NoEnt => "Unknown command or category name in ACL",
+            Errno::NoEnt => UNKNOWN_COMMAND_IN_ACL,
             Errno::Inval => "Syntax error",
             Errno::Exist => {
                 "Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and \

@@ -41,6 +41,17 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// Whether a user's rules name a command (or category) the built-in Redis 7.0 table does
+    /// not have: a newer server's, Valkey's or a module's may, once redward has asked it.
+    pub fn names_unknown_command(&self) -> bool {
+        match self {
+            ConfigError::Invalid { message, .. } | ConfigError::File { message, .. } => {
+                message.contains(crate::acl::UNKNOWN_COMMAND_IN_ACL)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             field: field.into(),
@@ -331,6 +342,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         source,
     })?;
     from_text(&text, path)
+}
+
+/// Reads only the `upstream:` part of a configuration file: enough to ask the server behind
+/// for its command table before the users' rules are checked against it.
+///
+/// # Errors
+/// A [`ConfigError`] naming the file or the field at fault.
+pub fn load_upstream(path: &Path) -> Result<UpstreamConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let raw = parse(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    })?;
+    validate::upstream(raw.upstream, path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Parses and checks configuration text as if read from `path` (relative file names in it

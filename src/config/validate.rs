@@ -727,7 +727,10 @@ fn load_acl_file(path: &Path) -> Result<Vec<User>, ConfigError> {
     Ok(users)
 }
 
-fn upstream(raw: super::RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
+pub(super) fn upstream(
+    raw: super::RawUpstream,
+    base: &Path,
+) -> Result<UpstreamConfig, ConfigError> {
     let addr = if let Some(path) = raw.address.strip_prefix("unix:") {
         if path.is_empty() {
             return Err(ConfigError::invalid(
