@@ -6,12 +6,17 @@
 //! in command-table order (sorted by name, subcommands after their container). The set of rules
 //! and their effect are the same.
 
-use super::rules::{command_id, ids, Selector, KEY_READ, KEY_WRITE};
+use super::rules::{command_id, ids, CmdRule, Selector, KEY_READ, KEY_WRITE};
 use super::User;
 use crate::commands::{self, CommandSpec, CATEGORIES};
 
 /// `ACL LIST` line for `user`: `user NAME on #<sha256> ~* &* +@all`, per `ACLDescribeUser`.
+///
+/// The wording follows the server behind: Redis 7.2+ and Valkey create users with
+/// `sanitize-payload` set and describe command rules as they were given (`ACLUpdateCommandRules`),
+/// Redis 7.0 rebuilds them from the bitmap.
 pub fn describe(user: &User) -> String {
+    let modern = modern();
     let mut out = format!("user {} ", user.name);
     out.push_str(if user.enabled { "on " } else { "off " });
     if user.nopass {
@@ -20,6 +25,7 @@ pub fn describe(user: &User) -> String {
     match user.sanitize_payload {
         Some(false) => out.push_str("skip-sanitize-payload "),
         Some(true) => out.push_str("sanitize-payload "),
+        None if modern => out.push_str("sanitize-payload "),
         None => {}
     }
     for p in &user.passwords {
@@ -88,9 +94,62 @@ fn count_category(sel: &Selector, cat_bit: u32) -> (usize, usize) {
     (on, off)
 }
 
-/// `ACLDescribeSelectorCommandRules`: `+@all` or `-@all`, then the best-fitting categories,
-/// then single commands and first-args until the rules rebuild the exact bitmap.
+/// Whether the server behind describes users the Redis 7.2+ way.
+fn modern() -> bool {
+    commands::catalog::server().acl_texts() == commands::catalog::AclTexts::Redis72
+}
+
+/// The `commands` rules of a selector as the server behind writes them.
 pub fn describe_selector_commands(sel: &Selector) -> String {
+    if modern() {
+        describe_selector_commands_72(sel)
+    } else {
+        describe_selector_commands_70(sel)
+    }
+}
+
+/// Redis 7.2+ / Valkey `ACLDescribeSelectorCommandRules`: `+@all` or `-@all` (whether the
+/// selector can run future commands), then the command rules as given, each rule's last
+/// occurrence only (`ACLUpdateCommandRules` removes an earlier `+x`/`-x` before appending, and
+/// `+@all`/`-@all` clear the list).
+fn describe_selector_commands_72(sel: &Selector) -> String {
+    let mut kept: Vec<(String, bool)> = Vec::new();
+    for rule in &sel.rules {
+        let (name, allow) = match rule {
+            CmdRule::All(_) => {
+                kept.clear();
+                continue;
+            }
+            CmdRule::Category(bit, allow) => {
+                let i = usize::try_from(bit.trailing_zeros()).unwrap_or(usize::MAX);
+                let cat = CATEGORIES.get(i).copied().unwrap_or("");
+                (format!("@{cat}"), *allow)
+            }
+            CmdRule::Command(name, allow) => (name.to_ascii_lowercase(), *allow),
+            CmdRule::FirstArg(name, arg) => (
+                format!("{}|{}", name, String::from_utf8_lossy(arg)).to_ascii_lowercase(),
+                true,
+            ),
+        };
+        kept.retain(|(n, _)| *n != name);
+        kept.push((name, allow));
+    }
+    let mut rules = String::from(if sel.can_run_future_commands() {
+        "+@all"
+    } else {
+        "-@all"
+    });
+    for (name, allow) in kept {
+        rules.push(' ');
+        rules.push(if allow { '+' } else { '-' });
+        rules.push_str(&name);
+    }
+    rules
+}
+
+/// Redis 7.0 `ACLDescribeSelectorCommandRules`: `+@all` or `-@all`, then the best-fitting
+/// categories, then single commands and first-args until the rules rebuild the exact bitmap.
+fn describe_selector_commands_70(sel: &Selector) -> String {
     let mut rules = String::new();
     let mut fake = Selector::new();
     let additive = !sel.can_run_future_commands();

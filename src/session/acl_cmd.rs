@@ -196,9 +196,12 @@ fn getuser(o: &mut Out, u: &User) {
     if u.nopass {
         flags.push("nopass");
     }
+    // Redis 7.2+ and Valkey create users with `sanitize-payload` set (`ACLCreateUser`).
+    let modern = commands::catalog::server().acl_texts() == commands::catalog::AclTexts::Redis72;
     match u.sanitize_payload {
         Some(false) => flags.push("skip-sanitize-payload"),
         Some(true) => flags.push("sanitize-payload"),
+        None if modern => flags.push("sanitize-payload"),
         None => {}
     }
     o.set(flags.len());
