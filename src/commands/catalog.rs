@@ -6,7 +6,7 @@
 //! tests alike; the server redward fronts is one per process. The catalog is swapped whole
 //! ([`install`], an `ArcSwap`), so a request sees either the old server's table or the new
 //! one, never a mix, and a restart of the upstream into another version (Redis 7.0 → 7.4,
-//! Redis → Valkey) is followed at the next learning (see `crate::learn`).
+//! Redis → Valkey) is followed at the next learning (see `learn.rs`).
 //!
 //! Learned specs must be `'static` like the generated ones. They are interned
 //! ([`intern`]): a spec equal to one learned before is that same allocation, so re-learning
