@@ -261,3 +261,26 @@ async fn a_client_cycling_databases_and_protocols_costs_a_bounded_number_of_conn
     let upstream = redis.client_count();
     assert!(upstream <= 32, "{upstream} upstream connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeps_its_id_in_hello_and_client_id_on_shared_and_own_connections() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let mut c = proxy.raw().await;
+    let hello_id = |reply: &[u8]| {
+        let text = String::from_utf8_lossy(reply).into_owned();
+        let rest = text.split("$2\r\nid\r\n:").nth(1).unwrap_or("").to_owned();
+        rest.split("\r\n").next().unwrap_or("").to_owned()
+    };
+    // HELLO 3 on a shared connection.
+    c.send(&[auth(), cmd(&["HELLO", "3"])].concat()).await;
+    let first = hello_id(&c.replies(2).await);
+    c.send(&cmd(&["CLIENT", "ID"])).await;
+    assert_eq!(c.replies(1).await, format!(":{first}\r\n").into_bytes());
+    // WATCH moves the client to a connection of its own; HELLO there says the same id.
+    c.send(&[cmd(&["WATCH", "w"]), cmd(&["HELLO", "3"])].concat())
+        .await;
+    assert_eq!(hello_id(&c.replies(2).await), first);
+    c.send(&cmd(&["CLIENT", "ID"])).await;
+    assert_eq!(c.replies(1).await, format!(":{first}\r\n").into_bytes());
+}

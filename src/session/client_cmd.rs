@@ -68,6 +68,11 @@ impl Filter {
     }
 }
 
+/// The reply hook that puts `id` in HELLO's reply.
+pub(super) fn hello_id(id: u64) -> Arc<dyn Rewrite> {
+    Arc::new(HelloId(id))
+}
+
 /// Puts this client's id in HELLO's reply (`id` is the only field that describes the
 /// connection rather than the server). The reply is small and its shape fixed
 /// (`helloCommand` in networking.c): the `id` key is followed by an integer.
@@ -376,7 +381,7 @@ impl State {
             forward,
             hook: Hook::Hello,
             sent,
-            rewrite: Some(Arc::new(HelloId(self.client.id))),
+            rewrite: Some(hello_id(self.client.id)),
         });
         Outcome::Done
     }
@@ -398,25 +403,23 @@ impl State {
             .login
             .as_ref()
             .map_or_else(String::new, |l| l.user().name.clone());
-        let (name, lib_name, lib_ver) = (c.name.clone(), c.lib_name.clone(), c.lib_ver.clone());
-        let (db, resp) = (c.db, if c.resp3 { 3 } else { 2 });
         let (sub, psub, ssub) = c.subs.counts();
-        let multi = if c.in_multi { 0 } else { -1 };
-        let monitor = c.monitor;
-        self.registration.entry.publish(|i| {
-            i.name = name;
-            i.user = user;
-            i.db = db;
-            i.resp = resp;
-            i.lib_name = lib_name;
-            i.lib_ver = lib_ver;
-            i.cmd = cmd;
-            i.last = now;
-            i.sub = sub;
-            i.psub = psub;
-            i.ssub = ssub;
-            i.multi = multi;
-            i.monitor = monitor;
-        });
+        let info = crate::clients::Info {
+            name: c.name.clone(),
+            user,
+            db: c.db,
+            resp: if c.resp3 { 3 } else { 2 },
+            lib_name: c.lib_name.clone(),
+            lib_ver: c.lib_ver.clone(),
+            cmd,
+            last: now,
+            sub,
+            psub,
+            ssub,
+            multi: if c.in_multi { 0 } else { -1 },
+            monitor: c.monitor,
+            mem: 0,
+        };
+        self.registration.entry.publish(|i| *i = info);
     }
 }

@@ -139,6 +139,9 @@ impl State {
         }
         let forward = !self.suppressed();
         self.expect(Expect::Replies(1), Hook::Hello, forward);
+        // The reply's `id` is the client's, as on shared connections and in CLIENT ID.
+        self.slots
+            .set_rewrite_last(client_cmd::hello_id(self.client.id));
         Outcome::Done
     }
 

@@ -100,6 +100,13 @@ impl Slots {
         self.queue.push_back(slot);
     }
 
+    /// Gives the newest slot, if Redis owes it replies, a reply hook.
+    pub fn set_rewrite_last(&mut self, hook: std::sync::Arc<dyn super::Rewrite>) {
+        if let Some(Slot::Upstream { rewrite, .. }) = self.queue.back_mut() {
+            *rewrite = Some(hook);
+        }
+    }
+
     pub fn front(&self) -> Option<&Slot> {
         self.queue.front()
     }
