@@ -131,7 +131,12 @@ pub(super) struct State {
     pub(super) registration: Registration,
     /// What a shared connection's inbox charges this client's memory through.
     pub(super) charge: Option<crate::memory::Charge>,
+    /// When the registry was last told about this client.
+    pub(super) published: Instant,
 }
+
+/// How stale `CLIENT LIST`'s `cmd` and `idle` may be for a busy client.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl State {
     pub(super) fn new(shared: Arc<Shared>, addrs: Addrs, login: Option<LoggedIn>) -> Self {
@@ -157,6 +162,7 @@ impl State {
             counts: Counts::default(),
             registration,
             charge: None,
+            published: Instant::now(),
         }
     }
 
@@ -164,7 +170,13 @@ impl State {
     /// about a turn that ran commands.
     pub(super) fn report_commands(&mut self) {
         let forwarded = self.counts.forwarded - self.counts.reported_forwarded;
-        if forwarded > 0 || self.counts.unreported_local > 0 || self.client.changed {
+        // The registry shows the last command and idle seconds: a busy client publishes them
+        // every 100 ms at most (one uncontended lock), a change of name or state at once.
+        if self.client.changed
+            || ((forwarded > 0 || self.counts.unreported_local > 0)
+                && self.now().saturating_duration_since(self.published) >= PUBLISH_EVERY)
+        {
+            self.published = self.now();
             self.publish();
         }
         if forwarded > 0 {
