@@ -234,6 +234,10 @@ impl Server {
         if let Some((listener, admin)) = self.admin {
             tokio::spawn(admin.serve(listener, stop.clone()));
         }
+        if let upstream::Target::Sentinel(sentinel) = self.shared.connector.target() {
+            // `+switch-master` and the periodic re-check (`upstream/sentinel.rs`).
+            tokio::spawn(Arc::clone(sentinel).watch(stop.clone()));
+        }
         // Every second: the counts of log lines a burst kept back; every minute: forget
         // rate-limiter state of addresses that went quiet, so it stays bounded.
         let housekeeping = {

@@ -138,9 +138,22 @@ fn check(path: &std::path::Path) -> ExitCode {
     if let Err(e) = redward::upstream::Connector::new(&cfg.upstream) {
         return fail(EXIT_CONFIG, &redward::StartError::UpstreamTls(e));
     }
+    let upstream = match &cfg.upstream.sentinel {
+        Some(s) => format!(
+            "the master Sentinel names `{}` (Sentinels {}; redward confirms with ROLE, follows \
+             +switch-master, re-checks every 5 s)",
+            s.master,
+            s.addresses
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => cfg.upstream.addr.to_string(),
+    };
     println!(
         "upstream {}{}, {}",
-        cfg.upstream.addr,
+        upstream,
         if cfg.upstream.tls.is_some() {
             " (tls)"
         } else {

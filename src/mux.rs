@@ -62,6 +62,16 @@ pub enum MuxError {
     UnexpectedPush,
     #[error("reply: {0}")]
     Protocol(#[from] crate::resp::ReplyError),
+    #[error("Sentinel switched the master")]
+    MasterChanged,
+}
+
+/// Fires when `token` does; never without one.
+pub(crate) async fn fired(token: Option<&CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl MuxError {
@@ -373,6 +383,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Event {
     Wrote(std::io::Result<()>),
     Read(std::io::Result<usize>),
+    /// The Sentinel-named master changed: this connection goes to the old one.
+    MasterChanged,
 }
 
 /// One shared connection's life: take queued requests, write them in one go, route replies.
@@ -383,6 +395,8 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
     let mut inflight: VecDeque<Route> = VecDeque::new();
     let mut scanner = ReplyScanner::new();
     let mut needs_flush = false;
+    // For a Sentinel-followed master: fires when the master changes (the connection goes).
+    let mut epoch: Option<CancellationToken> = None;
     loop {
         if wbuf.is_empty() {
             let mut q = lock(&mux.queue);
@@ -403,8 +417,10 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
                     () = stop.cancelled() => return,
                 }
             }
+            let next_epoch = connector.target().epoch();
             match connector.connect().await {
                 Ok(stream) => {
+                    epoch = next_epoch;
                     debug!("shared upstream connection opened");
                     crate::learn::after_connect(&connector);
                     metrics.upstream_shared.inc();
@@ -440,6 +456,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             biased;
             ev = poll_fn(|cx| poll_io(cx, stream, &mut wbuf, &mut rbuf, &mut needs_flush)) => ev,
             () = mux.notify.notified(), if wbuf.is_empty() && !needs_flush => continue,
+            () = fired(epoch.as_ref()) => Event::MasterChanged,
             () = stop.cancelled() => {
                 metrics.upstream_shared.dec();
                 return;
@@ -450,6 +467,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             Event::Wrote(Err(e)) | Event::Read(Err(e)) => Some(MuxError::Io(e)),
             Event::Read(Ok(0)) => Some(MuxError::Closed),
             Event::Read(Ok(_)) => route(&mut rbuf, &mut scanner, &mut inflight).err(),
+            Event::MasterChanged => Some(MuxError::MasterChanged),
         };
         if let Some(why) = failed {
             crate::learn::upstream_failed();

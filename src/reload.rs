@@ -87,6 +87,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
         }
     };
     field("upstream.address", u.addr != v.addr);
+    field("upstream.sentinel", u.sentinel != v.sentinel);
     field("upstream.username", u.username != v.username);
     field("upstream.password", u.password != v.password);
     field(

@@ -257,3 +257,31 @@ fn an_empty_trusted_list_and_a_tiny_client_memory_bound_are_named() {
     );
     assert_refused(&format!("{base}log:\n  color: rainbow\n"), &["log.color"]);
 }
+
+#[test]
+fn upstream_address_and_sentinel_are_exclusive_and_sentinel_is_checked() {
+    let certs = Certs::new();
+    let base = valid(&certs, "127.0.0.1:0");
+    let sentinel = "  sentinel: { master: mymaster, addresses: [\"127.0.0.1:26379\"] }\n";
+    // Both: refused, naming upstream.
+    let both = base.replace("upstream:\n", &format!("upstream:\n{sentinel}"));
+    assert_refused(&both, &["upstream", "not both"]);
+    // Neither.
+    let neither = base.replace("  address: \"127.0.0.1:1\"\n", "");
+    assert_refused(&neither, &["upstream.address", "sentinel"]);
+    // A Sentinel list that is empty, or names a unix socket.
+    let only = |s: &str| base.replace("  address: \"127.0.0.1:1\"\n", s);
+    assert_refused(
+        &only("  sentinel: { master: mymaster, addresses: [] }\n"),
+        &["upstream.sentinel.addresses"],
+    );
+    assert_refused(
+        &only("  sentinel: { master: mymaster, addresses: [\"unix:/tmp/s\"] }\n"),
+        &["upstream.sentinel.addresses[0]", "TCP"],
+    );
+    // TLS to a master whose address changes needs the name to verify.
+    assert_refused(
+        &only(sentinel).replace("  password: x\n", "  password: x\n  tls: {}\n"),
+        &["upstream.tls.server_name"],
+    );
+}

@@ -49,7 +49,7 @@ fn converts_an_stunnel_file_that_then_checks() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let raw = redward::config::parse(&stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
     assert_eq!(raw.listen.len(), 1);
-    assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("127.0.0.1:6379"));
     assert!(stdout.contains(&format!("stunnel config {}", conf.display())));
 
     assert!(
@@ -114,7 +114,7 @@ fn the_example_stunnel_config_from_the_issue_converts() {
     let raw = redward::config::parse(&c.yaml).expect("the YAML parses");
     assert_eq!(raw.listen.len(), 1);
     assert_eq!(raw.listen[0].address, "127.0.0.1:6380");
-    assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("127.0.0.1:6379"));
     assert!(c.yaml.contains("/path/to/ssl.pem"));
     // The key defaults to the cert file in stunnel: said so.
     assert!(

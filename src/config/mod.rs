@@ -5,6 +5,7 @@
 //! duplicate keys and unknown fields refused: a typo must never silently drop a setting on a
 //! security proxy. Every error is one line that names the field or the file.
 
+mod upstream;
 mod validate;
 
 use std::net::SocketAddr;
@@ -15,8 +16,8 @@ use serde::{Deserialize, Deserializer};
 
 pub use validate::{
     ClientAuth, ClientCerts, ClientIdentity, ClientTls, Config, ListenerConfig, LogColor,
-    LogFormat, ProtocolLimits, ProxyProtocol, Secret, UpstreamAddr, UpstreamConfig, UpstreamTls,
-    Users,
+    LogFormat, ProtocolLimits, ProxyProtocol, Secret, SentinelConfig, UpstreamAddr, UpstreamConfig,
+    UpstreamTls, Users,
 };
 
 /// A configuration that cannot be used. Its `Display` is the one line redward prints before
@@ -213,8 +214,12 @@ impl<'de> Deserialize<'de> for RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    /// `host:port` or `unix:/path/to/redis.sock`.
-    pub address: String,
+    /// `host:port` or `unix:/path/to/redis.sock`; or, instead, `sentinel`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Follow the master a set of Sentinels name.
+    #[serde(default)]
+    pub sentinel: Option<RawSentinel>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -229,6 +234,21 @@ pub struct RawUpstream {
     /// client gets its own, as a plain TCP proxy would).
     #[serde(default)]
     pub shared_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    /// The name the Sentinels monitor.
+    pub master: String,
+    /// `host:port` of each Sentinel.
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,7 +378,7 @@ pub fn load_upstream(path: &Path) -> Result<UpstreamConfig, ConfigError> {
         path: path.to_owned(),
         message,
     })?;
-    validate::upstream(raw.upstream, path.parent().unwrap_or(Path::new(".")))
+    upstream::upstream(raw.upstream, path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Parses and checks configuration text as if read from `path` (relative file names in it

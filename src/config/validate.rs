@@ -227,13 +227,29 @@ pub struct ClientCerts {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    /// `upstream.address`; with `upstream.sentinel`, the first Sentinel's (for messages only:
+    /// Redis's address is the master the Sentinels name).
     pub addr: UpstreamAddr,
+    /// `upstream.sentinel`: follow the master these Sentinels name.
+    pub sentinel: Option<SentinelConfig>,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub connect_timeout: Duration,
     pub tls: Option<UpstreamTls>,
     /// 0: a connection per client.
     pub shared_connections: usize,
+}
+
+/// `upstream.sentinel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The name the Sentinels monitor (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// The Sentinels, asked in turn.
+    pub addresses: Vec<(String, u16)>,
+    /// For Sentinels that need a login (`requirepass` / ACL users on the Sentinels).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -260,7 +276,7 @@ pub struct UpstreamTls {
 
 /// A secret (upstream password). Never printed: `Debug` says `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(pub(super) String);
 
 impl Secret {
     pub fn new(s: String) -> Self {
@@ -476,7 +492,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         });
     }
 
-    let upstream = upstream(raw.upstream, base)?;
+    let upstream = super::upstream::upstream(raw.upstream, base)?;
 
     let mut users = Vec::with_capacity(raw.users.len());
     let mut command_rates = HashMap::new();
@@ -727,125 +743,9 @@ fn load_acl_file(path: &Path) -> Result<Vec<User>, ConfigError> {
     Ok(users)
 }
 
-pub(super) fn upstream(
-    raw: super::RawUpstream,
-    base: &Path,
-) -> Result<UpstreamConfig, ConfigError> {
-    let addr = if let Some(path) = raw.address.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err(ConfigError::invalid(
-                "upstream.address",
-                "unix: needs a socket path",
-            ));
-        }
-        UpstreamAddr::Unix(resolve(base, Path::new(path)))
-    } else {
-        let (host, port) = raw.address.rsplit_once(':').ok_or_else(|| {
-            ConfigError::invalid(
-                "upstream.address",
-                format!("`{}` is not host:port or unix:/path", raw.address),
-            )
-        })?;
-        let port: u16 = port.parse().map_err(|_| {
-            ConfigError::invalid(
-                "upstream.address",
-                format!("`{}`: invalid port", raw.address),
-            )
-        })?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(ConfigError::invalid("upstream.address", "missing host"));
-        }
-        UpstreamAddr::Tcp {
-            host: host.to_owned(),
-            port,
-        }
-    };
-    let password = match (raw.password, raw.password_file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(
-                "upstream.password",
-                "set password or password_file, not both",
-            ))
-        }
-        (Some(p), None) => Some(Secret(expand_env("upstream.password", &p)?)),
-        (None, Some(f)) => {
-            let f = PathBuf::from(expand_env("upstream.password_file", &f.to_string_lossy())?);
-            let path = resolve(base, &f);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::file("upstream.password_file", &path, e))?;
-            let p = text.trim_end_matches(['\r', '\n']).to_owned();
-            if p.is_empty() {
-                return Err(ConfigError::file(
-                    "upstream.password_file",
-                    &path,
-                    "file is empty",
-                ));
-            }
-            Some(Secret(p))
-        }
-        (None, None) => None,
-    };
-    let username = match raw.username {
-        Some(u) => Some(expand_env("upstream.username", &u)?),
-        None => None,
-    };
-    if username.is_some() && password.is_none() {
-        return Err(ConfigError::invalid(
-            "upstream.username",
-            "a username needs password or password_file",
-        ));
-    }
-    let tls = match raw.tls {
-        None => None,
-        Some(t) => {
-            let server_name = match (t.server_name, &addr) {
-                (Some(n), _) => n,
-                (None, UpstreamAddr::Tcp { host, .. }) => host.clone(),
-                (None, UpstreamAddr::Unix(_)) => {
-                    return Err(ConfigError::invalid(
-                        "upstream.tls.server_name",
-                        "required with a unix socket",
-                    ))
-                }
-            };
-            Some(UpstreamTls {
-                ca: t.ca.map(|p| resolve(base, &p)),
-                server_name,
-            })
-        }
-    };
-    Ok(UpstreamConfig {
-        addr,
-        username,
-        password,
-        connect_timeout: match raw.connect_timeout {
-            Some(d) if d.is_zero() => {
-                return Err(ConfigError::invalid(
-                    "upstream.connect_timeout",
-                    "must be greater than 0",
-                ))
-            }
-            Some(d) => d,
-            None => DEFAULT_CONNECT_TIMEOUT,
-        },
-        tls,
-        shared_connections: match raw.shared_connections {
-            Some(n) if n > MAX_SHARED_CONNECTIONS => {
-                return Err(ConfigError::invalid(
-                    "upstream.shared_connections",
-                    format!("at most {MAX_SHARED_CONNECTIONS}"),
-                ))
-            }
-            Some(n) => n,
-            None => DEFAULT_SHARED_CONNECTIONS,
-        },
-    })
-}
-
 /// Relative paths in the file are relative to the file's own directory, so a config works
 /// the same whatever the working directory (systemd starts services in `/`).
-fn resolve(base: &Path, p: &Path) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
     } else {
@@ -855,7 +755,7 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 
 /// Replaces every `${NAME}` with the environment variable NAME; an unset one is an error naming
 /// the field (the value is never echoed: it may be a secret).
-fn expand_env(field: &str, s: &str) -> Result<String, ConfigError> {
+pub(super) fn expand_env(field: &str, s: &str) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {

@@ -19,6 +19,9 @@ pub enum SessionError {
     UnexpectedReply,
     #[error("upstream rejected redward's AUTH after RESET")]
     UpstreamReauth,
+    /// The Sentinel-named master changed under this client's own connection.
+    #[error("the Sentinel-named master changed")]
+    MasterChanged,
     #[error("a reply to be rewritten is over the size redward holds")]
     ReplyTooLarge,
     /// A replication stream (after SYNC/PSYNC) ended with an error on either side.
@@ -58,6 +61,7 @@ impl SessionError {
             | SessionError::UpstreamProtocol(_)
             | SessionError::UnexpectedReply
             | SessionError::UpstreamReauth
+            | SessionError::MasterChanged
             | SessionError::ReplyTooLarge => Side::Upstream,
             SessionError::Internal(_) => Side::Internal,
         }

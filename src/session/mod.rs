@@ -228,6 +228,10 @@ where
                 st.flow.draining = true;
                 continue;
             }
+            () = crate::mux::fired(st.epoch.as_ref()) => {
+                warn!(%peer, "the Sentinel-named master changed; closing this client's connection to the old one");
+                break Err(SessionError::MasterChanged);
+            }
             () = &mut killed => {
                 debug!(%peer, "killed by CLIENT KILL");
                 break Err(SessionError::Killed);

@@ -179,6 +179,13 @@ impl State {
             };
             let bytes = uin.get(..consumed).unwrap_or(&[]);
             match (rewrite, info) {
+                (None, Some(info)) if info.is_error() && bytes.starts_with(b"-READONLY") => {
+                    // Writing to a replica: the master moved (Sentinel clients' guidelines).
+                    self.shared.connector.target().suspect("-READONLY");
+                    if !swallow {
+                        self.out.cout.extend_from_slice(bytes);
+                    }
+                }
                 (None, _) if !swallow => self.out.cout.extend_from_slice(bytes),
                 (None, _) => {}
                 // The reply hook: this reply is held until complete, then replaced whole.

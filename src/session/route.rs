@@ -120,6 +120,7 @@ impl State {
     /// retryable error.
     async fn connect_own(&mut self, conn: &mut Conn) -> bool {
         let connector = self.shared.connector.with_setup(self.client.setup);
+        let epoch = connector.target().epoch();
         match connector.connect().await {
             Ok(stream) => {
                 debug!(peer = %self.peer, "upstream connected");
@@ -128,6 +129,7 @@ impl State {
                     self.shared.metrics.upstream_moves.inc();
                 }
                 self.shared.metrics.upstream_own.inc();
+                self.epoch = epoch;
                 *conn = Conn::Dedicated(stream);
                 true
             }

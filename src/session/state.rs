@@ -133,6 +133,10 @@ pub(super) struct State {
     pub(super) charge: Option<crate::memory::Charge>,
     /// When the registry was last told about this client.
     pub(super) published: Instant,
+    /// For a Sentinel-followed master: fires when the master this client's own connection
+    /// goes to is no longer the master. The client is closed then, as Redis closes clients
+    /// of a demoted master (its transaction, watches and subscriptions are gone).
+    pub(super) epoch: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// How stale `CLIENT LIST`'s `cmd` and `idle` may be for a busy client.
@@ -163,6 +167,7 @@ impl State {
             registration,
             charge: None,
             published: Instant::now(),
+            epoch: None,
         }
     }
 

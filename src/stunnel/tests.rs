@@ -44,7 +44,7 @@ fn typical_redis_conf() {
     // stunnel's default: the key is in the certificate file.
     assert_eq!(t.key.to_str(), Some("/etc/stunnel/redis.pem"));
     assert_eq!(t.min_version.as_deref(), Some("1.2"));
-    assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("127.0.0.1:6379"));
     assert!(raw.upstream.username.is_none() && raw.upstream.password_file.is_none());
     assert!(raw.users.is_empty());
     assert!(c.yaml.starts_with("# Converted from stunnel config"));
@@ -73,7 +73,7 @@ fn key_cafile_and_verify() {
     );
     assert_eq!(tls(&raw, 0).key.to_str(), Some("/etc/stunnel/redis.key"));
     // Port only: stunnel connects to localhost.
-    assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("127.0.0.1:6379"));
     assert!(c
         .yaml
         .contains("# client_ca: \"/etc/stunnel/clients-ca.pem\""));
@@ -133,7 +133,7 @@ fn two_services_one_upstream() {
         assert_eq!(tls(&raw, i).cert.to_str(), Some("/etc/stunnel/redis.pem"));
         assert_eq!(tls(&raw, i).key.to_str(), Some("/etc/stunnel/redis.key"));
     }
-    assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("127.0.0.1:6379"));
     // Explicit wildcard addresses are what was asked for: no warning, but the allow example.
     assert!(c.warnings.iter().all(|w| !w.contains("accept")));
     assert_eq!(c.yaml.matches("# allow:").count(), 2);
@@ -144,7 +144,7 @@ fn several_connects_use_the_first() {
     let (raw, c) = conv(
         "[r]\naccept = 6380\nconnect = 10.0.0.1:6379\nconnect = 10.0.0.2:6379\ncert = /c.pem\n",
     );
-    assert_eq!(raw.upstream.address, "10.0.0.1:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("10.0.0.1:6379"));
     assert!(warning(&c, "connect = 10.0.0.2:6379").contains("only the first"));
 }
 
@@ -155,7 +155,7 @@ fn services_with_different_upstreams() {
          [queue]\naccept = 6390\nconnect = 10.0.0.5:6379\ncert = /c.pem\nverify = 2\n",
     );
     assert_eq!(raw.listen.len(), 1);
-    assert_eq!(raw.upstream.address, "127.0.0.1:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("127.0.0.1:6379"));
     let w = warning(&c, "[queue] connect = 10.0.0.5:6379");
     assert!(
         w.contains("one upstream") && w.contains("not converted"),
@@ -194,7 +194,7 @@ fn comments_case_and_spacing() {
                 timeoutIDLE = 600\r\nthis line is junk\r\n";
     let (raw, c) = conv(text);
     assert_eq!(raw.listen[0].address, "192.168.1.10:6380");
-    assert_eq!(raw.upstream.address, "localhost:6379");
+    assert_eq!(raw.upstream.address.as_deref(), Some("localhost:6379"));
     assert_eq!(tls(&raw, 0).cert.to_str(), Some("/etc/ssl/redis.pem"));
     assert_eq!(tls(&raw, 0).key.to_str(), Some("/etc/ssl/redis.key"));
     assert_eq!(
@@ -216,8 +216,8 @@ fn unix_socket_upstream() {
          cert = /etc/stunnel/redis.pem\n",
     );
     assert_eq!(
-        raw.upstream.address,
-        "unix:/var/run/redis/redis-server.sock"
+        raw.upstream.address.as_deref(),
+        Some("unix:/var/run/redis/redis-server.sock")
     );
     assert!(c.warnings.iter().all(|w| !w.contains("connect")));
     // A unix-socket accept cannot be a redward listener.

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -21,7 +22,9 @@ use tokio_rustls::TlsConnector;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::tls::TlsError;
 
+mod sentinel;
 mod target;
+pub use sentinel::Sentinel;
 pub use target::{Credential, Target};
 
 /// Why an upstream connection could not be used. Client-facing text is always the generic
@@ -39,6 +42,15 @@ pub enum UpstreamError {
     AuthRejected(String),
     #[error("upstream closed the connection during AUTH")]
     ClosedDuringAuth,
+    /// No Sentinel named a master for this name.
+    #[error("no Sentinel names a master for `{0}`")]
+    NoMaster(String),
+    /// A Sentinel failover is under way: no connection until the promoted replica is known.
+    #[error("Sentinel failover of `{0}` under way")]
+    FailoverInProgress(String),
+    /// The address a Sentinel named did not confirm with `ROLE` that it is the master.
+    #[error("{0} is not the master (ROLE)")]
+    NotMaster(String),
     /// Redis refused the connection's set-up (`HELLO 3`, `SELECT db`); the text is Redis's.
     #[error("upstream refused the connection set-up: {0}")]
     SetupRejected(String),
@@ -125,8 +137,12 @@ impl Connector {
                 Some((TlsConnector::from(config), name))
             }
         };
+        let target = match &cfg.sentinel {
+            Some(s) => Target::Sentinel(Arc::new(Sentinel::new(s, cfg.connect_timeout))),
+            None => Target::Fixed(cfg.addr.clone()),
+        };
         Ok(Connector {
-            target: Target::Fixed(cfg.addr.clone()),
+            target,
             credential: Credential::from_config(cfg),
             setup: Setup::default(),
             tls,
@@ -234,6 +250,18 @@ impl Connector {
                 }
             }
         }
+        if self.target.confirms_role() {
+            // The Sentinel client guidelines: confirm before sending anything.
+            stream
+                .write_all(b"*1\r\n$4\r\nROLE\r\n")
+                .await
+                .map_err(connect_err)?;
+            stream.flush().await.map_err(connect_err)?;
+            if !is_master(&mut stream).await.map_err(connect_err)? {
+                self.target.suspect("ROLE did not say master");
+                return Err(UpstreamError::NotMaster(addr.to_owned()));
+            }
+        }
         let (setup, replies) = self.setup.requests();
         {
             stream.write_all(&setup).await.map_err(connect_err)?;
@@ -275,6 +303,38 @@ fn hello_identity(reply: &[u8]) -> Option<(String, String)> {
         String::from_utf8_lossy(server?).into_owned(),
         String::from_utf8_lossy(version?).into_owned(),
     ))
+}
+
+/// Reads `ROLE`'s reply: whether its first element is `master`.
+async fn is_master(stream: &mut UpstreamStream) -> io::Result<bool> {
+    let mut buf = BytesMut::with_capacity(256);
+    let mut scanner = crate::resp::ReplyScanner::new();
+    loop {
+        if buf.len() > 64 * 1024 {
+            return Err(io::Error::other("ROLE reply too long"));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut seen = 0;
+        loop {
+            let rest = buf.get(seen..).unwrap_or(&[]);
+            match scanner
+                .advance(rest)
+                .map_err(|e| io::Error::other(e.to_string()))?
+            {
+                crate::resp::Step::Complete { info, .. } => {
+                    return Ok(info.kind == b'*' && info.head.as_bytes() == Some(&b"master"[..]));
+                }
+                crate::resp::Step::Partial { consumed } => {
+                    seen += consumed;
+                    if consumed == 0 || seen >= buf.len() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 enum SetupFailure {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::resp::encode_command;
 
+use super::sentinel::Sentinel;
 use super::UpstreamError;
 
 /// Where upstream connections go.
@@ -16,20 +17,65 @@ use super::UpstreamError;
 /// the Sentinels which address is the master now) and a cluster node (an address a `MOVED`
 /// named) are targets too: [`Target::resolve`] is where each finds its address, at every
 /// connect.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub enum Target {
     /// One fixed address: TCP host and port, or a unix socket.
     Fixed(UpstreamAddr),
+    /// The master a set of Sentinels name (`upstream.sentinel`).
+    Sentinel(Arc<Sentinel>),
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::Fixed(a), Target::Fixed(b)) => a == b,
+            (Target::Sentinel(a), Target::Sentinel(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Target {}
+
+impl std::hash::Hash for Target {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Target::Fixed(a) => a.hash(state),
+            Target::Sentinel(s) => s.master_name().hash(state),
+        }
+    }
 }
 
 impl Target {
     /// The address to connect to now.
     ///
     /// # Errors
-    /// An [`UpstreamError`] when the target cannot say (not for a fixed address).
+    /// An [`UpstreamError`] when the target cannot say (no Sentinel names a master).
     pub async fn resolve(&self) -> Result<UpstreamAddr, UpstreamError> {
         match self {
             Target::Fixed(addr) => Ok(addr.clone()),
+            Target::Sentinel(s) => s.resolve().await,
+        }
+    }
+
+    /// For a target whose address can change: the token that fires when it does. Take it
+    /// before connecting, and drop the connection when it fires.
+    pub fn epoch(&self) -> Option<tokio_util::sync::CancellationToken> {
+        match self {
+            Target::Fixed(_) => None,
+            Target::Sentinel(s) => Some(s.epoch()),
+        }
+    }
+
+    /// Whether a new connection must confirm with `ROLE` that it reached a master.
+    pub fn confirms_role(&self) -> bool {
+        matches!(self, Target::Sentinel(_))
+    }
+
+    /// A reply or a `ROLE` said the address is not the master (`-READONLY`): ask again.
+    pub fn suspect(&self, why: &str) {
+        if let Target::Sentinel(s) = self {
+            s.suspect(why);
         }
     }
 }
@@ -38,6 +84,10 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Fixed(addr) => addr.fmt(f),
+            Target::Sentinel(s) => match s.current() {
+                Some(addr) => write!(f, "{addr} (Sentinel master {})", s.master_name()),
+                None => write!(f, "Sentinel master {}", s.master_name()),
+            },
         }
     }
 }

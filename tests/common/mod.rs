@@ -373,6 +373,8 @@ pub struct ProxyBuilder {
     listener_extra: String,
     upstream_extra: String,
     upstream_addr: Option<String>,
+    /// `upstream.sentinel` instead of `upstream.address`.
+    sentinel: Option<String>,
 }
 
 pub fn proxy() -> ProxyBuilder {
@@ -382,6 +384,7 @@ pub fn proxy() -> ProxyBuilder {
         listener_extra: String::new(),
         upstream_extra: String::new(),
         upstream_addr: None,
+        sentinel: None,
     }
 }
 
@@ -413,6 +416,16 @@ impl ProxyBuilder {
         self
     }
 
+    /// Follow `master` through the Sentinels on these ports instead of a fixed address.
+    pub fn sentinel(mut self, master: &str, ports: &[u16]) -> Self {
+        let addrs: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        self.sentinel = Some(format!(
+            "sentinel: {{ master: {master}, addresses: [{}] }}",
+            addrs.join(", ")
+        ));
+        self
+    }
+
     pub fn config_text(&self, redis: &Redis, certs: &Certs) -> String {
         let mut users = String::new();
         for (name, rules) in &self.users {
@@ -420,12 +433,15 @@ impl ProxyBuilder {
         }
         format!(
             "listen:\n  - address: \"127.0.0.1:0\"\n    tls: {{ cert: {}, key: {}{} }}\n\
-             upstream:\n  address: \"{}\"\n  username: {UPSTREAM_USER}\n  password: \"{UPSTREAM_PASSWORD}\"\n{}\
+             upstream:\n  {}\n  username: {UPSTREAM_USER}\n  password: \"{UPSTREAM_PASSWORD}\"\n{}\
              users:\n{users}{}",
             certs.cert().display(),
             certs.key().display(),
             self.listener_extra,
-            self.upstream_addr.clone().unwrap_or_else(|| redis.addr()),
+            self.sentinel.clone().unwrap_or_else(|| format!(
+                "address: \"{}\"",
+                self.upstream_addr.clone().unwrap_or_else(|| redis.addr())
+            )),
             self.upstream_extra,
             self.extra,
         )

@@ -1,0 +1,380 @@
+//! Following the master a set of Sentinels name, as Redis's Sentinel client guidelines say
+//! (<https://redis.io/docs/latest/develop/reference/sentinel-clients/>):
+//! - ask the Sentinels in turn `SENTINEL get-master-addr-by-name <master>`, and move the one
+//!   that answered to the front of the list;
+//! - confirm with `ROLE` on the address before sending anything (`Connector::connect`);
+//! - subscribe to `+switch-master` on a Sentinel, with a periodic re-check as a backstop;
+//! - treat `-READONLY` from the upstream as a sign to ask again ([`Sentinel::suspect`]).
+//!
+//! A switch ends an epoch: every connection opened in it (shared ones and clients' own) holds
+//! its [`CancellationToken`] and closes when it fires, so nothing more goes to the old master.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::BytesMut;
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{SentinelConfig, UpstreamAddr};
+use crate::resp::encode_command;
+
+use super::UpstreamError;
+
+/// How often the Sentinels are asked even without a `+switch-master` message.
+const RECHECK: Duration = Duration::from_secs(5);
+/// The longest redward holds writes back once a failover began (`+failover-state-send-slaveof-
+/// noone`) without hearing which replica was promoted; then it asks the Sentinels again.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
+/// The Sentinel events followed: the leader's failover steps and every Sentinel's result.
+const CHANNELS: [&str; 3] = [
+    "+failover-state-send-slaveof-noone",
+    "+promoted-slave",
+    "+switch-master",
+];
+/// Largest reply read from a Sentinel.
+const MAX_REPLY: usize = 64 * 1024;
+
+/// The master a set of Sentinels name, as redward follows it.
+#[derive(Debug)]
+pub struct Sentinel {
+    master: String,
+    /// Asked in this order; the last one that answered goes first.
+    sentinels: Mutex<Vec<(String, u16)>>,
+    auth: Option<Vec<u8>>,
+    timeout: Duration,
+    /// The master confirmed last (`None`: ask before connecting).
+    current: ArcSwapOption<UpstreamAddr>,
+    /// Fires when the master changes: connections opened before close.
+    epoch: Mutex<CancellationToken>,
+    failovers: AtomicU64,
+    /// A failover is under way: until this instant (or the promoted replica is known), no
+    /// connection is opened, so no write is acknowledged by a master about to be demoted.
+    hold: Mutex<Option<std::time::Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Sentinel {
+    pub fn new(cfg: &SentinelConfig, timeout: Duration) -> Sentinel {
+        let auth = cfg.password.as_ref().map(|pw| {
+            let mut out = Vec::new();
+            let pw = pw.expose().as_bytes();
+            match &cfg.username {
+                Some(u) => encode_command(&mut out, [&b"AUTH"[..], u.as_bytes(), pw].into_iter()),
+                None => encode_command(&mut out, [&b"AUTH"[..], pw].into_iter()),
+            }
+            out
+        });
+        Sentinel {
+            master: cfg.master.clone(),
+            sentinels: Mutex::new(cfg.addresses.clone()),
+            auth,
+            timeout,
+            current: ArcSwapOption::empty(),
+            epoch: Mutex::new(CancellationToken::new()),
+            failovers: AtomicU64::new(0),
+            hold: Mutex::new(None),
+        }
+    }
+
+    /// The name the Sentinels monitor.
+    pub fn master_name(&self) -> &str {
+        &self.master
+    }
+
+    /// The master as last confirmed, if any.
+    pub fn current(&self) -> Option<UpstreamAddr> {
+        self.current.load_full().map(|a| (*a).clone())
+    }
+
+    /// Switches seen since start-up.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    /// The token of the current epoch: take it before connecting; it fires when the master
+    /// changes (a connection opened meanwhile is then dropped at once, which is right).
+    pub fn epoch(&self) -> CancellationToken {
+        lock(&self.epoch).clone()
+    }
+
+    /// The master to connect to: the one known, or the Sentinels' answer.
+    ///
+    /// # Errors
+    /// [`UpstreamError::NoMaster`] when no Sentinel names one.
+    pub async fn resolve(&self) -> Result<UpstreamAddr, UpstreamError> {
+        if let Some(addr) = self.current() {
+            return Ok(addr);
+        }
+        {
+            let mut hold = lock(&self.hold);
+            match *hold {
+                Some(until) if std::time::Instant::now() < until => {
+                    return Err(UpstreamError::FailoverInProgress(self.master.clone()));
+                }
+                Some(_) => *hold = None,
+                None => {}
+            }
+        }
+        let addr = self.ask().await?;
+        self.switch_to(&addr);
+        Ok(addr)
+    }
+
+    /// The connection to `addr` did not confirm it is the master (`ROLE`), or a reply said
+    /// `-READONLY`: forget it and end the epoch, so every connection asks again.
+    pub fn suspect(&self, why: &str) {
+        if self.current.swap(None).is_some() {
+            warn!(master = %self.master, why, "upstream is not the master; asking the Sentinels again");
+            self.end_epoch();
+        }
+    }
+
+    fn end_epoch(&self) {
+        let mut epoch = lock(&self.epoch);
+        epoch.cancel();
+        *epoch = CancellationToken::new();
+    }
+
+    /// The leader Sentinel is promoting a replica: stop using the old master now (writes it
+    /// acknowledges from here on are lost when it is demoted), and open no connection until
+    /// the promoted replica is known.
+    fn hold(&self) {
+        *lock(&self.hold) = Some(std::time::Instant::now() + HOLD_LIMIT);
+        if let Some(old) = self.current.swap(None) {
+            warn!(master = %self.master, old = %old, "Sentinel failover under way; holding connections until the promoted replica is known");
+            self.end_epoch();
+        }
+    }
+
+    /// Makes `addr` the master; a change from a known master is a failover.
+    fn switch_to(&self, addr: &UpstreamAddr) {
+        *lock(&self.hold) = None;
+        let old = self.current.swap(Some(Arc::new(addr.clone())));
+        match old.as_deref() {
+            Some(old) if old == addr => {}
+            Some(old) => {
+                self.failovers.fetch_add(1, Ordering::Relaxed);
+                info!(master = %self.master, from = %old, to = %addr, "Sentinel switched the master; re-pointing every upstream connection");
+                self.end_epoch();
+            }
+            None => info!(master = %self.master, at = %addr, "master found through Sentinel"),
+        }
+    }
+
+    /// Asks the Sentinels in turn for the master's address.
+    async fn ask(&self) -> Result<UpstreamAddr, UpstreamError> {
+        let sentinels = lock(&self.sentinels).clone();
+        for (i, (host, port)) in sentinels.iter().enumerate() {
+            match tokio::time::timeout(self.timeout, self.ask_one(host, *port)).await {
+                Ok(Ok(Some(addr))) => {
+                    if i > 0 {
+                        // The guidelines: the Sentinel that answered is asked first next time.
+                        let mut list = lock(&self.sentinels);
+                        if let Some(pos) = list.iter().position(|s| s.0 == *host && s.1 == *port) {
+                            let s = list.remove(pos);
+                            list.insert(0, s);
+                        }
+                    }
+                    return Ok(addr);
+                }
+                Ok(Ok(None)) => {
+                    debug!(sentinel = %format!("{host}:{port}"), "Sentinel does not know the master")
+                }
+                Ok(Err(e)) => {
+                    debug!(sentinel = %format!("{host}:{port}"), error = %e, "Sentinel unreachable")
+                }
+                Err(_) => debug!(sentinel = %format!("{host}:{port}"), "Sentinel timed out"),
+            }
+        }
+        Err(UpstreamError::NoMaster(self.master.clone()))
+    }
+
+    async fn open(&self, host: &str, port: u16) -> std::io::Result<(TcpStream, BytesMut)> {
+        let mut s = TcpStream::connect((host, port)).await?;
+        s.set_nodelay(true)?;
+        let mut buf = BytesMut::with_capacity(512);
+        if let Some(auth) = &self.auth {
+            s.write_all(auth).await?;
+            match read_frame(&mut s, &mut buf).await? {
+                OwnedFrame::SimpleString(_) => {}
+                other => return Err(std::io::Error::other(format!("AUTH refused: {other:?}"))),
+            }
+        }
+        Ok((s, buf))
+    }
+
+    async fn ask_one(&self, host: &str, port: u16) -> std::io::Result<Option<UpstreamAddr>> {
+        let (mut s, mut buf) = self.open(host, port).await?;
+        let mut req = Vec::new();
+        encode_command(
+            &mut req,
+            [
+                &b"SENTINEL"[..],
+                b"get-master-addr-by-name",
+                self.master.as_bytes(),
+            ]
+            .into_iter(),
+        );
+        s.write_all(&req).await?;
+        Ok(match read_frame(&mut s, &mut buf).await? {
+            OwnedFrame::Array(parts) => match (parts.first(), parts.get(1)) {
+                (Some(OwnedFrame::BulkString(h)), Some(OwnedFrame::BulkString(p))) => {
+                    let host = String::from_utf8_lossy(h).into_owned();
+                    std::str::from_utf8(p)
+                        .ok()
+                        .and_then(|p| p.parse().ok())
+                        .map(|port| UpstreamAddr::Tcp { host, port })
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// Follows the Sentinels until `stop`: the failover events of every Sentinel (whichever
+    /// leads a failover publishes its steps only on itself), and every [`RECHECK`] the
+    /// Sentinels' answer, compared with the master in use.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        let sentinels = lock(&self.sentinels).clone();
+        for (host, port) in sentinels {
+            let (me, stop) = (Arc::clone(&self), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = me.follow(&host, port) => {
+                            if let Err(e) = r {
+                                debug!(sentinel = %format!("{host}:{port}"), error = %e, "lost the Sentinel; reconnecting");
+                            }
+                        }
+                        () = stop.cancelled() => return,
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
+        let mut tick = tokio::time::interval(RECHECK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            // The backstop: a missed message, or a Sentinel that changed its mind.
+            let holding = lock(&self.hold).is_some_and(|until| std::time::Instant::now() < until);
+            if !holding {
+                if let Ok(addr) = self.ask().await {
+                    self.switch_to(&addr);
+                }
+            }
+        }
+    }
+
+    /// One Sentinel's failover events.
+    async fn follow(&self, host: &str, port: u16) -> std::io::Result<()> {
+        let (mut s, mut buf) = tokio::time::timeout(self.timeout, self.open(host, port))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let mut req = Vec::new();
+        encode_command(
+            &mut req,
+            std::iter::once(&b"SUBSCRIBE"[..])
+                .chain(CHANNELS.iter().map(|c| c.as_bytes()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
+        s.write_all(&req).await?;
+        loop {
+            let frame = read_frame(&mut s, &mut buf).await?;
+            match self.event(&frame) {
+                Some(Event::Promoting) => self.hold(),
+                Some(Event::Master(addr)) => self.switch_to(&addr),
+                None => {}
+            }
+        }
+    }
+
+    /// What a Sentinel message means for our master.
+    fn event(&self, frame: &OwnedFrame) -> Option<Event> {
+        let OwnedFrame::Array(parts) = frame else {
+            return None;
+        };
+        let (Some(OwnedFrame::BulkString(channel)), Some(OwnedFrame::BulkString(payload))) =
+            (parts.get(1), parts.get(2))
+        else {
+            return None;
+        };
+        let text = String::from_utf8_lossy(payload);
+        let words: Vec<&str> = text.split(' ').collect();
+        match channel.as_slice() {
+            b"+switch-master" => self.switch_message(&words).map(Event::Master),
+            // `slave <ip:port> <ip> <port> @ <master> <master-ip> <master-port>`
+            b"+promoted-slave" | b"+failover-state-send-slaveof-noone" => {
+                let [_, _, host, port, _, name, ..] = words.as_slice() else {
+                    return None;
+                };
+                if *name != self.master {
+                    return None;
+                }
+                if channel.as_slice() == b"+promoted-slave" {
+                    Some(Event::Master(UpstreamAddr::Tcp {
+                        host: (*host).to_owned(),
+                        port: port.parse().ok()?,
+                    }))
+                } else {
+                    Some(Event::Promoting)
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// `+switch-master <master> <old-ip> <old-port> <new-ip> <new-port>`, for our master.
+    fn switch_message(&self, words: &[&str]) -> Option<UpstreamAddr> {
+        match words {
+            [name, _, _, host, port] if *name == self.master => Some(UpstreamAddr::Tcp {
+                host: (*host).to_owned(),
+                port: port.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A Sentinel event about our master.
+enum Event {
+    /// The leader is about to promote a replica.
+    Promoting,
+    /// This is the master now.
+    Master(UpstreamAddr),
+}
+
+/// Reads one RESP2 frame (at most [`MAX_REPLY`]).
+async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<OwnedFrame> {
+    loop {
+        match redis_protocol::resp2::decode::decode(buf) {
+            Ok(Some((frame, used))) => {
+                let _ = buf.split_to(used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+        if buf.len() > MAX_REPLY {
+            return Err(std::io::Error::other("Sentinel reply too long"));
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Promise: redward follows the master Sentinel names. With a master, a replica and three real
+//! Sentinels (`redis-server --sentinel`) on loopback, a `SENTINEL FAILOVER` while a client
+//! writes through redward moves every later write to the promoted replica; the client sees a
+//! few retryable errors, never a `-READONLY`, and no acknowledged write is lost.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MASTER: &str = "mymaster";
+
+/// A `redis-server --sentinel` child, killed on drop.
+struct Sentinel {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sentinel {
+    fn start(master_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {MASTER} 1000\n\
+                 sentinel failover-timeout {MASTER} 5000\n\
+                 sentinel auth-user {MASTER} {UPSTREAM_USER}\n\
+                 sentinel auth-pass {MASTER} {UPSTREAM_PASSWORD}\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let s = Sentinel {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("the Sentinel listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        s
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .expect("client")
+            .get_connection()
+            .expect("Sentinel connection")
+    }
+
+    fn master_port(&self) -> Option<u16> {
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(MASTER)
+            .query(&mut self.conn())
+            .ok()?;
+        addr.map(|a| a.1)
+    }
+
+    fn replicas(&self) -> usize {
+        let r: Vec<redis::Value> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(MASTER)
+            .query(&mut self.conn())
+            .unwrap_or_default();
+        r.len()
+    }
+}
+
+/// Polls `check` every 50 ms for up to 60 s (a bound, not a timing assertion).
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`wait_until`] without blocking the runtime.
+async fn wait_until_async(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn info(redis: &Redis, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query(&mut redis.admin())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica() {
+    let master = Redis::start();
+    let replica = Redis::start_with(
+        RedisOptions::with_acl(vec![
+            "user default off".to_owned(),
+            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+        ])
+        .args([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master.port.to_string(),
+            "--masteruser".to_owned(),
+            UPSTREAM_USER.to_owned(),
+            "--masterauth".to_owned(),
+            UPSTREAM_PASSWORD.to_owned(),
+        ]),
+    );
+    wait_until("the replica is in sync", || {
+        info(&replica, "replication").contains("master_link_status:up")
+    });
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port)).collect();
+    wait_until("every Sentinel knows the replica", || {
+        sentinels.iter().all(|s| s.replicas() == 1)
+    });
+    let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
+    let proxy = proxy().sentinel(MASTER, &ports).start(&master).await;
+
+    // A writer through redward: one SET at a time, each acknowledged write remembered, until
+    // told to stop.
+    let client = proxy.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (stop, acked_count) = (stop.clone(), acked_count.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering;
+            let mut acked = Vec::new();
+            let mut errors: Vec<String> = Vec::new();
+            let mut conn = None;
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                if conn.is_none() {
+                    conn = client.get_connection().ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let key = format!("w:{i}");
+                match redis::cmd("SET").arg(&key).arg(i).query::<()>(c) {
+                    Ok(()) => {
+                        acked.push(key);
+                        acked_count.store(acked.len(), Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        conn = None; // a new connection, as client libraries retry
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (acked, errors)
+        })
+    };
+    wait_until_async("the writer is going", || {
+        acked_count.load(std::sync::atomic::Ordering::Relaxed) >= 50
+    })
+    .await;
+    let switch_started = Instant::now();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(MASTER)
+        .query(&mut sentinels[0].conn())
+        .expect("SENTINEL FAILOVER");
+    let replica_port = replica.port;
+    let sentinels = tokio::task::spawn_blocking(move || {
+        wait_until("the Sentinels name the promoted replica", || {
+            sentinels
+                .iter()
+                .all(|s| s.master_port() == Some(replica_port))
+        });
+        sentinels
+    })
+    .await
+    .expect("wait");
+    let switched_after = switch_started.elapsed();
+    // Then 300 more acknowledged writes: the writes after the switch get through.
+    let at_switch = acked_count.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until_async("writes go through after the switch", || {
+        acked_count.load(std::sync::atomic::Ordering::Relaxed) >= at_switch + 300
+    })
+    .await;
+    let recovered_after = switch_started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, errors) = writer.await.expect("writer");
+    drop(sentinels);
+
+    // Every acknowledged write is on the master Sentinel names now.
+    let mut promoted = replica.admin();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|k| {
+            !redis::cmd("EXISTS")
+                .arg(*k)
+                .query::<bool>(&mut promoted)
+                .unwrap_or(false)
+        })
+        .collect();
+    eprintln!(
+        "failover: Sentinels switched {switched_after:?} after SENTINEL FAILOVER, 300 writes through by {recovered_after:?}; {} writes acknowledged, {} errors: {:?}",
+        acked.len(),
+        errors.len(),
+        errors.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes missing: {:?}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        errors.iter().all(|e| !e.contains("READONLY")),
+        "a write reached the demoted master: {errors:?}"
+    );
+    // The last writes went to the promoted replica through redward's new connections.
+    assert!(info(&replica, "replication").contains("role:master"));
+}
