@@ -1,7 +1,8 @@
 //! Promise: redward follows the master Sentinel names. With a master, a replica and three real
 //! Sentinels (`redis-server --sentinel`) on loopback, a `SENTINEL FAILOVER` while a client
 //! writes through redward moves every later write to the promoted replica; the client sees a
-//! few retryable errors, never a `-READONLY`, and no acknowledged write is lost.
+//! few retryable errors, never a `-READONLY`, and no acknowledged write is lost, also when the
+//! old master comes back empty and calls itself master (split brain).
 
 mod common;
 
@@ -114,8 +115,9 @@ fn info(redis: &Redis, section: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica() {
-    let master = Redis::start();
+async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when_the_old_master_returns(
+) {
+    let mut master = Redis::start();
     let replica = Redis::start_with(
         RedisOptions::with_acl(vec![
             "user default off".to_owned(),
@@ -209,6 +211,15 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica() {
     })
     .await;
     let recovered_after = switch_started.elapsed();
+    // Split brain: the old master restarts empty and says `role:master` until the Sentinels
+    // demote it. Writes acknowledged meanwhile must still land on the master they name.
+    master.restart();
+    assert!(info(&master, "replication").contains("role:master"));
+    let at_restart = acked_count.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until_async("writes go on while the old master is back", || {
+        acked_count.load(std::sync::atomic::Ordering::Relaxed) >= at_restart + 300
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, errors) = writer.await.expect("writer");
     drop(sentinels);
