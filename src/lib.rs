@@ -245,8 +245,25 @@ impl Server {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
                 let mut n: u64 = 0;
+                // What the failover metrics last showed (Sentinel-followed upstream only).
+                let (mut failovers, mut master): (u64, Option<String>) = (0, None);
                 loop {
                     tick.tick().await;
+                    if let upstream::Target::Sentinel(s) = shared.connector.target() {
+                        let now = s.failovers();
+                        shared
+                            .metrics
+                            .upstream_failovers
+                            .inc_by(now.saturating_sub(failovers));
+                        failovers = now;
+                        let current = s.current().map(|a| a.to_string());
+                        if current.is_some() && current != master {
+                            if let Some(c) = &current {
+                                shared.metrics.master_is(c, master.as_deref());
+                            }
+                            master = current;
+                        }
+                    }
                     shared.audit.flush_log();
                     if let Some((count, over)) = shared.memory.log_lines.flush() {
                         warn!(

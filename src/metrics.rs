@@ -15,6 +15,11 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Address {
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: &'static str,
 }
@@ -57,6 +62,10 @@ pub struct Metrics {
     /// Clients that moved from a shared connection to their own.
     pub upstream_moves: Counter,
     pub request_duration: Histogram,
+    /// Master switches seen through Sentinel.
+    pub upstream_failovers: Counter,
+    /// 1 for the master Sentinel names now (by address), 0 for earlier ones.
+    upstream_master: Family<Address, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,7 +177,21 @@ impl Metrics {
             "Time from a forwarded request to the end of its reply (one reply in eight is sampled)",
             request_duration.clone(),
         );
+        let upstream_failovers = Counter::default();
+        registry.register(
+            "upstream_failovers",
+            "Master switches seen through Sentinel (upstream.sentinel)",
+            upstream_failovers.clone(),
+        );
+        let upstream_master = Family::<Address, Gauge>::default();
+        registry.register(
+            "upstream_master",
+            "1 for the address Sentinel names as master now, 0 for earlier masters",
+            upstream_master.clone(),
+        );
         Metrics {
+            upstream_failovers,
+            upstream_master,
             connections_open,
             connections_accepted,
             refused_not_allowed: r("not_allowed"),
@@ -206,6 +229,22 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Marks `address` as the master now (and `old`, if any, as no longer).
+    pub fn master_is(&self, address: &str, old: Option<&str>) {
+        if let Some(old) = old {
+            self.upstream_master
+                .get_or_create(&Address {
+                    address: old.to_owned(),
+                })
+                .set(0);
+        }
+        self.upstream_master
+            .get_or_create(&Address {
+                address: address.to_owned(),
+            })
+            .set(1);
     }
 
     pub fn refused(&self, why: crate::limits::Refused) {

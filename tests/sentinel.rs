@@ -142,7 +142,11 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
         sentinels.iter().all(|s| s.replicas() == 1)
     });
     let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
-    let proxy = proxy().sentinel(MASTER, &ports).start(&master).await;
+    let proxy = proxy()
+        .sentinel(MASTER, &ports)
+        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
+        .start(&master)
+        .await;
 
     // A writer through redward: one SET at a time, each acknowledged write remembered, until
     // told to stop.
@@ -253,4 +257,30 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
     );
     // The last writes went to the promoted replica through redward's new connections.
     assert!(info(&replica, "replication").contains("role:master"));
+    // The metrics say so: one failover, and which address is the master now.
+    let admin = proxy.admin.expect("admin endpoint");
+    let want = format!("upstream_master{{address=\"127.0.0.1:{replica_port}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = get_metrics(admin).await;
+        if metrics.contains("upstream_failovers_total 1") && metrics.contains(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the failover:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn get_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }

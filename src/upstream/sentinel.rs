@@ -50,6 +50,8 @@ pub struct Sentinel {
     timeout: Duration,
     /// The master confirmed last (`None`: ask before connecting).
     current: ArcSwapOption<UpstreamAddr>,
+    /// The master used last, kept through a hold or a suspicion: a new one is a failover.
+    last: ArcSwapOption<UpstreamAddr>,
     /// Fires when the master changes: connections opened before close.
     epoch: Mutex<CancellationToken>,
     failovers: AtomicU64,
@@ -79,6 +81,7 @@ impl Sentinel {
             auth,
             timeout,
             current: ArcSwapOption::empty(),
+            last: ArcSwapOption::empty(),
             epoch: Mutex::new(CancellationToken::new()),
             failovers: AtomicU64::new(0),
             hold: Mutex::new(None),
@@ -158,13 +161,17 @@ impl Sentinel {
     /// Makes `addr` the master; a change from a known master is a failover.
     fn switch_to(&self, addr: &UpstreamAddr) {
         *lock(&self.hold) = None;
-        let old = self.current.swap(Some(Arc::new(addr.clone())));
-        match old.as_deref() {
+        let new = Arc::new(addr.clone());
+        let was_current = self.current.swap(Some(Arc::clone(&new)));
+        let last = self.last.swap(Some(new));
+        match last.as_deref() {
             Some(old) if old == addr => {}
             Some(old) => {
                 self.failovers.fetch_add(1, Ordering::Relaxed);
                 info!(master = %self.master, from = %old, to = %addr, "Sentinel switched the master; re-pointing every upstream connection");
-                self.end_epoch();
+                if was_current.is_some() {
+                    self.end_epoch();
+                }
             }
             None => info!(master = %self.master, at = %addr, "master found through Sentinel"),
         }
