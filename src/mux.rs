@@ -432,7 +432,13 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
                 Err(e) => {
                     metrics.upstream_connect_errors.inc();
                     crate::learn::upstream_failed();
-                    warn!(error = %e, "upstream unavailable (shared connection)");
+                    if matches!(e, crate::upstream::UpstreamError::FailoverInProgress(_)) {
+                        // Expected for the second or two a Sentinel failover takes; the
+                        // switch itself is logged once (`upstream/sentinel.rs`).
+                        debug!(error = %e, "upstream held back (shared connection)");
+                    } else {
+                        warn!(error = %e, "upstream unavailable (shared connection)");
+                    }
                     // Nothing was sent: every queued request is answered as unavailable.
                     wbuf.clear();
                     let mut q = lock(&mux.queue);

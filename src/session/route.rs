@@ -136,7 +136,11 @@ impl State {
             Err(e) => {
                 self.shared.metrics.upstream_connect_errors.inc();
                 crate::learn::upstream_failed();
-                warn!(peer = %self.peer, side = %e.side(), error = %e, "upstream unavailable");
+                if matches!(e, crate::upstream::UpstreamError::FailoverInProgress(_)) {
+                    debug!(peer = %self.peer, error = %e, "upstream held back");
+                } else {
+                    warn!(peer = %self.peer, side = %e.side(), error = %e, "upstream unavailable");
+                }
                 self.local(Bytes::from_static(e.client_reply()));
                 self.end_of_command();
                 self.flow.retrying = false;
