@@ -114,10 +114,9 @@ fn info(redis: &Redis, section: &str) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when_the_old_master_returns(
-) {
-    let mut master = Redis::start();
+/// A master, its replica in sync, and three Sentinels that know both.
+fn start_group() -> (Redis, Redis, Vec<Sentinel>) {
+    let master = Redis::start();
     let replica = Redis::start_with(
         RedisOptions::with_acl(vec![
             "user default off".to_owned(),
@@ -141,6 +140,13 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
     wait_until("every Sentinel knows the replica", || {
         sentinels.iter().all(|s| s.replicas() == 1)
     });
+    (master, replica, sentinels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when_the_old_master_returns(
+) {
+    let (mut master, replica, sentinels) = start_group();
     let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
     let proxy = proxy()
         .sentinel(MASTER, &ports)
@@ -283,4 +289,46 @@ async fn get_metrics(addr: std::net::SocketAddr) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_faking_readonly_replies_cannot_make_redward_drop_the_master() {
+    let (master, _replica, sentinels) = start_group();
+    let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
+    let proxy = proxy()
+        .sentinel(MASTER, &ports)
+        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
+        .start(&master)
+        .await;
+    // A well-behaved client with one connection for the whole test.
+    let mut calm = proxy.raw().await;
+    calm.send(&cmd(&["AUTH", APP_USER, APP_PASSWORD])).await;
+    assert_eq!(calm.replies(1).await, b"+OK\r\n");
+    // The attacker: a script whose error text is Redis's -READONLY, 500 times.
+    let mut hostile = proxy.raw().await;
+    let fake = cmd(&["EVAL", "return redis.error_reply('READONLY fake')", "0"]);
+    hostile.send(&cmd(&["AUTH", APP_USER, APP_PASSWORD])).await;
+    hostile.replies(1).await;
+    for round in 0..50 {
+        hostile.send(&fake.repeat(10)).await;
+        assert_eq!(hostile.replies(10).await, b"-READONLY fake\r\n".repeat(10));
+        let key = format!("calm:{round}");
+        calm.send(&[cmd(&["SET", &key, "1"]), cmd(&["GET", &key])].concat())
+            .await;
+        assert_eq!(
+            calm.replies(2).await,
+            b"+OK\r\n$1\r\n1\r\n",
+            "round {round}"
+        );
+    }
+    // No failover was counted; the master is where it was.
+    let metrics = get_metrics(proxy.admin.expect("admin")).await;
+    assert!(metrics.contains("upstream_failovers_total 0"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "upstream_master{{address=\"127.0.0.1:{}\"}} 1",
+            master.port
+        )),
+        "{metrics}"
+    );
 }

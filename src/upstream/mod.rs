@@ -258,7 +258,7 @@ impl Connector {
                 .map_err(connect_err)?;
             stream.flush().await.map_err(connect_err)?;
             if !is_master(&mut stream).await.map_err(connect_err)? {
-                self.target.suspect("ROLE did not say master");
+                self.target.not_master("ROLE did not say master");
                 return Err(UpstreamError::NotMaster(addr.to_owned()));
             }
         }

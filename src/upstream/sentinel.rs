@@ -4,7 +4,8 @@
 //!   that answered to the front of the list;
 //! - confirm with `ROLE` on the address before sending anything (`Connector::connect`);
 //! - subscribe to `+switch-master` on a Sentinel, with a periodic re-check as a backstop;
-//! - treat `-READONLY` from the upstream as a sign to ask again ([`Sentinel::suspect`]).
+//! - treat `-READONLY` from the upstream as a sign to ask again ([`Sentinel::suspect`]: only
+//!   a sign, since a client's script can produce the same text).
 //!
 //! A switch ends an epoch: every connection opened in it (shared ones and clients' own) holds
 //! its [`CancellationToken`] and closes when it fires, so nothing more goes to the old master.
@@ -55,6 +56,8 @@ pub struct Sentinel {
     /// Fires when the master changes: connections opened before close.
     epoch: Mutex<CancellationToken>,
     failovers: AtomicU64,
+    /// When a reply last made redward re-ask the Sentinels (ms since the Unix epoch).
+    suspected: AtomicU64,
     /// A failover is under way: until this instant (or the promoted replica is known), no
     /// connection is opened, so no write is acknowledged by a master about to be demoted.
     hold: Mutex<Option<std::time::Instant>>,
@@ -84,6 +87,7 @@ impl Sentinel {
             last: ArcSwapOption::empty(),
             epoch: Mutex::new(CancellationToken::new()),
             failovers: AtomicU64::new(0),
+            suspected: AtomicU64::new(0),
             hold: Mutex::new(None),
         }
     }
@@ -132,13 +136,44 @@ impl Sentinel {
         Ok(addr)
     }
 
-    /// The connection to `addr` did not confirm it is the master (`ROLE`), or a reply said
-    /// `-READONLY`: forget it and end the epoch, so every connection asks again.
-    pub fn suspect(&self, why: &str) {
+    /// A new connection's `ROLE` said it is not the master: forget it and end the epoch, so
+    /// every connection asks the Sentinels again. (`ROLE` comes from the server itself.)
+    pub fn not_master(&self, why: &str) {
         if self.current.swap(None).is_some() {
             warn!(master = %self.master, why, "upstream is not the master; asking the Sentinels again");
             self.end_epoch();
         }
+    }
+
+    /// A reply said `-READONLY`: ask the Sentinels again, in the background, at most once a
+    /// second, and switch if they name another master. Not more: a client can make Redis send
+    /// that text (`EVAL "return redis.error_reply('READONLY x')" 0`), and must not be able to
+    /// make redward drop every upstream connection with it.
+    pub fn suspect(self: &Arc<Self>, why: &'static str) {
+        let now = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+        .unwrap_or(u64::MAX);
+        let last = self.suspected.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self
+                .suspected
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Ok(addr) = me.ask().await {
+                if me.current().as_ref() != Some(&addr) {
+                    debug!(master = %me.master, why, "re-asked the Sentinels after a reply");
+                    me.switch_to(&addr);
+                }
+            }
+        });
     }
 
     fn end_epoch(&self) {

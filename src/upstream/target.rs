@@ -72,10 +72,17 @@ impl Target {
         matches!(self, Target::Sentinel(_))
     }
 
-    /// A reply or a `ROLE` said the address is not the master (`-READONLY`): ask again.
-    pub fn suspect(&self, why: &str) {
+    /// A reply said `-READONLY`: ask the Sentinels again (see [`Sentinel::suspect`]).
+    pub fn suspect(&self, why: &'static str) {
         if let Target::Sentinel(s) = self {
             s.suspect(why);
+        }
+    }
+
+    /// A new connection's `ROLE` said it is not the master.
+    pub fn not_master(&self, why: &str) {
+        if let Target::Sentinel(s) = self {
+            s.not_master(why);
         }
     }
 }
