@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::commands::catalog::{self, Installed, ServerInfo};
@@ -123,22 +123,15 @@ async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<OwnedFrame, LearnError> {
-    loop {
-        match redis_protocol::resp2::decode::decode(buf) {
-            Ok(Some((frame, used))) => {
-                let _ = buf.split_to(used);
-                return Ok(frame);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(LearnError::Protocol(e.to_string())),
-        }
-        if buf.len() > MAX_REPLY {
-            return Err(LearnError::TooLarge);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(LearnError::Closed);
-        }
-    }
+    use crate::net_io::FrameError;
+    crate::net_io::read_frame(stream, buf, MAX_REPLY)
+        .await
+        .map_err(|e| match e {
+            FrameError::Io(e) => LearnError::Io(e),
+            FrameError::Closed => LearnError::Closed,
+            FrameError::Protocol(text) => LearnError::Protocol(text),
+            FrameError::TooLarge(_) => LearnError::TooLarge,
+        })
 }
 
 /// [`learn`], logged: what the server is and what it changed, or why the catalog in force

@@ -5,7 +5,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWrite;
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// Writes as much of `out` as the socket takes, then flushes once it is empty (TLS holds
 /// records until flushed; `needs_flush` remembers that across wake-ups).
@@ -38,5 +39,46 @@ pub fn poll_write_out<W: AsyncWrite + Unpin>(
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         Poll::Pending if progressed => Poll::Ready(Ok(())),
         Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Why [`read_frame`] could not return a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("reply: {0}")]
+    Protocol(String),
+    #[error("reply larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Reads one complete RESP2 frame of at most `max` bytes from a connection redward opened for
+/// its own requests (learning the server, asking Sentinels), leaving what follows in `buf`.
+///
+/// # Errors
+/// A [`FrameError`].
+pub async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<OwnedFrame, FrameError> {
+    loop {
+        match redis_protocol::resp2::decode::decode(buf) {
+            Ok(Some((frame, used))) => {
+                let _ = buf.split_to(used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(FrameError::Protocol(e.to_string())),
+        }
+        if buf.len() > max {
+            return Err(FrameError::TooLarge(max));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(FrameError::Closed);
+        }
     }
 }

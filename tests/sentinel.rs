@@ -114,6 +114,15 @@ fn info(redis: &Redis, section: &str) -> String {
         .unwrap_or_default()
 }
 
+/// redward following `MASTER` through the Sentinels on `ports`, with its admin endpoint.
+async fn following(master: &Redis, ports: &[u16]) -> Proxy {
+    proxy()
+        .sentinel(MASTER, ports)
+        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
+        .start(master)
+        .await
+}
+
 /// A master, its replica in sync, and three Sentinels that know both.
 fn start_group() -> (Redis, Redis, Vec<Sentinel>) {
     let master = Redis::start();
@@ -148,11 +157,7 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
 ) {
     let (mut master, replica, sentinels) = start_group();
     let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
-    let proxy = proxy()
-        .sentinel(MASTER, &ports)
-        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
-        .start(&master)
-        .await;
+    let proxy = following(&master, &ports).await;
 
     // A writer through redward: one SET at a time, each acknowledged write remembered, until
     // told to stop.
@@ -295,11 +300,7 @@ async fn get_metrics(addr: std::net::SocketAddr) -> String {
 async fn a_client_faking_readonly_replies_cannot_make_redward_drop_the_master() {
     let (master, _replica, sentinels) = start_group();
     let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
-    let proxy = proxy()
-        .sentinel(MASTER, &ports)
-        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
-        .start(&master)
-        .await;
+    let proxy = following(&master, &ports).await;
     // A well-behaved client with one connection for the whole test.
     let mut calm = proxy.raw().await;
     calm.send(&cmd(&["AUTH", APP_USER, APP_PASSWORD])).await;

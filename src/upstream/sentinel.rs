@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -403,20 +403,10 @@ enum Event {
 
 /// Reads one RESP2 frame (at most [`MAX_REPLY`]).
 async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<OwnedFrame> {
-    loop {
-        match redis_protocol::resp2::decode::decode(buf) {
-            Ok(Some((frame, used))) => {
-                let _ = buf.split_to(used);
-                return Ok(frame);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        }
-        if buf.len() > MAX_REPLY {
-            return Err(std::io::Error::other("Sentinel reply too long"));
-        }
-        if s.read_buf(buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
+    crate::net_io::read_frame(s, buf, MAX_REPLY)
+        .await
+        .map_err(|e| match e {
+            crate::net_io::FrameError::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        })
 }
