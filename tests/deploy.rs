@@ -79,8 +79,10 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         return skip("kubernetes-validate", "pip install kubernetes-validate");
     };
     let dir = repo().join("deploy/kubernetes");
+    // The single-pod example, and the Sentinel one (several redward replicas) beside it.
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
+        .chain(std::fs::read_dir(dir.join("sentinel")).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         // Not a Kubernetes object: kubernetes-validate has no schema for it. It is checked
@@ -88,7 +90,7 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "manifests missing: {files:?}");
+    assert!(files.len() >= 9, "manifests missing: {files:?}");
 
     let out = Command::new(&validate)
         .arg("--strict")
@@ -147,12 +149,17 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
 
 /// `data["redward.yaml"]` of deploy/kubernetes/configmap.yaml.
 fn configmap_redward_yaml() -> String {
+    configmap_yaml_at("deploy/kubernetes/configmap.yaml")
+}
+
+/// `data["redward.yaml"]` of the ConfigMap at `path` (from the repository's root).
+fn configmap_yaml_at(path: &str) -> String {
     #[derive(serde::Deserialize)]
     struct ConfigMap {
         kind: String,
         data: std::collections::BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/configmap.yaml")).unwrap();
+    let text = std::fs::read_to_string(repo().join(path)).unwrap();
     let cm: ConfigMap = serde_saphyr::from_str(&text).expect("configmap.yaml is YAML");
     assert_eq!(cm.kind, "ConfigMap");
     cm.data
@@ -165,6 +172,10 @@ fn configmap_redward_yaml() -> String {
 fn example_configs_parse() {
     for (name, text) in [
         ("configmap.yaml data.redward.yaml", configmap_redward_yaml()),
+        (
+            "sentinel/configmap.yaml data.redward.yaml",
+            configmap_yaml_at("deploy/kubernetes/sentinel/configmap.yaml"),
+        ),
         (
             "config/docker.yaml",
             std::fs::read_to_string(repo().join("config/docker.yaml")).unwrap(),
