@@ -44,6 +44,7 @@ pub mod reload;
 pub mod resp;
 pub mod session;
 pub mod shared;
+pub mod shared_limits;
 pub mod shutdown;
 pub mod stunnel;
 pub mod throttle;
@@ -112,6 +113,8 @@ pub struct Server {
     reloader: reload::Reloader,
     shared: Arc<shared::Shared>,
     grace: std::time::Duration,
+    /// `limits.shared_state: upstream`.
+    shared_state_upstream: bool,
 }
 
 impl Server {
@@ -195,6 +198,7 @@ impl Server {
             shared,
             reloader,
             grace: cfg.shutdown_grace,
+            shared_state_upstream: cfg.shared_state_upstream,
         })
     }
 
@@ -233,6 +237,14 @@ impl Server {
         }
         if let Some((listener, admin)) = self.admin {
             tokio::spawn(admin.serve(listener, stop.clone()));
+        }
+        if self.shared_state_upstream {
+            let limits = shared_limits::SharedLimits::start(
+                self.shared.connector.clone(),
+                Arc::clone(&self.shared.limiter),
+                stop.clone(),
+            );
+            let _ = self.shared.shared_limits.set(limits);
         }
         if let upstream::Target::Sentinel(sentinel) = self.shared.connector.target() {
             // `+switch-master` and the periodic re-check (`upstream/sentinel.rs`).

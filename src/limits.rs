@@ -205,6 +205,21 @@ impl<C: Clock + Clone> Limiter<C> {
         }
     }
 
+    /// Locks `ip` out for `auth_lockout` because the shared count says so (several redward
+    /// instances together saw too many failures: `shared_limits.rs`).
+    pub fn lock(&self, ip: IpAddr) {
+        let until = self.clock.now() + self.settings.load().auth_lockout.into();
+        if let Ok(mut lockouts) = self.lockouts.lock() {
+            lockouts.insert(ip, until);
+        }
+    }
+
+    /// The failed logins per minute and the lockout period in force.
+    pub fn auth_policy(&self) -> (Option<std::num::NonZeroU32>, std::time::Duration) {
+        let s = self.settings.load();
+        (s.auth_failures_per_minute, s.auth_lockout)
+    }
+
     /// Counts a failed login from `ip`; past the quota the address is locked out for
     /// `auth_lockout`. Returns whether it is now locked.
     pub fn auth_failed(&self, ip: IpAddr) -> bool {

@@ -44,6 +44,9 @@ pub struct Shared {
     pub refusal_lines: Throttle,
     /// redward's own clients, for `CLIENT LIST`, `CLIENT INFO` and `CLIENT KILL`.
     pub clients: Arc<Clients>,
+    /// `limits.shared_state: upstream`: failed logins also counted in Redis, and the names
+    /// that counting uses reserved (`shared_limits.rs`). Set once, when the server runs.
+    pub shared_limits: std::sync::OnceLock<crate::shared_limits::SharedLimits>,
     /// Redis's `databases` (`CONFIG GET databases` at start-up); 0 until learned. `SELECT`
     /// rides shared connections only for a database known to exist.
     pub databases: std::sync::atomic::AtomicU32,
@@ -102,6 +105,7 @@ impl Shared {
             memory,
             refusal_lines: Throttle::default(),
             clients: Arc::new(Clients::default()),
+            shared_limits: std::sync::OnceLock::new(),
             databases: std::sync::atomic::AtomicU32::new(0),
         })
     }

@@ -315,6 +315,10 @@ pub struct RawLimits {
     pub auth_failures_per_minute: Option<u32>,
     #[serde(default, deserialize_with = "duration")]
     pub auth_lockout: Option<Duration>,
+    /// `local` (the default: each instance counts alone) or `upstream` (login lockouts are
+    /// counted in the Redis behind, so several redward instances enforce one limit).
+    #[serde(default)]
+    pub shared_state: Option<String>,
     #[serde(default)]
     pub output_buffer_limit: Option<RawOutputLimit>,
     /// Unread replies a client on a shared upstream connection may leave before it is

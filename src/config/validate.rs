@@ -76,6 +76,8 @@ pub struct Config {
     pub admin_address: Option<SocketAddr>,
     /// `commands_per_second` by user name.
     pub command_rates: HashMap<String, std::num::NonZeroU32>,
+    /// `limits.shared_state: upstream`: login lockouts counted in Redis, across instances.
+    pub shared_state_upstream: bool,
 }
 
 impl Config {
@@ -607,6 +609,16 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         Some(n) => Ok(std::num::NonZeroU32::new(n)),
         None => Ok(std::num::NonZeroU32::new(default)),
     };
+    let shared_state_upstream = match l.shared_state.as_deref() {
+        None | Some("local") => false,
+        Some("upstream") => true,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "limits.shared_state",
+                format!("`{other}`: local or upstream"),
+            ))
+        }
+    };
     let connection_limits = crate::limits::LimitSettings {
         max_connections: positive(
             "limits.max_connections",
@@ -704,6 +716,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         audit_file: raw.audit.and_then(|a| a.file).map(|f| resolve(base, &f)),
         connection_limits,
         command_rates,
+        shared_state_upstream,
         admin_address: match raw.admin {
             Some(a) => Some(socket_addr("admin.address", &a.address)?),
             None => None,

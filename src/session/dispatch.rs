@@ -121,6 +121,19 @@ impl State {
                 return Outcome::Done;
             }
         }
+        if self.shared.shared_limits.get().is_some()
+            && crate::shared_limits::mentions_reserved(raw, name)
+        {
+            // The names shared limits keep in Redis are no client's, whatever its ACL.
+            if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
+                if let Some(d) = crate::shared_limits::reserved(raw, spec, req) {
+                    self.counts.refused += 1;
+                    self.shared.metrics.commands_denied.inc();
+                    self.reject(Bytes::from(d.reply_as(&user.name, spec, req)));
+                    return Outcome::Done;
+                }
+            }
+        }
         if (self.client.subs.any() || self.client.pubsub_pending > 0) && answered_here(req, is_acl)
         {
             // Redis refuses these in a RESP2 subscriber's context (`processCommand`); redward

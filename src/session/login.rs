@@ -6,6 +6,16 @@
 use super::*;
 
 impl State {
+    /// A failed login from this client's address: counted here, and across redward
+    /// instances when `limits.shared_state: upstream`.
+    fn login_failed(&self) {
+        let ip = self.peer.ip();
+        self.shared.limiter.auth_failed(ip);
+        if let Some(shared) = self.shared.shared_limits.get() {
+            shared.failed(ip);
+        }
+    }
+
     pub(super) fn log_in(&mut self, proof: LoggedIn, how: &'static str) {
         debug!(peer = %self.peer, user = %proof.user().name, how, "authenticated");
         self.login = Some(proof);
@@ -73,7 +83,7 @@ impl State {
             AuthOutcome::Refused { reply, failed_user } => {
                 if let Some(u) = failed_user {
                     self.audit_auth_failure(req, u);
-                    self.shared.limiter.auth_failed(self.peer.ip());
+                    self.login_failed();
                 }
                 self.local(reply);
             }
@@ -94,7 +104,7 @@ impl State {
             Err(reply) => {
                 if let Some(u) = out.failed_user {
                     self.audit_auth_failure(req, u);
-                    self.shared.limiter.auth_failed(self.peer.ip());
+                    self.login_failed();
                 }
                 if let Some(proof) = out.login {
                     // Redis applies HELLO's options in order: an AUTH before a bad option
