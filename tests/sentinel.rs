@@ -29,13 +29,28 @@ impl Drop for Sentinel {
 
 impl Sentinel {
     fn start(master_port: u16) -> Sentinel {
+        Sentinel::start_with(master_port, None)
+    }
+
+    /// A Sentinel that clients reach over TLS only (`tls-port`, with these certificates).
+    fn start_with(master_port: u16, tls: Option<&Certs>) -> Sentinel {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
+        let listen = match tls {
+            None => format!("port {port}\n"),
+            Some(c) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\n",
+                c.cert().display(),
+                c.key().display(),
+                c.ca().display()
+            ),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                "{listen}bind 127.0.0.1\ndir {}\n\
                  sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {MASTER} 1000\n\
                  sentinel failover-timeout {MASTER} 5000\n\
@@ -332,4 +347,37 @@ async fn a_client_faking_readonly_replies_cannot_make_redward_drop_the_master() 
         )),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redward_finds_the_master_through_sentinels_that_speak_tls_only() {
+    let master = Redis::start();
+    let certs = Certs::new();
+    let sentinels: Vec<Sentinel> = (0..2)
+        .map(|_| Sentinel::start_with(master.port, Some(&certs)))
+        .collect();
+    let ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
+    let proxy = proxy()
+        .sentinel_tls(MASTER, &ports, &certs.ca())
+        .start(&master)
+        .await;
+    let mut c = proxy.raw().await;
+    c.send(
+        &[
+            cmd(&["AUTH", APP_USER, APP_PASSWORD]),
+            cmd(&["SET", "through", "tls-sentinels"]),
+            cmd(&["GET", "through"]),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        c.replies(3).await,
+        b"+OK\r\n+OK\r\n$13\r\ntls-sentinels\r\n"
+    );
+    let on_master: String = redis::cmd("GET")
+        .arg("through")
+        .query(&mut master.admin())
+        .expect("GET on the master");
+    assert_eq!(on_master, "tls-sentinels");
 }

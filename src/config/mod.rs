@@ -249,6 +249,9 @@ pub struct RawSentinel {
     pub password: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to the Sentinels (`tls-port` on them).
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -95,11 +95,18 @@ fn sentinel(raw: super::RawSentinel, base: &Path) -> Result<SentinelConfig, Conf
             "a username needs password or password_file",
         ));
     }
+    let tls = raw.tls.map(|t| UpstreamTls {
+        ca: t.ca.map(|p| resolve(base, &p)),
+        server_name: t
+            .server_name
+            .unwrap_or_else(|| addresses.first().map(|a| a.0.clone()).unwrap_or_default()),
+    });
     Ok(SentinelConfig {
         master: raw.master,
         addresses,
         username: raw.username,
         password,
+        tls,
     })
 }
 

@@ -252,6 +252,8 @@ pub struct SentinelConfig {
     /// For Sentinels that need a login (`requirepass` / ACL users on the Sentinels).
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// TLS to the Sentinels; `server_name` defaults to the first Sentinel's host.
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -270,7 +272,7 @@ impl std::fmt::Display for UpstreamAddr {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
     pub ca: Option<PathBuf>,
     pub server_name: String,

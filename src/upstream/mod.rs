@@ -138,7 +138,7 @@ impl Connector {
             }
         };
         let target = match &cfg.sentinel {
-            Some(s) => Target::Sentinel(Arc::new(Sentinel::new(s, cfg.connect_timeout))),
+            Some(s) => Target::Sentinel(Arc::new(Sentinel::new(s, cfg.connect_timeout)?)),
             None => Target::Fixed(cfg.addr.clone()),
         };
         Ok(Connector {

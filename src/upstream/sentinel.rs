@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SentinelConfig, UpstreamAddr};
 use crate::resp::encode_command;
 
-use super::UpstreamError;
+use super::{UpstreamError, UpstreamStream};
 
 /// How often the Sentinels are asked even without a `+switch-master` message.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -42,12 +42,16 @@ const CHANNELS: [&str; 3] = [
 const MAX_REPLY: usize = 64 * 1024;
 
 /// The master a set of Sentinels name, as redward follows it.
-#[derive(Debug)]
 pub struct Sentinel {
     master: String,
     /// Asked in this order; the last one that answered goes first.
     sentinels: Mutex<Vec<(String, u16)>>,
     auth: Option<Vec<u8>>,
+    /// `upstream.sentinel.tls`: the Sentinels' TLS port, verified against this name.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     timeout: Duration,
     /// The master confirmed last (`None`: ask before connecting).
     current: ArcSwapOption<UpstreamAddr>,
@@ -63,12 +67,39 @@ pub struct Sentinel {
     hold: Mutex<Option<std::time::Instant>>,
 }
 
+impl std::fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentinel")
+            .field("master", &self.master)
+            .field("current", &self.current())
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sentinel {
-    pub fn new(cfg: &SentinelConfig, timeout: Duration) -> Sentinel {
+    /// # Errors
+    /// A [`crate::tls::TlsError`] when `upstream.sentinel.tls` cannot be loaded.
+    pub fn new(cfg: &SentinelConfig, timeout: Duration) -> Result<Sentinel, crate::tls::TlsError> {
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let config = crate::tls::upstream_client_config(t)?;
+                let name = rustls::pki_types::ServerName::try_from(t.server_name.clone()).map_err(
+                    |e| {
+                        crate::tls::TlsError::Generate(format!(
+                            "upstream.sentinel.tls.server_name `{}`: {e}",
+                            t.server_name
+                        ))
+                    },
+                )?;
+                Some((tokio_rustls::TlsConnector::from(config), name))
+            }
+        };
         let auth = cfg.password.as_ref().map(|pw| {
             let mut out = Vec::new();
             let pw = pw.expose().as_bytes();
@@ -78,10 +109,11 @@ impl Sentinel {
             }
             out
         });
-        Sentinel {
+        Ok(Sentinel {
             master: cfg.master.clone(),
             sentinels: Mutex::new(cfg.addresses.clone()),
             auth,
+            tls,
             timeout,
             current: ArcSwapOption::empty(),
             last: ArcSwapOption::empty(),
@@ -89,7 +121,7 @@ impl Sentinel {
             failovers: AtomicU64::new(0),
             suspected: AtomicU64::new(0),
             hold: Mutex::new(None),
-        }
+        })
     }
 
     /// The name the Sentinels monitor.
@@ -240,9 +272,15 @@ impl Sentinel {
         Err(UpstreamError::NoMaster(self.master.clone()))
     }
 
-    async fn open(&self, host: &str, port: u16) -> std::io::Result<(TcpStream, BytesMut)> {
-        let mut s = TcpStream::connect((host, port)).await?;
-        s.set_nodelay(true)?;
+    async fn open(&self, host: &str, port: u16) -> std::io::Result<(UpstreamStream, BytesMut)> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut s = match &self.tls {
+            None => UpstreamStream::Tcp(tcp),
+            Some((connector, name)) => {
+                UpstreamStream::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
+            }
+        };
         let mut buf = BytesMut::with_capacity(512);
         if let Some(auth) = &self.auth {
             s.write_all(auth).await?;
@@ -402,7 +440,7 @@ enum Event {
 }
 
 /// Reads one RESP2 frame (at most [`MAX_REPLY`]).
-async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<OwnedFrame> {
+async fn read_frame(s: &mut UpstreamStream, buf: &mut BytesMut) -> std::io::Result<OwnedFrame> {
     crate::net_io::read_frame(s, buf, MAX_REPLY)
         .await
         .map_err(|e| match e {

@@ -426,6 +426,17 @@ impl ProxyBuilder {
         self
     }
 
+    /// Like [`ProxyBuilder::sentinel`], over TLS to the Sentinels (verified with `ca`).
+    pub fn sentinel_tls(mut self, master: &str, ports: &[u16], ca: &Path) -> Self {
+        let addrs: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        self.sentinel = Some(format!(
+            "sentinel: {{ master: {master}, addresses: [{}], tls: {{ ca: {}, server_name: localhost }} }}",
+            addrs.join(", "),
+            ca.display()
+        ));
+        self
+    }
+
     pub fn config_text(&self, redis: &Redis, certs: &Certs) -> String {
         let mut users = String::new();
         for (name, rules) in &self.users {
