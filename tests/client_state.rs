@@ -147,10 +147,17 @@ async fn client_id_info_and_list_describe_redwards_own_clients() {
         "{b_replies}"
     );
     assert!(b_replies.contains(" resp=3"), "{b_replies}");
+    // A client that only logged in is listed with its user too.
+    let mut c = proxy.raw().await;
+    c.send(&[auth(), cmd(&["PING"])].concat()).await;
+    assert_eq!(c.replies(2).await, b"+OK\r\n+PONG\r\n");
     a.send(&cmd(&["CLIENT", "LIST"])).await;
     let list = String::from_utf8_lossy(&a.replies(1).await).into_owned();
     let lines: Vec<&str> = list.lines().filter(|l| l.contains("id=")).collect();
-    assert_eq!(lines.len(), 2, "{list}");
+    assert_eq!(lines.len(), 3, "{list}");
+    for line in &lines {
+        assert!(line.contains(&format!(" user={APP_USER} ")), "{line}");
+    }
     let alpha = lines
         .iter()
         .find(|l| l.contains(" name=alpha "))

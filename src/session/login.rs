@@ -19,12 +19,14 @@ impl State {
     pub(super) fn log_in(&mut self, proof: LoggedIn, how: &'static str) {
         debug!(peer = %self.peer, user = %proof.user().name, how, "authenticated");
         self.login = Some(proof);
+        self.client.changed = true; // CLIENT LIST shows the user
     }
 
     /// RESET logs the client out, back to the implicit `default` login if it is `nopass`
     /// (`clearClientConnectionState` in networking.c).
     pub(super) fn log_out(&mut self) {
         self.login = LoggedIn::implicit(&self.live.users);
+        self.client.changed = true;
     }
 
     /// Before login Redis checks existence and arity first, then `CMD_NO_AUTH`
