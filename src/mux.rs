@@ -90,6 +90,9 @@ pub struct Pools {
     per_pool: usize,
     connector: Connector,
     metrics: Arc<Metrics>,
+    /// The configured target's default set-up (RESP2, database 0): where every client starts,
+    /// handed out without a lock or a key.
+    default: Arc<Pool>,
     by_key: Mutex<std::collections::HashMap<(Target, Setup), Arc<Pool>>>,
 }
 
@@ -97,18 +100,21 @@ impl Pools {
     /// `n` shared connections per pool to `connector`'s target; the default set-up's pool
     /// starts now, the others on first use. Must run inside the runtime.
     pub fn start(n: usize, connector: &Connector, metrics: &Arc<Metrics>) -> Self {
-        let pools = Pools {
+        Pools {
             per_pool: n,
             connector: connector.clone(),
             metrics: Arc::clone(metrics),
+            default: Arc::new(Pool::start(n, connector, metrics)),
+            // The other set-ups' pools; the default one is `default`, never in here.
             by_key: Mutex::new(std::collections::HashMap::new()),
-        };
-        pools.get(connector.target(), Setup::default());
-        pools
+        }
     }
 
     /// The pool of shared connections to `target` set up as `setup`, started if need be.
     pub fn get(&self, target: &Target, setup: Setup) -> Arc<Pool> {
+        if setup == Setup::default() && target == self.connector.target() {
+            return Arc::clone(&self.default);
+        }
         let mut by_key = lock(&self.by_key);
         let key = (target.clone(), setup);
         if let Some(pool) = by_key.get(&key) {

@@ -83,15 +83,12 @@ pub fn mentions_reserved(raw: &[u8], name: &[u8]) -> bool {
         || raw.windows(KEY_PREFIX.len()).any(|w| w == KEY_PREFIX)
 }
 
-/// Whether a request names a reserved key or channel (`raw` is the request as received).
+/// Whether a request names a reserved key or channel; asked only of requests that
+/// [`mentions_reserved`] let through.
 pub fn reserved(
-    raw: &[u8],
     spec: &crate::commands::CommandSpec,
     req: &crate::resp::Request<'_>,
 ) -> Option<crate::acl::Denied> {
-    if !mentions_reserved(raw, req.name()) {
-        return None;
-    }
     for k in crate::acl::command_keys(spec, req) {
         if req.arg(k.pos).starts_with(KEY_PREFIX) {
             return Some(crate::acl::Denied::Key { arg: k.pos });

@@ -10,11 +10,6 @@
 
 use super::*;
 
-/// Redis's `validateClientAttr`/`clientSetName` rule: only '!'..='~'.
-fn printable(value: &[u8]) -> bool {
-    auth::valid_client_name(value)
-}
-
 /// A bulk string in RESP2, a verbatim `txt` string in RESP3 (`addReplyVerbatim`).
 fn verbatim(text: &str) -> acl_cmd::Reply {
     acl_cmd::Reply {
@@ -134,7 +129,7 @@ impl State {
                 self.local(Bytes::from(reply));
             }
         } else if is(b"setname") && argc == 3 {
-            if printable(req.arg(2)) {
+            if auth::valid_client_name(req.arg(2)) {
                 self.client.name = req.arg(2).to_vec();
                 self.client.changed = true;
                 self.local(Bytes::from_static(replies::OK));
@@ -155,7 +150,7 @@ impl State {
                 self.local(Bytes::from(reply));
                 return Some(Outcome::Done);
             };
-            if !printable(value) {
+            if !auth::valid_client_name(value) {
                 let reply = format!(
                     "-ERR {} cannot contain spaces, newlines or special characters.\r\n",
                     text(attr)

@@ -305,36 +305,43 @@ fn hello_identity(reply: &[u8]) -> Option<(String, String)> {
     ))
 }
 
-/// Reads `ROLE`'s reply: whether its first element is `master`.
-async fn is_master(stream: &mut UpstreamStream) -> io::Result<bool> {
-    let mut buf = BytesMut::with_capacity(256);
+/// Reads one complete reply into `buf` (at most `max` bytes buffered) and returns its length
+/// and what the scanner saw of it; the caller takes the bytes off `buf`. For redward's own
+/// requests on a connection it is setting up.
+async fn read_reply(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> io::Result<(usize, crate::resp::FrameInfo)> {
     let mut scanner = crate::resp::ReplyScanner::new();
+    let mut seen = 0;
     loop {
-        if buf.len() > 64 * 1024 {
-            return Err(io::Error::other("ROLE reply too long"));
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut seen = 0;
-        loop {
-            let rest = buf.get(seen..).unwrap_or(&[]);
+        let rest = buf.get(seen..).unwrap_or(&[]);
+        if !rest.is_empty() {
             match scanner
                 .advance(rest)
                 .map_err(|e| io::Error::other(e.to_string()))?
             {
-                crate::resp::Step::Complete { info, .. } => {
-                    return Ok(info.kind == b'*' && info.head.as_bytes() == Some(&b"master"[..]));
+                crate::resp::Step::Complete { consumed, info } => {
+                    return Ok((seen + consumed, info))
                 }
-                crate::resp::Step::Partial { consumed } => {
-                    seen += consumed;
-                    if consumed == 0 || seen >= buf.len() {
-                        break;
-                    }
-                }
+                crate::resp::Step::Partial { consumed } => seen += consumed,
             }
         }
+        if buf.len() > max {
+            return Err(io::Error::other("reply too long"));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
     }
+}
+
+/// Reads `ROLE`'s reply: whether its first element is `master`.
+async fn is_master(stream: &mut UpstreamStream) -> io::Result<bool> {
+    let mut buf = BytesMut::with_capacity(256);
+    let (_, info) = read_reply(stream, &mut buf, 64 * 1024).await?;
+    Ok(info.kind == b'*' && info.head.as_bytes() == Some(&b"master"[..]))
 }
 
 enum SetupFailure {
@@ -342,50 +349,29 @@ enum SetupFailure {
     Refused(String),
 }
 
-/// Reads the `n` replies to a connection's set-up (at most 64 KiB: a HELLO map); an error
-/// reply refuses the set-up.
+/// Reads the `n` replies to a connection's set-up (at most 64 KiB each: a HELLO map); an
+/// error reply refuses the set-up, except a bare HELLO's (see [`Setup::requests`]).
 async fn read_setup_replies(
     stream: &mut UpstreamStream,
     n: usize,
     resp3: bool,
 ) -> Result<(), SetupFailure> {
     let mut buf = BytesMut::with_capacity(512);
-    let mut scanner = crate::resp::ReplyScanner::new();
-    let mut left = n;
-    while left > 0 {
-        if buf.len() > 64 * 1024 {
-            return Err(SetupFailure::Refused("set-up reply too long".into()));
-        }
-        if stream.read_buf(&mut buf).await.map_err(SetupFailure::Io)? == 0 {
-            return Err(SetupFailure::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        loop {
-            match scanner.advance(&buf) {
-                Ok(crate::resp::Step::Complete { consumed, info }) => {
-                    let reply = buf.get(..consumed).unwrap_or(&[]);
-                    if left == n && !info.is_error() {
-                        observe_hello(reply);
-                    } else if left == n && !resp3 {
-                        // A bare HELLO refused (a server before 6.2, or no permission for
-                        // it): not a refusal of the connection, only no identity to check.
-                    } else if info.is_error() {
-                        let text = reply.get(1..consumed.saturating_sub(2)).unwrap_or(&[]);
-                        return Err(SetupFailure::Refused(
-                            String::from_utf8_lossy(text).into_owned(),
-                        ));
-                    }
-                    bytes::Buf::advance(&mut buf, consumed);
-                    left -= 1;
-                    if left == 0 || buf.is_empty() {
-                        break;
-                    }
-                }
-                Ok(crate::resp::Step::Partial { consumed }) => {
-                    bytes::Buf::advance(&mut buf, consumed);
-                    break;
-                }
-                Err(e) => return Err(SetupFailure::Refused(e.to_string())),
-            }
+    for i in 0..n {
+        let (len, info) = read_reply(stream, &mut buf, 64 * 1024)
+            .await
+            .map_err(SetupFailure::Io)?;
+        let reply = buf.split_to(len);
+        if i == 0 && !info.is_error() {
+            observe_hello(&reply);
+        } else if i == 0 && !resp3 {
+            // A bare HELLO refused (a server before 6.2, or no permission for it): not a
+            // refusal of the connection, only no identity to check.
+        } else if info.is_error() {
+            let text = reply.get(1..len.saturating_sub(2)).unwrap_or(&[]);
+            return Err(SetupFailure::Refused(
+                String::from_utf8_lossy(text).into_owned(),
+            ));
         }
     }
     Ok(())
@@ -421,28 +407,17 @@ impl Connector {
             stream.write_all(&request).await.ok()?;
             stream.flush().await.ok()?;
             let mut buf = BytesMut::with_capacity(4096);
-            let mut scanner = crate::resp::ReplyScanner::new();
             let mut selectable = 1u32; // database 0 always exists
             while selectable <= PROBE {
-                match scanner.advance(&buf).ok()? {
-                    crate::resp::Step::Complete { consumed, info } => {
-                        if info.is_error() {
-                            let text = buf.get(..consumed).unwrap_or(&[]);
-                            let out_of_range = text
-                                .windows(b"out of range".len())
-                                .any(|w| w == b"out of range");
-                            return out_of_range.then_some(selectable);
-                        }
-                        bytes::Buf::advance(&mut buf, consumed);
-                        selectable += 1;
-                    }
-                    crate::resp::Step::Partial { consumed } => {
-                        bytes::Buf::advance(&mut buf, consumed);
-                        if stream.read_buf(&mut buf).await.ok()? == 0 {
-                            return None;
-                        }
-                    }
+                let (len, info) = read_reply(&mut stream, &mut buf, 64 * 1024).await.ok()?;
+                let reply = buf.split_to(len);
+                if info.is_error() {
+                    let out_of_range = reply
+                        .windows(b"out of range".len())
+                        .any(|w| w == b"out of range");
+                    return out_of_range.then_some(selectable);
                 }
+                selectable += 1;
             }
             Some(selectable)
         };
