@@ -90,6 +90,23 @@ pub enum StartError {
     },
 }
 
+/// The database `limits.shared_state: upstream` hides its state in: the one configured
+/// (which must exist), else Redis's last; `None` when Redis has only one (or cannot say).
+fn state_database(
+    configured: Option<u32>,
+    databases: Option<u32>,
+) -> Result<Option<u32>, StartError> {
+    match (configured, databases) {
+        (Some(db), Some(n)) if db >= n => Err(StartError::Config(config::ConfigError::invalid(
+            "limits.shared_state_database",
+            format!("{db}: Redis has databases 0 to {}", n.saturating_sub(1)),
+        ))),
+        (Some(db), _) => Ok(Some(db)),
+        (None, Some(n)) if n >= 2 => Ok(Some(n - 1)),
+        (None, _) => Ok(None),
+    }
+}
+
 /// Listen backlog: a burst of new connections waits in the kernel instead of being dropped
 /// (with SYN cookies a dropped one looks connected to the client but is not).
 const LISTEN_BACKLOG: u32 = 4096;
@@ -191,6 +208,18 @@ impl Server {
                 .databases
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         }
+        if cfg.shared_state_upstream {
+            if let Some(db) = state_database(cfg.shared_state_database, databases)? {
+                shared
+                    .state_db
+                    .store(db, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                tracing::warn!(
+                    "limits.shared_state: upstream: Redis has one database (or would not say \
+                     how many); the shared state lives in database 0, guarded by name only"
+                );
+            }
+        }
         let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);
         Ok(Server {
             listeners,
@@ -239,8 +268,12 @@ impl Server {
             tokio::spawn(admin.serve(listener, stop.clone()));
         }
         if self.shared_state_upstream {
+            let state = upstream::Setup {
+                resp3: false,
+                db: self.shared.state_db().unwrap_or(0),
+            };
             let limits = shared_limits::SharedLimits::start(
-                self.shared.connector.clone(),
+                self.shared.connector.with_setup(state),
                 Arc::clone(&self.shared.limiter),
                 stop.clone(),
             );

@@ -50,6 +50,10 @@ pub struct Shared {
     /// Redis's `databases` (`CONFIG GET databases` at start-up); 0 until learned. `SELECT`
     /// rides shared connections only for a database known to exist.
     pub databases: std::sync::atomic::AtomicU32,
+    /// With `limits.shared_state: upstream`, the database that state lives in, hidden from
+    /// clients (`shared_limits::reserved`); `u32::MAX` when there is none (the state then
+    /// lives in database 0, guarded by name only).
+    pub state_db: std::sync::atomic::AtomicU32,
 }
 
 /// The part of the configuration a reload replaces without dropping connections.
@@ -107,6 +111,7 @@ impl Shared {
             clients: Arc::new(Clients::default()),
             shared_limits: std::sync::OnceLock::new(),
             databases: std::sync::atomic::AtomicU32::new(0),
+            state_db: std::sync::atomic::AtomicU32::new(u32::MAX),
         })
     }
 
@@ -141,6 +146,11 @@ impl Shared {
     /// and database), if shared connections are on.
     pub fn pool(&self, setup: Setup) -> Option<Arc<Pool>> {
         Some(self.pools.as_ref()?.get(self.connector.target(), setup))
+    }
+
+    /// The database `limits.shared_state: upstream` keeps its state in, if one is hidden.
+    pub fn state_db(&self) -> Option<u32> {
+        Some(self.state_db.load(Ordering::Relaxed)).filter(|d| *d != u32::MAX)
     }
 
     /// Redis's number of databases, 0 if not known.

@@ -9,11 +9,15 @@
 //! locally, so checking a login costs nothing more than before; a failed login costs one
 //! script call, in the background.
 //!
-//! The names are reserved: keys under `redward:` and the channel `redward:lockouts` are
-//! refused to every client whatever its ACL (`reserved`), so no client can read, change or
-//! delete the counters by name, or publish a lockout. What cannot be refused by name: a script
-//! that builds the name at run time, `KEYS`/`SCAN` listing the names, `FLUSHALL`: those
-//! commands belong to trusted users only (README).
+//! No client can reach that state, whatever its ACL (`reserved`):
+//! - it lives in a database of its own (`limits.shared_state_database`, default Redis's
+//!   last), which clients are told does not exist: `SELECT`, `SWAPDB`, `MOVE` and
+//!   `COPY ... DB` naming it get Redis's `DB index is out of range`, and `KEYS`, `SCAN`,
+//!   `RANDOMKEY`, `FLUSHDB` in the clients' databases never see it;
+//! - its names are reserved: keys under `redward:` and the channel `redward:lockouts`;
+//! - what reaches keys or databases without naming them is refused outright, as an ACL
+//!   refusal: scripts and functions (they can build any name and `SELECT` any database at
+//!   run time), `FLUSHALL`, `MONITOR`, `SYNC`/`PSYNC`, `REPLICAOF`/`SLAVEOF`, `DEBUG`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -75,37 +79,96 @@ impl SharedLimits {
     }
 }
 
-/// Whether the request may touch a reserved name: its bytes contain the prefix, or it is a
-/// PSUBSCRIBE (whose patterns can match the channel without naming it). The only cost for
-/// every other request is one substring search; [`reserved`] then looks at keys and channels.
+/// Commands that reach keys or databases without naming them, refused to every client while
+/// state is shared: a script or function can build any key name and `SELECT` any database at
+/// run time; `FLUSHALL` and a replica's attach (`REPLICAOF`, `SLAVEOF`) wipe every database;
+/// `MONITOR` and a replication stream (`SYNC`, `PSYNC`) show redward's own commands and every
+/// key; `DEBUG` (`RELOAD`, `POPULATE`, ...) works on the whole dataset.
+const UNGUARDED: &[&str] = &[
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+    "flushall",
+    "monitor",
+    "sync",
+    "psync",
+    "replicaof",
+    "slaveof",
+    "debug",
+];
+
+/// Commands that name a database, which must not be the hidden one.
+const NAMES_DB: &[&str] = &["select", "swapdb", "move", "copy"];
+
+/// Why a request is refused while state is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// As an ACL refusal, with the server's NOPERM text.
+    Denied(crate::acl::Denied),
+    /// The hidden database: Redis's `DB index is out of range`, as if it did not exist.
+    NoSuchDb,
+}
+
+impl Refusal {
+    /// The reply, in the server's words.
+    pub fn reply(
+        self,
+        user: &str,
+        spec: &crate::commands::CommandSpec,
+        req: &crate::resp::Request<'_>,
+    ) -> Vec<u8> {
+        match self {
+            Refusal::Denied(d) => d.reply_as(user, spec, req),
+            Refusal::NoSuchDb => b"-ERR DB index is out of range\r\n".to_vec(),
+        }
+    }
+}
+
+/// Whether the request may touch a reserved name or the hidden database: its bytes contain
+/// the prefix, it is a PSUBSCRIBE (whose patterns can match the channel without naming it),
+/// or it is one of the commands above. The only cost for every other request is one
+/// substring search and a few length compares; [`reserved`] then looks closer.
 pub fn mentions_reserved(raw: &[u8], name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"psubscribe")
+        || UNGUARDED
+            .iter()
+            .chain(NAMES_DB)
+            .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
         || raw.windows(KEY_PREFIX.len()).any(|w| w == KEY_PREFIX)
 }
 
-/// Whether a request names a reserved key or channel; asked only of requests that
-/// [`mentions_reserved`] let through.
+/// Whether a request reaches a reserved key, channel or database (`state_db`, if the state
+/// is hidden in one); asked only of requests that [`mentions_reserved`] let through.
 pub fn reserved(
     spec: &crate::commands::CommandSpec,
     req: &crate::resp::Request<'_>,
-) -> Option<crate::acl::Denied> {
-    for k in crate::acl::command_keys(spec, req) {
-        if req.arg(k.pos).starts_with(KEY_PREFIX) {
-            return Some(crate::acl::Denied::Key { arg: k.pos });
+    state_db: Option<u32>,
+) -> Option<Refusal> {
+    use crate::acl::Denied;
+    let base = spec.name.split('|').next().unwrap_or(spec.name);
+    if UNGUARDED.contains(&base) {
+        return Some(Refusal::Denied(Denied::Command));
+    }
+    if let Some(db) = state_db {
+        if names_db(base, req, db) {
+            return Some(Refusal::NoSuchDb);
         }
     }
-    let base = spec.name.split('|').next().unwrap_or(spec.name);
-    // Arguments that name keys without being keys: SORT's BY and GET patterns, and scripts
-    // or functions that spell the prefix out. (A script can still build the name at run
-    // time: grant scripting, KEYS, SCAN and FLUSHALL only to trusted users; README.)
-    if matches!(
-        base,
-        "sort" | "sort_ro" | "eval" | "eval_ro" | "script" | "function"
-    ) {
+    for k in crate::acl::command_keys(spec, req) {
+        if req.arg(k.pos).starts_with(KEY_PREFIX) {
+            return Some(Refusal::Denied(Denied::Key { arg: k.pos }));
+        }
+    }
+    // Arguments that name keys without being keys: SORT's BY and GET patterns. Loading a
+    // script or library that spells the prefix out is refused too (running any is, above).
+    if matches!(base, "sort" | "sort_ro" | "script" | "function") {
         for i in 1..req.argc() {
             let a = req.arg(i);
             if a.windows(KEY_PREFIX.len()).any(|w| w == KEY_PREFIX) {
-                return Some(crate::acl::Denied::Key { arg: i });
+                return Some(Refusal::Denied(Denied::Key { arg: i }));
             }
         }
     }
@@ -122,10 +185,41 @@ pub fn reserved(
             c.starts_with(KEY_PREFIX)
         };
         if hit {
-            return Some(crate::acl::Denied::Channel { arg: i });
+            return Some(Refusal::Denied(Denied::Channel { arg: i }));
         }
     }
     None
+}
+
+/// Whether `SELECT`, `SWAPDB`, `MOVE` or `COPY ... DB` names database `db`, read as Redis
+/// reads them (`string2ll`; `selectCommand`, `swapdbCommand`, `moveCommand`, `copyCommand`
+/// in db.c). Requests Redis would refuse for another reason first (a bad integer, a
+/// syntax error) are left to Redis, so the text is its own.
+fn names_db(base: &str, req: &crate::resp::Request<'_>, db: u32) -> bool {
+    let is = |i: usize| crate::resp::request::string2ll(req.arg(i)) == Some(i64::from(db));
+    let int = |i: usize| crate::resp::request::string2ll(req.arg(i)).is_some();
+    match (base, req.argc()) {
+        ("select", 2) => is(1),
+        ("swapdb", 3) => int(1) && int(2) && (is(1) || is(2)),
+        ("move", 3) => is(2),
+        ("copy", n) if n >= 3 => {
+            let mut target = None;
+            let mut i = 3;
+            while i < n {
+                let a = req.arg(i);
+                if a.eq_ignore_ascii_case(b"replace") {
+                    i += 1;
+                } else if a.eq_ignore_ascii_case(b"db") && i + 1 < n && int(i + 1) {
+                    target = Some(i + 1);
+                    i += 2;
+                } else {
+                    return false; // Redis's own error
+                }
+            }
+            target.is_some_and(is)
+        }
+        _ => false,
+    }
 }
 
 /// Counts failures in Redis, one script call each, on a connection of its own.

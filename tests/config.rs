@@ -259,6 +259,20 @@ fn an_empty_trusted_list_and_a_tiny_client_memory_bound_are_named() {
 }
 
 #[test]
+fn a_shared_state_database_needs_shared_state_and_is_not_database_0() {
+    let certs = Certs::new();
+    let base = valid(&certs, "127.0.0.1:0");
+    assert_refused(
+        &format!("{base}limits:\n  shared_state_database: 3\n"),
+        &["limits.shared_state_database", "only with"],
+    );
+    assert_refused(
+        &format!("{base}limits:\n  shared_state: upstream\n  shared_state_database: 0\n"),
+        &["limits.shared_state_database", "database 0"],
+    );
+}
+
+#[test]
 fn upstream_address_and_sentinel_are_exclusive_and_sentinel_is_checked() {
     let certs = Certs::new();
     let base = valid(&certs, "127.0.0.1:0");

@@ -56,8 +56,12 @@ async fn failures_on_two_instances_lock_the_address_out_on_both_and_only_that_ad
     for proxy in [&a, &b] {
         assert_eq!(login(proxy, "127.0.0.2", APP_PASSWORD).await, b"+OK\r\n");
     }
-    // The lockout is in Redis, under redward's reserved names.
+    // The lockout is in Redis, under redward's reserved names, in its last database.
     let mut direct = redis.admin();
+    redis::cmd("SELECT")
+        .arg(15)
+        .query::<()>(&mut direct)
+        .expect("SELECT");
     let lock: bool = redis::cmd("EXISTS")
         .arg("redward:lock:127.0.0.1")
         .query(&mut direct)
@@ -71,7 +75,7 @@ async fn no_client_reaches_the_shared_state_whatever_its_acl() {
     let proxy = proxy().yaml(LIMITS).start(&redis).await;
     let mut c = connect_from(&proxy, "127.0.0.2").await;
     // The app user has ~* &* +@all.
-    let attempts: [&[&str]; 10] = [
+    let attempts: [&[&str]; 20] = [
         &["GET", "redward:lock:127.0.0.1"],
         &["SET", "redward:lock:127.0.0.9", "1"],
         &["DEL", "redward:auth:127.0.0.1"],
@@ -86,6 +90,22 @@ async fn no_client_reaches_the_shared_state_whatever_its_acl() {
             "0",
         ],
         &["SORT", "list", "BY", "redward:auth:*"],
+        // Names built at run time, and databases selected there.
+        &["EVAL", "return redis.call('KEYS', 'red' .. 'ward:*')", "0"],
+        &[
+            "EVAL",
+            "redis.call('SELECT', 15) return redis.call('FLUSHDB')",
+            "0",
+        ],
+        &["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"],
+        &["EVAL_RO", "return 1", "0"],
+        &["FCALL", "f", "0"],
+        // Everything at once, or everything watched.
+        &["FLUSHALL"],
+        &["MONITOR"],
+        &["REPLICAOF", "127.0.0.1", "1"],
+        &["SYNC"],
+        &["DEBUG", "RELOAD"],
     ];
     let mut script = cmd(&["AUTH", APP_USER, APP_PASSWORD]);
     for a in attempts {
@@ -103,5 +123,98 @@ async fn no_client_reaches_the_shared_state_whatever_its_acl() {
     assert!(
         got.ends_with("+OK\r\n$18\r\nredward:is-a-value\r\n"),
         "{got}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_state_database_does_not_exist_for_clients() {
+    let redis = Redis::start();
+    let proxy = proxy().yaml(LIMITS).start(&redis).await;
+    // A lockout in the state database, so there is something to find.
+    for _ in 0..6 {
+        login(&proxy, "127.0.0.1", "wrong").await;
+    }
+    let mut c = connect_from(&proxy, "127.0.0.2").await;
+    let mut script = cmd(&["AUTH", APP_USER, APP_PASSWORD]);
+    let hidden: [&[&str]; 6] = [
+        &["SELECT", "15"],
+        &["SWAPDB", "0", "15"],
+        &["SWAPDB", "15", "1"],
+        &["MOVE", "note", "15"],
+        &["COPY", "note", "copy", "DB", "15"],
+        &["COPY", "note", "copy", "REPLACE", "DB", "15"],
+    ];
+    for a in hidden {
+        script.extend(cmd(a));
+    }
+    // What Redis itself says first stays Redis's; the other databases work as before.
+    for a in [
+        &["SWAPDB", "x", "15"][..],
+        &["COPY", "note", "copy", "DB", "15", "BOGUS"],
+        &["SET", "note", "1"],
+        &["COPY", "note", "copy", "DB", "14"],
+        &["SELECT", "14"],
+        &["GET", "copy"],
+        &["SELECT", "0"],
+        &["KEYS", "*"],
+        &["DBSIZE"],
+    ] {
+        script.extend(cmd(a));
+    }
+    c.send(&script).await;
+    let got = String::from_utf8_lossy(&c.replies(1 + hidden.len() + 9).await).into_owned();
+    let out_of_range = "-ERR DB index is out of range\r\n".repeat(hidden.len());
+    assert_eq!(
+        got,
+        format!(
+            "+OK\r\n{out_of_range}-ERR invalid first DB index\r\n-ERR syntax error\r\n\
+             +OK\r\n:1\r\n+OK\r\n$1\r\n1\r\n+OK\r\n*1\r\n$4\r\nnote\r\n:1\r\n"
+        )
+    );
+    // The lockout is there all the same, where no client looked.
+    let mut direct = redis.admin();
+    redis::cmd("SELECT")
+        .arg(15)
+        .query::<()>(&mut direct)
+        .expect("SELECT");
+    // (Counted in the background: asked until it is there; bounded, no timing asserted.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut direct)
+            .expect("KEYS");
+        if keys.iter().any(|k| k.starts_with("redward:")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no state in database 15: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_shared_state_database_redis_lacks_refuses_to_start_naming_the_field() {
+    let redis = Redis::start();
+    let certs = Certs::new();
+    let text = proxy()
+        .yaml("limits:\n  shared_state: upstream\n  shared_state_database: 16\n")
+        .config_text(&redis, &certs);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("redward.yaml");
+    std::fs::write(&path, text).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redward"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("limits.shared_state_database") && last.contains("0 to 15"),
+        "{stderr}"
     );
 }

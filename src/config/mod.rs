@@ -322,6 +322,10 @@ pub struct RawLimits {
     /// counted in the Redis behind, so several redward instances enforce one limit).
     #[serde(default)]
     pub shared_state: Option<String>,
+    /// With `shared_state: upstream`: the database the shared state lives in, hidden from
+    /// every client. Default: Redis's last database.
+    #[serde(default)]
+    pub shared_state_database: Option<u32>,
     #[serde(default)]
     pub output_buffer_limit: Option<RawOutputLimit>,
     /// Unread replies a client on a shared upstream connection may leave before it is

@@ -78,6 +78,9 @@ pub struct Config {
     pub command_rates: HashMap<String, std::num::NonZeroU32>,
     /// `limits.shared_state: upstream`: login lockouts counted in Redis, across instances.
     pub shared_state_upstream: bool,
+    /// `limits.shared_state_database`: where that state lives (default: Redis's last
+    /// database, found at start-up).
+    pub shared_state_database: Option<u32>,
 }
 
 impl Config {
@@ -621,6 +624,18 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             ))
         }
     };
+    if l.shared_state_database.is_some() && !shared_state_upstream {
+        return Err(ConfigError::invalid(
+            "limits.shared_state_database",
+            "only with limits.shared_state: upstream",
+        ));
+    }
+    if l.shared_state_database == Some(0) {
+        return Err(ConfigError::invalid(
+            "limits.shared_state_database",
+            "must not be 0: every client starts in database 0",
+        ));
+    }
     let connection_limits = crate::limits::LimitSettings {
         max_connections: positive(
             "limits.max_connections",
@@ -719,6 +734,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         connection_limits,
         command_rates,
         shared_state_upstream,
+        shared_state_database: l.shared_state_database,
         admin_address: match raw.admin {
             Some(a) => Some(socket_addr("admin.address", &a.address)?),
             None => None,

@@ -126,10 +126,10 @@ impl State {
         {
             // The names shared limits keep in Redis are no client's, whatever its ACL.
             if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
-                if let Some(d) = crate::shared_limits::reserved(spec, req) {
+                if let Some(r) = crate::shared_limits::reserved(spec, req, self.shared.state_db()) {
                     self.counts.refused += 1;
                     self.shared.metrics.commands_denied.inc();
-                    self.reject(Bytes::from(d.reply_as(&user.name, spec, req)));
+                    self.reject(Bytes::from(r.reply(&user.name, spec, req)));
                     return Outcome::Done;
                 }
             }
