@@ -26,6 +26,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod clients;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod fault;
@@ -82,6 +83,9 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// `upstream.cluster`: the topology could not be read, or a node got no listener.
+    #[error("{0}")]
+    Cluster(String),
     #[error("listen[{index}].address {addr}: {source}")]
     Bind {
         index: usize,
@@ -111,7 +115,7 @@ fn state_database(
 /// (with SYN cookies a dropped one looks connected to the client but is not).
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -208,6 +212,24 @@ impl Server {
                 .databases
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         }
+        if let Some(c) = &cfg.upstream.cluster {
+            // A listener per node, with the first listener's settings (`cluster.rs`).
+            let settings = slots
+                .first()
+                .map(|(_, s)| Arc::clone(s))
+                .ok_or_else(|| StartError::Cluster("listen: at least one listener".into()))?;
+            let cluster = cluster::Cluster::discover(c, settings, shared.connector.clone())
+                .await
+                .map_err(StartError::Cluster)?;
+            for (port, node) in cluster.listeners() {
+                tracing::info!(port, %node, "cluster node listener");
+            }
+            let _ = shared.cluster.set(cluster);
+        } else if !cfg.upstream.cluster_announce.is_empty() {
+            let _ = shared
+                .cluster
+                .set(cluster::Cluster::fixed(&cfg.upstream.cluster_announce));
+        }
         if cfg.shared_state_upstream {
             if let Some(db) = state_database(cfg.shared_state_database, databases)? {
                 shared
@@ -278,6 +300,9 @@ impl Server {
                 stop.clone(),
             );
             let _ = self.shared.shared_limits.set(limits);
+        }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.run(&self.shared, stop.clone(), tasks.clone());
         }
         if let upstream::Target::Sentinel(sentinel) = self.shared.connector.target() {
             // `+switch-master` and the periodic re-check (`upstream/sentinel.rs`).

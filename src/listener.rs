@@ -33,6 +33,7 @@ use crate::proxy_header;
 use crate::session;
 use crate::shared::Shared;
 use crate::throttle::Verdict;
+use crate::upstream::Connector;
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -56,6 +57,8 @@ pub struct Listener {
     addr: SocketAddr,
     /// Replaced whole by a reload; read once per accepted connection.
     settings: Arc<ArcSwap<ListenerSettings>>,
+    /// A cluster node listener's node (`cluster.rs`); `None`: the configured upstream.
+    node: Option<Arc<Connector>>,
 }
 
 /// How a connection's TLS is set up: the acceptor and, for mTLS, how certificates log
@@ -83,7 +86,14 @@ impl Listener {
             tcp,
             addr,
             settings,
+            node: None,
         })
+    }
+
+    /// This listener's sessions go to one cluster node, through `connector`.
+    pub fn for_node(mut self, connector: Arc<Connector>) -> Self {
+        self.node = Some(connector);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -121,17 +131,22 @@ impl Listener {
                 }
             };
             let (shared, stop) = (Arc::clone(&shared), stop.clone());
+            let addrs = session::Addrs {
+                peer,
+                local: None,
+                node: self.node.clone(),
+            };
             if settings.cfg.proxy_protocol == ProxyProtocol::Off {
                 tasks.spawn(serve_admitted(
                     tcp,
-                    peer,
+                    addrs,
                     tls_mode(&settings),
                     shared,
                     stop,
                     guard,
                 ));
             } else {
-                tasks.spawn(serve_proxied(tcp, peer, settings, shared, stop, guard));
+                tasks.spawn(serve_proxied(tcp, addrs, settings, shared, stop, guard));
             }
         }
         info!(addr = %self.addr, "stopped accepting");
@@ -188,12 +203,13 @@ fn log_refused(shared: &Shared, why: Refused, peer: SocketAddr, client: Option<S
 /// admission of the client it names, then the session.
 async fn serve_proxied(
     mut tcp: TcpStream,
-    peer: SocketAddr,
+    mut addrs: session::Addrs,
     settings: Arc<ListenerSettings>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     mut guard: ConnGuard,
 ) {
+    let peer = addrs.peer;
     let timeout = shared.live.load().limits.handshake_timeout;
     let header = tokio::select! {
         r = tokio::time::timeout(timeout, proxy_header::read(&mut tcp, peer)) => r,
@@ -222,14 +238,15 @@ async fn serve_proxied(
         log_refused(&shared, why, peer, Some(client));
         return;
     }
-    serve_admitted(tcp, client, tls_mode(&settings), shared, stop, guard).await;
+    addrs.peer = client;
+    serve_admitted(tcp, addrs, tls_mode(&settings), shared, stop, guard).await;
 }
 
 /// An admitted connection's task: the session, with the open-connection gauge and the
 /// limiter's slot held for exactly its lifetime.
 async fn serve_admitted(
     tcp: TcpStream,
-    peer: SocketAddr,
+    addrs: session::Addrs,
     tls: TlsMode,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -238,8 +255,8 @@ async fn serve_admitted(
     shared.metrics.connections_accepted.inc();
     shared.metrics.connections_open.inc();
     let metrics = Arc::clone(&shared.metrics);
-    let span = tracing::debug_span!("conn", %peer);
-    handle(tcp, peer, tls, shared, stop).instrument(span).await;
+    let span = tracing::debug_span!("conn", peer = %addrs.peer);
+    handle(tcp, addrs, tls, shared, stop).instrument(span).await;
     metrics.connections_open.dec();
     drop(guard);
 }
@@ -281,17 +298,15 @@ fn certificate_problem(e: &std::io::Error) -> Option<String> {
 /// One connection: TLS handshake within `handshake_timeout`, then the session.
 async fn handle(
     tcp: TcpStream,
-    peer: SocketAddr,
+    mut addrs: session::Addrs,
     tls: TlsMode,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
     // Redis traffic is request/response; Nagle would add delay to every small reply.
     let _ = tcp.set_nodelay(true);
-    let addrs = session::Addrs {
-        peer,
-        local: tcp.local_addr().ok(),
-    };
+    addrs.local = tcp.local_addr().ok();
+    let peer = addrs.peer;
     let result = match tls {
         Some((acceptor, mtls)) => {
             let handshake = tokio::time::timeout(

@@ -54,6 +54,9 @@ pub struct Shared {
     /// clients (`shared_limits::reserved`); `u32::MAX` when there is none (the state then
     /// lives in database 0, guarded by name only).
     pub state_db: std::sync::atomic::AtomicU32,
+    /// A Redis Cluster behind (`upstream.cluster` or `cluster_announce`): what replies that
+    /// name nodes are rewritten with. Set once, at start-up.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// The part of the configuration a reload replaces without dropping connections.
@@ -112,6 +115,7 @@ impl Shared {
             shared_limits: std::sync::OnceLock::new(),
             databases: std::sync::atomic::AtomicU32::new(0),
             state_db: std::sync::atomic::AtomicU32::new(u32::MAX),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -142,10 +146,11 @@ impl Shared {
         self.generation.store(generation, Ordering::Release);
     }
 
-    /// The shared connections to the configured target set up as `setup` (a client's protocol
-    /// and database), if shared connections are on.
-    pub fn pool(&self, setup: Setup) -> Option<Arc<Pool>> {
-        Some(self.pools.as_ref()?.get(self.connector.target(), setup))
+    /// The shared connections to `connector`'s target (the configured upstream, or a cluster
+    /// node) set up as `setup` (a client's protocol and database), if shared connections are
+    /// on.
+    pub fn pool(&self, connector: &Connector, setup: Setup) -> Option<Arc<Pool>> {
+        Some(self.pools.as_ref()?.get(connector.target(), setup))
     }
 
     /// The database `limits.shared_state: upstream` keeps its state in, if one is hidden.

@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use validate::{
-    ClientAuth, ClientCerts, ClientIdentity, ClientTls, Config, ListenerConfig, LogColor,
-    LogFormat, ProtocolLimits, ProxyProtocol, Secret, SentinelConfig, UpstreamAddr, UpstreamConfig,
-    UpstreamTls, Users,
+    AnnouncePair, ClientAuth, ClientCerts, ClientIdentity, ClientTls, ClusterConfig, Config,
+    ListenerConfig, LogColor, LogFormat, ProtocolLimits, ProxyProtocol, Secret, SentinelConfig,
+    UpstreamAddr, UpstreamConfig, UpstreamTls, Users,
 };
 
 /// A configuration that cannot be used. Its `Display` is the one line redward prints before
@@ -220,6 +220,13 @@ pub struct RawUpstream {
     /// Follow the master a set of Sentinels name.
     #[serde(default)]
     pub sentinel: Option<RawSentinel>,
+    /// A Redis Cluster: discover its nodes and open a listener for each.
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
+    /// A sidecar in front of one cluster node: each node's `host:port` and the endpoint
+    /// written for it in MOVED/ASK and CLUSTER replies.
+    #[serde(default)]
+    pub cluster_announce: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -234,6 +241,25 @@ pub struct RawUpstream {
     /// client gets its own, as a plain TCP proxy would).
     #[serde(default)]
     pub shared_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `host:port` of any nodes; the rest are discovered.
+    pub seeds: Vec<String>,
+    pub node_listeners: RawNodeListeners,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodeListeners {
+    /// The address node listeners bind.
+    pub bind: String,
+    /// `first-last` (or one port): taken in order as nodes appear.
+    pub ports: String,
+    /// The host written into MOVED/ASK and CLUSTER replies.
+    pub announce_host: String,
 }
 
 #[derive(Debug, Deserialize)]

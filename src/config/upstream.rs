@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::validate::{
-    expand_env, resolve, Secret, SentinelConfig, UpstreamAddr, UpstreamConfig, UpstreamTls,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHARED_CONNECTIONS, MAX_SHARED_CONNECTIONS,
+    expand_env, resolve, ClusterConfig, Secret, SentinelConfig, UpstreamAddr, UpstreamConfig,
+    UpstreamTls, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHARED_CONNECTIONS, MAX_SHARED_CONNECTIONS,
 };
 use super::ConfigError;
 
@@ -62,6 +62,83 @@ fn password(
     }
 }
 
+/// `host:port` over TCP, for `field`.
+fn tcp_address(field: &str, text: &str, base: &Path) -> Result<(String, u16), ConfigError> {
+    match address(field, text, base)? {
+        UpstreamAddr::Tcp { host, port } => Ok((host, port)),
+        UpstreamAddr::Unix(_) => Err(ConfigError::invalid(
+            field,
+            "a cluster is reached over TCP (host:port)",
+        )),
+    }
+}
+
+/// `upstream.cluster`.
+fn cluster(raw: super::RawCluster, base: &Path) -> Result<ClusterConfig, ConfigError> {
+    if raw.seeds.is_empty() {
+        return Err(ConfigError::invalid(
+            "upstream.cluster.seeds",
+            "list at least one node (host:port)",
+        ));
+    }
+    let seeds = raw
+        .seeds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| tcp_address(&format!("upstream.cluster.seeds[{i}]"), s, base))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = raw.node_listeners;
+    let bind = n.bind.parse().map_err(|_| {
+        ConfigError::invalid(
+            "upstream.cluster.node_listeners.bind",
+            format!("`{}` is not an IP address", n.bind),
+        )
+    })?;
+    let field = "upstream.cluster.node_listeners.ports";
+    let bad = || ConfigError::invalid(field, format!("`{}`: first-last, e.g. 7101-7199", n.ports));
+    let (first, last) = match n.ports.split_once('-') {
+        Some((a, b)) => (a.trim().parse::<u16>(), b.trim().parse::<u16>()),
+        None => (n.ports.trim().parse::<u16>(), n.ports.trim().parse::<u16>()),
+    };
+    let (first, last) = (first.map_err(|_| bad())?, last.map_err(|_| bad())?);
+    if first == 0 || last < first {
+        return Err(bad());
+    }
+    if n.announce_host.is_empty() || n.announce_host.contains([' ', ':', '@', ',']) {
+        return Err(ConfigError::invalid(
+            "upstream.cluster.node_listeners.announce_host",
+            "a host name or IPv4 address clients can reach",
+        ));
+    }
+    Ok(ClusterConfig {
+        seeds,
+        bind,
+        ports: (first, last),
+        announce_host: n.announce_host,
+    })
+}
+
+/// `upstream.cluster_announce`.
+fn cluster_announce(
+    raw: std::collections::BTreeMap<String, String>,
+    base: &Path,
+) -> Result<Vec<super::AnnouncePair>, ConfigError> {
+    let mut out = Vec::new();
+    for (node, announced) in raw {
+        let field = format!("upstream.cluster_announce[{node}]");
+        let from = tcp_address(&field, &node, base)?;
+        let to = tcp_address(&field, &announced, base)?;
+        out.push((from, to));
+    }
+    if out.is_empty() {
+        return Err(ConfigError::invalid(
+            "upstream.cluster_announce",
+            "map each node's host:port to the host:port clients reach it at",
+        ));
+    }
+    Ok(out)
+}
+
 /// `upstream.sentinel`.
 fn sentinel(raw: super::RawSentinel, base: &Path) -> Result<SentinelConfig, ConfigError> {
     if raw.master.is_empty() {
@@ -114,7 +191,34 @@ pub(super) fn upstream(
     raw: super::RawUpstream,
     base: &Path,
 ) -> Result<UpstreamConfig, ConfigError> {
+    let cluster = match (raw.cluster, &raw.address, &raw.sentinel) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "upstream.cluster",
+                "set address, sentinel or cluster, only one",
+            ))
+        }
+        (Some(c), None, None) => Some(cluster(c, base)?),
+        (None, ..) => None,
+    };
+    let cluster_announce = match raw.cluster_announce {
+        Some(_) if raw.address.is_none() => {
+            return Err(ConfigError::invalid(
+                "upstream.cluster_announce",
+                "only with upstream.address (the node this redward sits beside)",
+            ))
+        }
+        Some(m) => cluster_announce(m, base)?,
+        None => Vec::new(),
+    };
     let (addr, sentinel) = match (raw.address, raw.sentinel) {
+        (None, None) if cluster.is_some() => {
+            let (host, port) = cluster
+                .as_ref()
+                .and_then(|c| c.seeds.first().cloned())
+                .unwrap_or_default();
+            (UpstreamAddr::Tcp { host, port }, None)
+        }
         (Some(a), None) => (address("upstream.address", &a, base)?, None),
         (None, Some(s)) => {
             let s = sentinel(s, base)?;
@@ -130,7 +234,7 @@ pub(super) fn upstream(
         (None, None) => {
             return Err(ConfigError::invalid(
                 "upstream.address",
-                "missing: set address (host:port or unix:/path) or sentinel",
+                "missing: set address (host:port or unix:/path), sentinel or cluster",
             ))
         }
     };
@@ -150,10 +254,10 @@ pub(super) fn upstream(
         Some(t) => {
             let server_name = match (t.server_name, &addr) {
                 (Some(n), _) => n,
-                (None, _) if sentinel.is_some() => {
+                (None, _) if sentinel.is_some() || cluster.is_some() => {
                     return Err(ConfigError::invalid(
                         "upstream.tls.server_name",
-                        "required with sentinel (the master's address changes)",
+                        "required with sentinel or cluster (the nodes' addresses change)",
                     ))
                 }
                 (None, UpstreamAddr::Tcp { host, .. }) => host.clone(),
@@ -196,5 +300,7 @@ pub(super) fn upstream(
             Some(n) => n,
             None => DEFAULT_SHARED_CONNECTIONS,
         },
+        cluster,
+        cluster_announce,
     })
 }

@@ -243,6 +243,26 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// 0: a connection per client.
     pub shared_connections: usize,
+    /// `upstream.cluster`: a listener per node of this cluster.
+    pub cluster: Option<ClusterConfig>,
+    /// `upstream.cluster_announce`: node `host:port` -> announced `host:port` (sidecar shape).
+    pub cluster_announce: Vec<AnnouncePair>,
+}
+
+/// A node's `(host, port)` and the `(host, port)` announced for it.
+pub type AnnouncePair = ((String, u16), (String, u16));
+
+/// `upstream.cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Any nodes, asked in turn for the topology.
+    pub seeds: Vec<(String, u16)>,
+    /// `node_listeners.bind`.
+    pub bind: std::net::IpAddr,
+    /// `node_listeners.ports`: first and last.
+    pub ports: (u16, u16),
+    /// `node_listeners.announce_host`.
+    pub announce_host: String,
 }
 
 /// `upstream.sentinel`.

@@ -239,7 +239,29 @@ impl State {
                     ) => {}
             _ => return Outcome::NeedUpstream,
         }
-        self.forward_to(conn, req, raw)
+        let outcome = self.forward_to(conn, req, raw);
+        if let Some(hook) = self.cluster_reply(req) {
+            self.slots.set_rewrite_last(hook);
+        }
+        outcome
+    }
+
+    /// For a `CLUSTER` request whose reply names nodes, behind a cluster: the hook that
+    /// names redward's endpoints instead. (Inside MULTI the reply comes within EXEC's, and
+    /// is not rewritten.)
+    fn cluster_reply(&self, req: &Request<'_>) -> Option<std::sync::Arc<dyn super::Rewrite>> {
+        if req.argc() < 2 || !req.name().eq_ignore_ascii_case(b"cluster") {
+            return None;
+        }
+        let cluster = self.shared.cluster.get()?;
+        if self.client.in_multi || self.client.monitor {
+            return None;
+        }
+        let kind = crate::cluster::Reply::of(req.arg(1))?;
+        Some(std::sync::Arc::new(super::reply_hook::ClusterReply {
+            kind,
+            cluster: std::sync::Arc::clone(cluster),
+        }))
     }
 
     /// Forwards a request on the connection of kind `conn` and expects its replies.

@@ -114,11 +114,14 @@ enum Outcome {
 }
 
 /// The two ends of a client's connection: its address (as the PROXY header gave it, if one
-/// did) and redward's.
-#[derive(Debug, Clone, Copy)]
+/// did) and redward's; and where its requests go.
+#[derive(Debug, Clone)]
 pub struct Addrs {
     pub peer: SocketAddr,
     pub local: Option<SocketAddr>,
+    /// On a cluster node's listener, that node (`cluster.rs`); `None`: the configured
+    /// upstream.
+    pub node: Option<Arc<crate::upstream::Connector>>,
 }
 
 /// Serves one client connection until it closes, the upstream fails, or `shutdown` fires and
@@ -147,7 +150,7 @@ where
     let evicted = usage.evicted();
     tokio::pin!(evicted);
     st.charge = Some(account.charge());
-    let mut conn = match st.shared.pool(Setup::default()) {
+    let mut conn = match st.shared.pool(st.connector(), Setup::default()) {
         Some(pool) => {
             Conn::Shared(pool.attach(st.live.limits.shared_reply_buffer, st.charge.clone()))
         }

@@ -17,6 +17,7 @@ impl Offline {
         let addrs = Addrs {
             peer: SocketAddr::from(([127, 0, 0, 1], 0)),
             local: None,
+            node: None,
         };
         let st = State::new(shared, addrs, Some(login));
         Offline {

@@ -23,3 +23,21 @@ pub trait Rewrite: Send + Sync + fmt::Debug {
     /// what the client gets is appended to `out` (nothing, to drop it).
     fn rewrite(&self, reply: &[u8], info: &FrameInfo, out: &mut BytesMut);
 }
+
+/// A `CLUSTER SLOTS`/`SHARDS`/`NODES`/`REPLICAS` reply, naming redward's endpoints for the
+/// nodes (`cluster::rewrite`).
+#[derive(Debug)]
+pub struct ClusterReply {
+    pub kind: crate::cluster::Reply,
+    pub cluster: std::sync::Arc<crate::cluster::Cluster>,
+}
+
+impl Rewrite for ClusterReply {
+    fn rewrite(&self, reply: &[u8], _info: &FrameInfo, out: &mut BytesMut) {
+        out.extend_from_slice(&crate::cluster::rewrite::reply(
+            self.kind,
+            reply,
+            &*self.cluster,
+        ));
+    }
+}

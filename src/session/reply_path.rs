@@ -179,9 +179,25 @@ impl State {
             };
             let bytes = uin.get(..consumed).unwrap_or(&[]);
             match (rewrite, info) {
+                (None, Some(info))
+                    if info.is_error()
+                        && (bytes.starts_with(b"-MOVED ") || bytes.starts_with(b"-ASK ")) =>
+                {
+                    // A cluster names a node: the client is sent to redward's listener for it.
+                    if !swallow {
+                        let rewritten = self
+                            .shared
+                            .cluster
+                            .get()
+                            .and_then(|c| crate::cluster::rewrite::redirect(bytes, &**c));
+                        self.out
+                            .cout
+                            .extend_from_slice(rewritten.as_deref().unwrap_or(bytes));
+                    }
+                }
                 (None, Some(info)) if info.is_error() && bytes.starts_with(b"-READONLY") => {
                     // Writing to a replica: the master moved (Sentinel clients' guidelines).
-                    self.shared.connector.target().suspect("-READONLY");
+                    self.connector().target().suspect("-READONLY");
                     if !swallow {
                         self.out.cout.extend_from_slice(bytes);
                     }

@@ -105,7 +105,7 @@ impl State {
     /// Moves a client on shared connections to those set up as `setup` (nothing is owed on
     /// the old ones: the caller waited for every reply).
     fn reattach(&mut self, conn: &mut Conn, setup: Setup) {
-        if let (Conn::Shared(_), Some(pool)) = (&*conn, self.shared.pool(setup)) {
+        if let (Conn::Shared(_), Some(pool)) = (&*conn, self.shared.pool(self.connector(), setup)) {
             let limit = self.live.limits.shared_reply_buffer;
             *conn = Conn::Shared(pool.attach(limit, self.charge.clone()));
         }
@@ -119,7 +119,7 @@ impl State {
     /// had on the shared ones. `false`: it failed, and the request was answered with Redis's
     /// retryable error.
     async fn connect_own(&mut self, conn: &mut Conn) -> bool {
-        let connector = self.shared.connector.with_setup(self.client.setup);
+        let connector = self.connector().with_setup(self.client.setup);
         let epoch = connector.target().epoch();
         match connector.connect().await {
             Ok(stream) => {

@@ -137,6 +137,8 @@ pub(super) struct State {
     /// goes to is no longer the master. The client is closed then, as Redis closes clients
     /// of a demoted master (its transaction, watches and subscriptions are gone).
     pub(super) epoch: Option<tokio_util::sync::CancellationToken>,
+    /// On a cluster node's listener, the node this client's requests go to.
+    pub(super) node: Option<Arc<crate::upstream::Connector>>,
 }
 
 /// How stale `CLIENT LIST`'s `cmd` and `idle` may be for a busy client.
@@ -153,6 +155,7 @@ impl State {
             ..ClientState::default()
         };
         let peer = addrs.peer;
+        let addrs_node = addrs.node;
         State {
             live,
             now: None,
@@ -168,7 +171,13 @@ impl State {
             charge: None,
             published: Instant::now(),
             epoch: None,
+            node: addrs_node,
         }
+    }
+
+    /// Where this client's requests go: its listener's cluster node, or the upstream.
+    pub(super) fn connector(&self) -> &crate::upstream::Connector {
+        self.node.as_deref().unwrap_or(&self.shared.connector)
     }
 
     /// Adds this connection's command counts to the shared metrics, and tells the registry

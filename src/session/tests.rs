@@ -28,6 +28,7 @@ fn state() -> State {
     let addrs = Addrs {
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         local: None,
+        node: None,
     };
     State::new(shared(), addrs, None)
 }
@@ -221,6 +222,7 @@ fn spawn_session(
     let addr = Addrs {
         peer: SocketAddr::from(([127, 0, 0, 1], 40001)),
         local: None,
+        node: None,
     };
     let session = tokio::spawn(serve(client, addr, shared(), stop.clone(), None));
     (session, peer)

@@ -167,6 +167,12 @@ impl Connector {
         }
     }
 
+    /// Whether connections use TLS (`upstream.tls`): cluster nodes are then dialled at
+    /// their `tls-port`.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn target(&self) -> &Target {
         &self.target
     }

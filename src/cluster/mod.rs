@@ -1,0 +1,384 @@
+//! Redis Cluster behind redward. redward stays a per-node proxy, so transactions, scripts,
+//! pub/sub and blocking commands keep Redis's own semantics, and rewrites only where the
+//! cluster names itself (`rewrite.rs`).
+//!
+//! Two shapes:
+//! - `upstream.cluster`: redward discovers the nodes (`CLUSTER SHARDS` from the seeds, then
+//!   every 5 s and whenever a reply names a node it does not know) and opens one listener
+//!   per node, on ports taken in order from `node_listeners.ports`, with the first
+//!   listener's settings (TLS, allow/deny, limits). Each node listener's sessions go to that
+//!   node, over their own pool of shared connections. Replies name `announce_host` and those
+//!   ports.
+//! - `upstream.cluster_announce` (a sidecar per node): a fixed map from each node's address to
+//!   the endpoint announced for it; no listeners are opened.
+//!
+//! A node that leaves keeps its listener and port (its sessions then fail to connect), so a
+//! port never names two nodes in one process's life.
+
+pub mod rewrite;
+pub mod topology;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{ClusterConfig, UpstreamAddr};
+use crate::listener::{Listener, ListenerSettings};
+use crate::resp::encode_command;
+use crate::shared::Shared;
+use crate::upstream::{Connector, Target};
+
+pub use rewrite::{Announce, Endpoint, Reply};
+use topology::Node;
+
+/// How often the topology is read again when nothing asks sooner.
+const REFRESH: Duration = Duration::from_secs(5);
+/// The most a topology reply may hold (a thousand-node cluster's SHARDS is well under this).
+const MAX_TOPOLOGY: usize = 16 * 1024 * 1024;
+
+/// What redward knows of the cluster's nodes: the endpoint announced for each, by id and by
+/// every address the cluster writes for it.
+#[derive(Debug, Default, Clone)]
+struct Known {
+    by_id: HashMap<Vec<u8>, Endpoint>,
+    by_addr: HashMap<(Vec<u8>, u16), Endpoint>,
+}
+
+/// The cluster behind redward, and the endpoints announced for its nodes.
+pub struct Cluster {
+    host: Arc<str>,
+    /// Read on every rewrite without a lock; replaced whole under `update`.
+    known: ArcSwap<Known>,
+    update: Mutex<()>,
+    /// `None` in the sidecar shape (a fixed map).
+    nodes: Option<NodeListeners>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Listeners opened per node (`upstream.cluster.node_listeners`).
+struct NodeListeners {
+    seeds: Vec<(String, u16)>,
+    bind: IpAddr,
+    /// The next port to try, and the last of the range.
+    next: Mutex<u32>,
+    last: u16,
+    settings: Arc<ArcSwap<ListenerSettings>>,
+    connector: Connector,
+    /// Listeners bound before the server runs, started by [`Cluster::run`].
+    pending: Mutex<Vec<Listener>>,
+    running: OnceLock<Running>,
+    /// Wakes the refresh task early (a reply named an unknown node).
+    refresh: tokio::sync::Notify,
+}
+
+struct Running {
+    shared: Weak<Shared>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Cluster {
+    /// `upstream.cluster`: discovers the nodes from the seeds and binds a listener for each.
+    /// `settings` are the first listener's, shared (a reload of them applies to every node
+    /// listener too).
+    ///
+    /// # Errors
+    /// A message naming the field when no seed answers or no port is left for a node.
+    pub async fn discover(
+        cfg: &ClusterConfig,
+        settings: Arc<ArcSwap<ListenerSettings>>,
+        connector: Connector,
+    ) -> Result<Arc<Cluster>, String> {
+        let cluster = Arc::new(Cluster {
+            host: Arc::from(cfg.announce_host.as_str()),
+            known: ArcSwap::default(),
+            update: Mutex::new(()),
+            nodes: Some(NodeListeners {
+                seeds: cfg.seeds.clone(),
+                bind: cfg.bind,
+                next: Mutex::new(u32::from(cfg.ports.0)),
+                last: cfg.ports.1,
+                settings,
+                connector,
+                pending: Mutex::new(Vec::new()),
+                running: OnceLock::new(),
+                refresh: tokio::sync::Notify::new(),
+            }),
+        });
+        let nodes = cluster.read_topology().await?;
+        cluster.learn(&nodes)?;
+        Ok(cluster)
+    }
+
+    /// `upstream.cluster_announce`: a fixed map from node addresses to announced endpoints.
+    pub fn fixed(map: &[crate::config::AnnouncePair]) -> Arc<Cluster> {
+        let host = map
+            .first()
+            .map_or_else(|| Arc::from("?"), |(_, (h, _))| Arc::from(h.as_str()));
+        let mut known = Known::default();
+        for ((h, p), (ah, ap)) in map {
+            known.by_addr.insert(
+                (h.as_bytes().to_vec(), *p),
+                Endpoint {
+                    host: Arc::from(ah.as_str()),
+                    port: *ap,
+                },
+            );
+        }
+        Arc::new(Cluster {
+            host,
+            known: ArcSwap::from_pointee(known),
+            update: Mutex::new(()),
+            nodes: None,
+        })
+    }
+
+    /// Starts the node listeners bound so far and the refresh task.
+    pub fn run(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) {
+        let Some(nodes) = &self.nodes else { return };
+        let _ = nodes.running.set(Running {
+            shared: Arc::downgrade(shared),
+            stop: stop.clone(),
+            tasks: tasks.clone(),
+        });
+        let pending = std::mem::take(&mut *nodes.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for l in pending {
+            tasks.spawn(l.accept_loop(Arc::clone(shared), stop.clone(), tasks.clone()));
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.refresh_loop(stop).await });
+    }
+
+    /// The ports of the node listeners and the nodes they serve (for logs and tests).
+    pub fn listeners(&self) -> Vec<(u16, String)> {
+        let known = self.known.load();
+        let mut out: Vec<(u16, String)> = known
+            .by_addr
+            .iter()
+            .map(|((h, p), ep)| (ep.port, format!("{}:{p}", String::from_utf8_lossy(h))))
+            .collect();
+        out.sort();
+        out.dedup_by_key(|(p, _)| *p);
+        out
+    }
+
+    async fn refresh_loop(self: Arc<Self>, stop: CancellationToken) {
+        let Some(nodes) = &self.nodes else { return };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(REFRESH) => {}
+                () = nodes.refresh.notified() => {}
+            }
+            match self.read_topology().await {
+                Ok(found) => {
+                    if let Err(e) = self.learn(&found) {
+                        warn!(error = %e, "cluster: a node got no listener");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cluster: topology not read"),
+            }
+        }
+    }
+
+    /// Asks the seeds and the known nodes in turn, until one describes the cluster.
+    async fn read_topology(&self) -> Result<Vec<Node>, String> {
+        let Some(nodes) = &self.nodes else {
+            return Ok(Vec::new());
+        };
+        let mut candidates = nodes.seeds.clone();
+        for (h, p) in self.known.load().by_addr.keys() {
+            let h = String::from_utf8_lossy(h).into_owned();
+            if !candidates.contains(&(h.clone(), *p)) {
+                candidates.push((h, *p));
+            }
+        }
+        let mut last = String::from("no seed");
+        for (host, port) in candidates {
+            match ask(&nodes.connector, &host, port).await {
+                Ok(found) if !found.is_empty() => return Ok(found),
+                Ok(_) => last = format!("{host}:{port}: no nodes"),
+                Err(e) => last = format!("{host}:{port}: {e}"),
+            }
+        }
+        Err(format!(
+            "upstream.cluster.seeds: no node described the cluster ({last})"
+        ))
+    }
+
+    /// Gives every node a listener (if it has none) and records the names it goes by.
+    fn learn(&self, found: &[Node]) -> Result<(), String> {
+        let Some(nodes) = &self.nodes else {
+            return Ok(());
+        };
+        let tls = nodes.connector.uses_tls();
+        for n in found {
+            let port = match (tls, n.tls_port) {
+                (true, Some(p)) if p != 0 => p,
+                _ => n.port,
+            };
+            if port == 0 {
+                continue; // a node still in its handshake
+            }
+            let ep = self.open(&n.ip, port).ok_or_else(|| {
+                format!(
+                    "{}:{port}: upstream.cluster.node_listeners.ports has no port left",
+                    n.ip
+                )
+            })?;
+            let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
+            let mut known = Known::clone(&self.known.load());
+            known.by_id.insert(n.id.as_bytes().to_vec(), ep.clone());
+            for alias in &n.aliases {
+                known
+                    .by_addr
+                    .entry((alias.as_bytes().to_vec(), n.port))
+                    .or_insert_with(|| ep.clone());
+            }
+            known
+                .by_addr
+                .entry((n.ip.as_bytes().to_vec(), n.port))
+                .or_insert_with(|| ep.clone());
+            self.known.store(Arc::new(known));
+        }
+        Ok(())
+    }
+
+    /// The endpoint for the node at `host:port`, opening a listener for it if it has none
+    /// (dynamic shape only). `None` when no port is left.
+    fn open(&self, host: &str, port: u16) -> Option<Endpoint> {
+        let nodes = self.nodes.as_ref()?;
+        let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ep) = self
+            .known
+            .load()
+            .by_addr
+            .get(&(host.as_bytes().to_vec(), port))
+        {
+            return Some(ep.clone());
+        }
+        let target = Target::Fixed(UpstreamAddr::Tcp {
+            host: host.to_owned(),
+            port,
+        });
+        let connector = Arc::new(nodes.connector.to_target(target));
+        let mut next = nodes.next.lock().unwrap_or_else(|e| e.into_inner());
+        let (tcp, ours) = loop {
+            let p = u16::try_from(*next).ok().filter(|p| *p <= nodes.last)?;
+            *next += 1;
+            match crate::bind(SocketAddr::new(nodes.bind, p)) {
+                Ok(tcp) => break (tcp, p),
+                Err(e) => debug!(port = p, error = %e, "cluster: node listener port taken"),
+            }
+        };
+        let listener = Listener::new(tcp, Arc::clone(&nodes.settings))
+            .ok()?
+            .for_node(connector);
+        info!(node = %format!("{host}:{port}"), port = ours, "cluster: listening for a node");
+        match nodes.running.get() {
+            Some(r) => {
+                if let Some(shared) = r.shared.upgrade() {
+                    r.tasks
+                        .spawn(listener.accept_loop(shared, r.stop.clone(), r.tasks.clone()));
+                }
+            }
+            None => nodes
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(listener),
+        }
+        let ep = Endpoint {
+            host: Arc::clone(&self.host),
+            port: ours,
+        };
+        let mut known = Known::clone(&self.known.load());
+        known
+            .by_addr
+            .insert((host.as_bytes().to_vec(), port), ep.clone());
+        self.known.store(Arc::new(known));
+        Some(ep)
+    }
+}
+
+impl Announce for Cluster {
+    fn by_id(&self, id: &[u8]) -> Option<Endpoint> {
+        self.known.load().by_id.get(id).cloned()
+    }
+
+    fn by_addr(&self, host: &[u8], port: u16) -> Option<Endpoint> {
+        if let Some(ep) = self.known.load().by_addr.get(&(host.to_vec(), port)) {
+            return Some(ep.clone());
+        }
+        // A node the last reading did not have (a failover, a node added): a listener now,
+        // and the topology read again soon.
+        let nodes = self.nodes.as_ref()?;
+        let ep = self.open(std::str::from_utf8(host).ok()?, port);
+        nodes.refresh.notify_one();
+        ep
+    }
+
+    fn host(&self) -> Arc<str> {
+        Arc::clone(&self.host)
+    }
+}
+
+/// `CLUSTER SHARDS` from one node (`CLUSTER SLOTS` if it has no SHARDS).
+async fn ask(connector: &Connector, host: &str, port: u16) -> Result<Vec<Node>, String> {
+    let target = Target::Fixed(UpstreamAddr::Tcp {
+        host: host.to_owned(),
+        port,
+    });
+    let connector = connector.to_target(target);
+    let timeout = connector.connect_timeout();
+    let run = async {
+        let mut s = connector.connect().await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::new();
+        for (sub, parse) in [
+            (
+                "SHARDS",
+                topology::from_shards as fn(&_) -> Option<Vec<Node>>,
+            ),
+            ("SLOTS", topology::from_slots),
+        ] {
+            let mut req = Vec::new();
+            encode_command(&mut req, [&b"CLUSTER"[..], sub.as_bytes()].into_iter());
+            s.write_all(&req).await.map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| e.to_string())?;
+            let frame = crate::net_io::read_frame(&mut s, &mut buf, MAX_TOPOLOGY)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let redis_protocol::resp2::types::OwnedFrame::Error(e) = &frame {
+                if sub == "SLOTS" || !e.contains("unknown subcommand") {
+                    return Err(e.clone());
+                }
+                continue;
+            }
+            return parse(&frame).ok_or_else(|| format!("CLUSTER {sub}: unexpected reply"));
+        }
+        Err("no topology".to_owned())
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}

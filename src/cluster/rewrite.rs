@@ -1,0 +1,539 @@
+//! Where a Redis Cluster names its nodes in replies, written over with the endpoints redward
+//! announces for them: `-MOVED`/`-ASK` redirections and `CLUSTER SLOTS`, `SHARDS`, `NODES`,
+//! `REPLICAS` (`SLAVES`). Everything else in those replies is copied byte for byte: a reply
+//! is read into a tree of borrowed items, only the fields that name a node are replaced, and
+//! the tree is written back in Redis's order (no map reordering, no number reformatting).
+//!
+//! Pure: no I/O, no locks. What a node is announced as comes from an [`Announce`]; the field
+//! names follow `clusterReplyShards`, `addNodeToNodeReply` and `clusterGenNodeDescription`
+//! in Redis's `cluster.c` (7.0).
+
+use std::borrow::Cow;
+
+/// The endpoint redward announces for a node: the host clients are told, and the port of
+/// redward's listener for that node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: std::sync::Arc<str>,
+    pub port: u16,
+}
+
+/// How nodes are announced. `None`: the node is not known (and could not be given a
+/// listener); its address is then written as the announce host with port 0, never as the
+/// node's own.
+pub trait Announce {
+    /// By node id (40 hex characters), as `CLUSTER NODES` and `SHARDS` name nodes.
+    fn by_id(&self, id: &[u8]) -> Option<Endpoint>;
+    /// By the `host:port` Redis wrote (in `-MOVED`, or a node without an id).
+    fn by_addr(&self, host: &[u8], port: u16) -> Option<Endpoint>;
+    /// What an unknown node is written as.
+    fn host(&self) -> std::sync::Arc<str>;
+}
+
+/// Which `CLUSTER` reply a hook rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Slots,
+    Shards,
+    Nodes,
+    Replicas,
+}
+
+impl Reply {
+    /// For `CLUSTER <sub>`, if its reply names nodes.
+    pub fn of(sub: &[u8]) -> Option<Reply> {
+        let is = |n: &[u8]| sub.eq_ignore_ascii_case(n);
+        if is(b"slots") {
+            Some(Reply::Slots)
+        } else if is(b"shards") {
+            Some(Reply::Shards)
+        } else if is(b"nodes") {
+            Some(Reply::Nodes)
+        } else if is(b"replicas") || is(b"slaves") {
+            Some(Reply::Replicas)
+        } else {
+            None
+        }
+    }
+}
+
+/// `-MOVED <slot> <host>:<port>` or `-ASK ...` (a whole error line with its CRLF), with the
+/// node's address replaced; `None` for any other error.
+pub fn redirect(line: &[u8], announce: &dyn Announce) -> Option<Vec<u8>> {
+    let body = line.strip_suffix(b"\r\n").unwrap_or(line);
+    let rest = body
+        .strip_prefix(b"-MOVED ")
+        .or_else(|| body.strip_prefix(b"-ASK "))?;
+    let head_len = body.len() - rest.len();
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let (slot, addr) = (&rest[..space], &rest[space + 1..]);
+    let colon = addr.iter().rposition(|&b| b == b':')?;
+    let port = parse_u16(&addr[colon + 1..])?;
+    let ep = announce
+        .by_addr(&addr[..colon], port)
+        .unwrap_or_else(|| unknown(announce));
+    let mut out = Vec::with_capacity(line.len() + 16);
+    out.extend_from_slice(&body[..head_len]);
+    out.extend_from_slice(slot);
+    out.push(b' ');
+    push_endpoint(&mut out, &ep);
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+/// A whole `CLUSTER <kind>` reply, rewritten. A reply that is not what the kind promises
+/// (an error, say) is copied as it is.
+pub fn reply(kind: Reply, bytes: &[u8], announce: &dyn Announce) -> Vec<u8> {
+    let Some((mut item, used)) = parse(bytes, 0) else {
+        return bytes.to_vec();
+    };
+    if used != bytes.len() {
+        return bytes.to_vec();
+    }
+    match kind {
+        Reply::Slots => slots(&mut item, announce),
+        Reply::Shards => shards(&mut item, announce),
+        Reply::Nodes => {
+            if let Item::Blob(_, text) = &mut item {
+                *text = Cow::Owned(nodes_text(text, announce));
+            }
+        }
+        Reply::Replicas => {
+            if let Item::Agg(_, lines) = &mut item {
+                for l in lines {
+                    if let Item::Blob(_, text) = l {
+                        *text = Cow::Owned(nodes_text(text, announce));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    write(&item, &mut out);
+    out
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, {meta}], ...], ...]`.
+fn slots(item: &mut Item<'_>, announce: &dyn Announce) {
+    let Item::Agg(_, ranges) = item else { return };
+    for range in ranges {
+        let Item::Agg(_, fields) = range else {
+            continue;
+        };
+        for node in fields.iter_mut().skip(2) {
+            let Item::Agg(_, n) = node else { continue };
+            let id = n.get(2).and_then(Item::bytes).map(<[u8]>::to_vec);
+            let host = n.first().and_then(Item::bytes).map(<[u8]>::to_vec);
+            let port = n.get(1).and_then(Item::int);
+            let ep = id
+                .as_deref()
+                .and_then(|id| announce.by_id(id))
+                .or_else(|| announce.by_addr(host.as_deref()?, port?))
+                .unwrap_or_else(|| unknown(announce));
+            if let Some(h) = n.get_mut(0) {
+                h.set_bytes(ep.host.as_bytes());
+            }
+            if let Some(p) = n.get_mut(1) {
+                p.set_int(ep.port);
+            }
+            if let Some(Item::Agg(_, meta)) = n.get_mut(3) {
+                rewrite_pairs(meta, &ep);
+            }
+        }
+    }
+}
+
+/// `CLUSTER SHARDS`: `[{slots: [...], nodes: [{id, port, tls-port, ip, endpoint, hostname,
+/// ...}, ...]}, ...]`.
+fn shards(item: &mut Item<'_>, announce: &dyn Announce) {
+    let Item::Agg(_, shards) = item else { return };
+    for shard in shards {
+        let Item::Agg(_, pairs) = shard else { continue };
+        for pair in pairs.chunks_mut(2) {
+            let [k, v] = pair else { continue };
+            if k.bytes() != Some(b"nodes") {
+                continue;
+            }
+            let Item::Agg(_, nodes) = v else { continue };
+            for node in nodes {
+                let Item::Agg(_, fields) = node else { continue };
+                let field = |name: &[u8]| {
+                    fields
+                        .chunks(2)
+                        .find(|p| p.first().and_then(Item::bytes) == Some(name))
+                        .and_then(|p| p.get(1))
+                };
+                let id = field(b"id").and_then(Item::bytes).map(<[u8]>::to_vec);
+                let ip = field(b"ip").and_then(Item::bytes).map(<[u8]>::to_vec);
+                let port = field(b"port").and_then(Item::int);
+                let ep = id
+                    .as_deref()
+                    .and_then(|id| announce.by_id(id))
+                    .or_else(|| announce.by_addr(ip.as_deref()?, port?))
+                    .unwrap_or_else(|| unknown(announce));
+                rewrite_pairs(fields, &ep);
+            }
+        }
+    }
+}
+
+/// Key/value pairs that name a node's address: hosts and ports become the endpoint's.
+fn rewrite_pairs(pairs: &mut [Item<'_>], ep: &Endpoint) {
+    for pair in pairs.chunks_mut(2) {
+        let [k, v] = pair else { continue };
+        match k.bytes() {
+            Some(b"ip" | b"endpoint" | b"hostname") => v.set_bytes(ep.host.as_bytes()),
+            Some(b"port" | b"tls-port") => v.set_int(ep.port),
+            _ => {}
+        }
+    }
+}
+
+/// `CLUSTER NODES` text (or a `REPLICAS` line): each line's second field,
+/// `ip:port@cport[,hostname]`, becomes `host:port@port[,host]`. The bus port is not
+/// redward's to announce; it is written as the client port, which no client dials.
+fn nodes_text(text: &[u8], announce: &dyn Announce) -> Vec<u8> {
+    // A RESP3 verbatim string starts with its format, `txt:`.
+    let (prefix, body) = match text.strip_prefix(b"txt:") {
+        Some(rest) => (&b"txt:"[..], rest),
+        None => (&b""[..], text),
+    };
+    let mut out = Vec::with_capacity(text.len() + 64);
+    out.extend_from_slice(prefix);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        let mut fields = line.splitn(3, |&b| b == b' ');
+        let (Some(id), Some(addr), Some(rest)) = (fields.next(), fields.next(), fields.next())
+        else {
+            out.extend_from_slice(line);
+            continue;
+        };
+        let client_part = addr.split(|&b| b == b'@').next().unwrap_or(addr);
+        let hostname = addr.iter().position(|&b| b == b',').is_some();
+        let ep = announce.by_id(id).or_else(|| {
+            let colon = client_part.iter().rposition(|&b| b == b':')?;
+            let port = parse_u16(&client_part[colon + 1..])?;
+            announce.by_addr(&client_part[..colon], port)
+        });
+        let ep = match ep {
+            Some(ep) => ep,
+            // A node with no address yet (`:0@0`, in a handshake) stays as it is.
+            None if client_part.ends_with(b":0") => {
+                out.extend_from_slice(line);
+                continue;
+            }
+            None => unknown(announce),
+        };
+        out.extend_from_slice(id);
+        out.push(b' ');
+        push_endpoint(&mut out, &ep);
+        out.push(b'@');
+        out.extend_from_slice(ep.port.to_string().as_bytes());
+        if hostname {
+            out.push(b',');
+            out.extend_from_slice(ep.host.as_bytes());
+        }
+        out.push(b' ');
+        out.extend_from_slice(rest);
+    }
+    out
+}
+
+fn unknown(announce: &dyn Announce) -> Endpoint {
+    Endpoint {
+        host: announce.host(),
+        port: 0,
+    }
+}
+
+fn push_endpoint(out: &mut Vec<u8>, ep: &Endpoint) {
+    out.extend_from_slice(ep.host.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(ep.port.to_string().as_bytes());
+}
+
+fn parse_u16(b: &[u8]) -> Option<u16> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// One RESP item, borrowed from the reply where unchanged.
+#[derive(Debug)]
+enum Item<'a> {
+    /// `+ - : _ , # (` lines: type byte and the line after it.
+    Line(u8, Cow<'a, [u8]>),
+    /// `$ ! =` blobs: type byte and payload.
+    Blob(u8, Cow<'a, [u8]>),
+    /// `$-1` / `*-1`.
+    Nil(u8),
+    /// `* % ~ > |`: type byte and the items (a map's keys and values alternate).
+    Agg(u8, Vec<Item<'a>>),
+}
+
+impl Item<'_> {
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Item::Blob(_, b) | Item::Line(b'+', b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn int(&self) -> Option<u16> {
+        match self {
+            Item::Line(b':', b) => parse_u16(b),
+            _ => None,
+        }
+    }
+
+    fn set_bytes(&mut self, v: &[u8]) {
+        match self {
+            Item::Blob(_, b) | Item::Line(b'+', b) => *b = Cow::Owned(v.to_vec()),
+            _ => {}
+        }
+    }
+
+    fn set_int(&mut self, v: u16) {
+        if let Item::Line(b':', b) = self {
+            *b = Cow::Owned(v.to_string().into_bytes());
+        }
+    }
+}
+
+/// Deepest nesting read; cluster replies use four levels.
+const MAX_DEPTH: usize = 16;
+
+/// Reads one item at `pos`; `None` if the bytes are not one complete, well-formed item.
+fn parse(buf: &[u8], depth: usize) -> Option<(Item<'_>, usize)> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let nl = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf.get(..nl)?.strip_suffix(b"\r")?;
+    let (&ty, body) = line.split_first()?;
+    let after = nl + 1;
+    match ty {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
+            Some((Item::Line(ty, Cow::Borrowed(body)), after))
+        }
+        b'$' | b'!' | b'=' => {
+            let len: i64 = std::str::from_utf8(body).ok()?.parse().ok()?;
+            if len < 0 {
+                return Some((Item::Nil(ty), after));
+            }
+            let len = usize::try_from(len).ok()?;
+            let payload = buf.get(after..after.checked_add(len)?)?;
+            if buf.get(after + len..after + len + 2)? != b"\r\n" {
+                return None;
+            }
+            Some((Item::Blob(ty, Cow::Borrowed(payload)), after + len + 2))
+        }
+        b'*' | b'%' | b'~' | b'>' | b'|' => {
+            let n: i64 = std::str::from_utf8(body).ok()?.parse().ok()?;
+            if n < 0 {
+                return Some((Item::Nil(ty), after));
+            }
+            let n = usize::try_from(n).ok()?;
+            let n = if matches!(ty, b'%' | b'|') {
+                n.checked_mul(2)?
+            } else {
+                n
+            };
+            // Every item takes at least 3 bytes: a count past that is a lie.
+            if n > buf.len() / 3 {
+                return None;
+            }
+            let mut items = Vec::with_capacity(n);
+            let mut pos = after;
+            for _ in 0..n {
+                let (item, used) = parse(buf.get(pos..)?, depth + 1)?;
+                items.push(item);
+                pos += used;
+            }
+            if ty == b'|' {
+                // An attribute comes before the item it describes: keep both, in order.
+                let (value, used) = parse(buf.get(pos..)?, depth + 1)?;
+                items.push(value);
+                pos += used;
+            }
+            Some((Item::Agg(ty, items), pos))
+        }
+        _ => None,
+    }
+}
+
+fn write(item: &Item<'_>, out: &mut Vec<u8>) {
+    match item {
+        Item::Line(ty, body) => {
+            out.push(*ty);
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n");
+        }
+        Item::Blob(ty, payload) => {
+            out.push(*ty);
+            out.extend_from_slice(payload.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(payload);
+            out.extend_from_slice(b"\r\n");
+        }
+        Item::Nil(ty) => {
+            out.push(*ty);
+            out.extend_from_slice(b"-1\r\n");
+        }
+        Item::Agg(ty, items) => {
+            let (n, value) = match ty {
+                b'%' => (items.len() / 2, None),
+                b'|' => (items.len().saturating_sub(1) / 2, items.last()),
+                _ => (items.len(), None),
+            };
+            out.push(*ty);
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            let pairs = if value.is_some() {
+                &items[..items.len() - 1]
+            } else {
+                &items[..]
+            };
+            for i in pairs {
+                write(i, out);
+            }
+            if let Some(v) = value {
+                write(v, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    struct Map {
+        ids: HashMap<Vec<u8>, Endpoint>,
+        addrs: HashMap<(Vec<u8>, u16), Endpoint>,
+    }
+
+    impl Announce for Map {
+        fn by_id(&self, id: &[u8]) -> Option<Endpoint> {
+            self.ids.get(id).cloned()
+        }
+        fn by_addr(&self, host: &[u8], port: u16) -> Option<Endpoint> {
+            self.addrs.get(&(host.to_vec(), port)).cloned()
+        }
+        fn host(&self) -> Arc<str> {
+            Arc::from("redis.example.com")
+        }
+    }
+
+    fn map() -> Map {
+        let ep = |port| Endpoint {
+            host: Arc::from("redis.example.com"),
+            port,
+        };
+        Map {
+            ids: [(b"a".repeat(40), ep(7101)), (b"b".repeat(40), ep(7102))]
+                .into_iter()
+                .collect(),
+            addrs: [
+                ((b"10.0.0.5".to_vec(), 6379), ep(7101)),
+                ((b"10.0.0.6".to_vec(), 6379), ep(7102)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn moved_and_ask_name_redwards_listener() {
+        let m = map();
+        assert_eq!(
+            redirect(b"-MOVED 3999 10.0.0.6:6379\r\n", &m).unwrap(),
+            b"-MOVED 3999 redis.example.com:7102\r\n"
+        );
+        assert_eq!(
+            redirect(b"-ASK 12 10.0.0.5:6379\r\n", &m).unwrap(),
+            b"-ASK 12 redis.example.com:7101\r\n"
+        );
+        // An unknown node is never written as itself.
+        assert_eq!(
+            redirect(b"-MOVED 1 10.9.9.9:6379\r\n", &m).unwrap(),
+            b"-MOVED 1 redis.example.com:0\r\n"
+        );
+        assert!(redirect(b"-ERR MOVED 1 10.0.0.5:6379\r\n", &m).is_none());
+        assert!(redirect(b"-CLUSTERDOWN Hash slot not served\r\n", &m).is_none());
+    }
+
+    #[test]
+    fn cluster_slots_keeps_everything_but_the_addresses() {
+        let a = "a".repeat(40);
+        let reply = format!(
+            "*1\r\n*3\r\n:0\r\n:5460\r\n*4\r\n$8\r\n10.0.0.5\r\n:6379\r\n$40\r\n{a}\r\n*2\r\n$8\r\nhostname\r\n$7\r\nredis-0\r\n"
+        );
+        let out = reply_bytes(Reply::Slots, reply.as_bytes());
+        assert_eq!(
+            out,
+            format!(
+                "*1\r\n*3\r\n:0\r\n:5460\r\n*4\r\n$17\r\nredis.example.com\r\n:7101\r\n$40\r\n{a}\r\n*2\r\n$8\r\nhostname\r\n$17\r\nredis.example.com\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn cluster_shards_rewrites_ip_endpoint_and_ports_in_order() {
+        let b = "b".repeat(40);
+        let reply = format!(
+            "*1\r\n%2\r\n$5\r\nslots\r\n*2\r\n:0\r\n:10\r\n$5\r\nnodes\r\n*1\r\n%5\r\n$2\r\nid\r\n$40\r\n{b}\r\n$4\r\nport\r\n:6379\r\n$2\r\nip\r\n$8\r\n10.0.0.6\r\n$8\r\nendpoint\r\n$8\r\n10.0.0.6\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+        );
+        let out = reply_bytes(Reply::Shards, reply.as_bytes());
+        assert_eq!(
+            out,
+            format!(
+                "*1\r\n%2\r\n$5\r\nslots\r\n*2\r\n:0\r\n:10\r\n$5\r\nnodes\r\n*1\r\n%5\r\n$2\r\nid\r\n$40\r\n{b}\r\n$4\r\nport\r\n:7102\r\n$2\r\nip\r\n$17\r\nredis.example.com\r\n$8\r\nendpoint\r\n$17\r\nredis.example.com\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn cluster_nodes_lines_name_the_endpoints() {
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let text = format!(
+            "{a} 10.0.0.5:6379@16379 myself,master - 0 0 1 connected 0-5460\n{b} 10.0.0.6:6379@16379,redis-1 master - 0 1 2 connected 5461-10922\n"
+        );
+        let reply = format!("${}\r\n{text}\r\n", text.len());
+        let want_text = format!(
+            "{a} redis.example.com:7101@7101 myself,master - 0 0 1 connected 0-5460\n{b} redis.example.com:7102@7102,redis.example.com master - 0 1 2 connected 5461-10922\n"
+        );
+        assert_eq!(
+            reply_bytes(Reply::Nodes, reply.as_bytes()),
+            format!("${}\r\n{want_text}\r\n", want_text.len())
+        );
+        // RESP3's verbatim string, and REPLICAS' array of lines.
+        let reply = format!("={}\r\ntxt:{text}\r\n", text.len() + 4);
+        assert_eq!(
+            reply_bytes(Reply::Nodes, reply.as_bytes()),
+            format!("={}\r\ntxt:{want_text}\r\n", want_text.len() + 4)
+        );
+        let line = text.lines().nth(1).unwrap();
+        let reply = format!("*1\r\n${}\r\n{line}\r\n", line.len());
+        let want = want_text.lines().nth(1).unwrap();
+        assert_eq!(
+            reply_bytes(Reply::Replicas, reply.as_bytes()),
+            format!("*1\r\n${}\r\n{want}\r\n", want.len())
+        );
+    }
+
+    #[test]
+    fn errors_and_garbage_pass_unchanged() {
+        for bytes in [
+            &b"-ERR This instance has cluster support disabled\r\n"[..],
+            b"*3\r\n:1\r\n",
+            b"*99999999\r\n",
+            b"$5\r\nabc\r\n",
+        ] {
+            assert_eq!(reply(Reply::Slots, bytes, &map()), bytes);
+        }
+    }
+
+    fn reply_bytes(kind: Reply, bytes: &[u8]) -> String {
+        String::from_utf8(reply(kind, bytes, &map())).unwrap()
+    }
+}
