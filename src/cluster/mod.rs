@@ -330,12 +330,14 @@ impl Announce for Cluster {
         if let Some(ep) = self.known.load().by_addr.get(&(host.to_vec(), port)) {
             return Some(ep.clone());
         }
-        // A node the last reading did not have (a failover, a node added): a listener now,
-        // and the topology read again soon.
-        let nodes = self.nodes.as_ref()?;
-        let ep = self.open(std::str::from_utf8(host).ok()?, port);
-        nodes.refresh.notify_one();
-        ep
+        // A node the last reading did not have (a node just added), or an address no node
+        // has: a script can return any error text, `MOVED` included. Only the cluster's own
+        // description opens a listener (which would log in to that address with redward's
+        // credential), so read it again now; meanwhile the client is sent nowhere.
+        if let Some(nodes) = &self.nodes {
+            nodes.refresh.notify_one();
+        }
+        None
     }
 
     fn host(&self) -> Arc<str> {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod acl_gen;
+pub mod cluster;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -373,7 +374,7 @@ pub struct ProxyBuilder {
     listener_extra: String,
     upstream_extra: String,
     upstream_addr: Option<String>,
-    /// `upstream.sentinel` instead of `upstream.address`.
+    /// `upstream.sentinel` or `upstream.cluster` instead of `upstream.address`.
     sentinel: Option<String>,
 }
 
@@ -422,6 +423,19 @@ impl ProxyBuilder {
         self.sentinel = Some(format!(
             "sentinel: {{ master: {master}, addresses: [{}] }}",
             addrs.join(", ")
+        ));
+        self
+    }
+
+    /// In front of a cluster whose nodes include these seeds, with node listeners on
+    /// `ports` (first-last) announced as 127.0.0.1.
+    pub fn cluster(mut self, seeds: &[u16], ports: (u16, u16)) -> Self {
+        let addrs: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        self.sentinel = Some(format!(
+            "cluster: {{ seeds: [{}], node_listeners: {{ bind: \"127.0.0.1\", ports: \"{}-{}\", announce_host: \"127.0.0.1\" }} }}",
+            addrs.join(", "),
+            ports.0,
+            ports.1
         ));
         self
     }

@@ -1,0 +1,139 @@
+//! A real Redis Cluster on loopback: `redis-server --cluster-enabled yes` nodes joined with
+//! `redis-cli --cluster create`, each on its own ephemeral port and cluster bus port.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{free_port, Redis, RedisOptions, UPSTREAM_PASSWORD, UPSTREAM_USER};
+
+/// The nodes of one cluster, killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    /// Each node's cluster bus port (also an upstream address no reply may show).
+    pub bus_ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    /// `masters` masters, each serving an equal share of the slots, with the usual users.
+    pub fn start(masters: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        let mut bus_ports = Vec::new();
+        for _ in 0..masters {
+            let bus = free_port();
+            bus_ports.push(bus);
+            let options = RedisOptions::with_acl(vec![
+                "user default off".to_owned(),
+                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+                format!(
+                    "user {} on >{} ~* &* +@all",
+                    super::APP_USER,
+                    super::APP_PASSWORD
+                ),
+            ])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-node-timeout",
+                "3000",
+            ]);
+            nodes.push(Redis::start_with(options));
+        }
+        let cluster = RedisCluster { nodes, bus_ports };
+        let out = cluster
+            .cli_cluster(&["create"])
+            .args(cluster.nodes.iter().map(Redis::addr))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// `redis-cli --cluster <sub>` logged in as the upstream user.
+    pub fn cli_cluster(&self, sub: &[&str]) -> Command {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args([
+            "--user",
+            UPSTREAM_USER,
+            "--pass",
+            UPSTREAM_PASSWORD,
+            "--no-auth-warning",
+        ])
+        .arg("--cluster")
+        .args(sub);
+        cmd
+    }
+
+    /// Until every node says `cluster_state:ok` and knows every other (bounded).
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let want = format!("cluster_known_nodes:{}", self.nodes.len());
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut n.admin())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok") && info.contains(&want)
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every port of every node (client and bus): none may appear in a reply through redward.
+    pub fn upstream_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .map(|n| n.port)
+            .chain(self.bus_ports.iter().copied())
+            .collect()
+    }
+
+    pub fn id(&self, node: usize) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.nodes[node].admin())
+            .expect("CLUSTER MYID")
+    }
+
+    /// Moves `slots` slots from node `from` to node `to` with `redis-cli --cluster reshard`.
+    pub fn reshard(&self, from: usize, to: usize, slots: u32) -> std::process::Output {
+        self.cli_cluster(&["reshard", &self.nodes[0].addr()])
+            .args([
+                "--cluster-from",
+                &self.id(from),
+                "--cluster-to",
+                &self.id(to),
+            ])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster reshard")
+    }
+}
+
+/// A range of `n` ports for node listeners, likely free (each is also tried in turn by
+/// redward, which skips a taken one).
+pub fn listener_ports(n: u16) -> (u16, u16) {
+    loop {
+        let first = free_port();
+        if first < u16::MAX - n
+            && (first..first + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return (first, first + n - 1);
+        }
+    }
+}
