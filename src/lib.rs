@@ -188,6 +188,27 @@ impl Server {
                 })?;
             listeners.push(listener);
         }
+        // A cluster behind: its nodes, a listener for each (with the first listener's
+        // settings), and the entry listeners sent to whichever node answers (`cluster.rs`).
+        let mut connector = connector;
+        let cluster = match &cfg.upstream.cluster {
+            Some(c) => {
+                let settings = slots
+                    .first()
+                    .map(|(_, s)| Arc::clone(s))
+                    .ok_or_else(|| StartError::Cluster("listen: at least one listener".into()))?;
+                let cluster = cluster::Cluster::discover(c, settings, connector.clone())
+                    .await
+                    .map_err(StartError::Cluster)?;
+                for (port, node) in cluster.listeners() {
+                    tracing::info!(port, %node, "cluster node listener");
+                }
+                connector =
+                    connector.to_target(upstream::Target::Chosen(Arc::clone(&cluster) as _));
+                Some(cluster)
+            }
+            None => None,
+        };
         // The server behind: its command table, flavor and version (`learn`). Redis may be
         // down when redward starts: then the generated Redis 7.0 table is used, and that is
         // logged; every later upstream (re)connect may learn again.
@@ -212,18 +233,7 @@ impl Server {
                 .databases
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some(c) = &cfg.upstream.cluster {
-            // A listener per node, with the first listener's settings (`cluster.rs`).
-            let settings = slots
-                .first()
-                .map(|(_, s)| Arc::clone(s))
-                .ok_or_else(|| StartError::Cluster("listen: at least one listener".into()))?;
-            let cluster = cluster::Cluster::discover(c, settings, shared.connector.clone())
-                .await
-                .map_err(StartError::Cluster)?;
-            for (port, node) in cluster.listeners() {
-                tracing::info!(port, %node, "cluster node listener");
-            }
+        if let Some(cluster) = cluster {
             let _ = shared.cluster.set(cluster);
         } else if !cfg.upstream.cluster_announce.is_empty() {
             let _ = shared

@@ -432,3 +432,39 @@ async fn a_sidecar_announces_the_nodes_from_its_map() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entry_point_outlives_its_first_seed() {
+    let mut cluster = RedisCluster::start(3);
+    let proxy = start(&cluster, listener_ports(16)).await;
+    // A key the first seed does not serve.
+    let seed_port = port_for(&proxy, "app:probe").await;
+    let mut key = String::new();
+    for i in 0..100 {
+        let k = format!("app:e{i}");
+        if port_for(&proxy, &k).await != seed_port {
+            key = k;
+            break;
+        }
+    }
+    cluster.nodes[0].kill();
+    // Within the refresh period (5 s) plus a connect timeout, the entry goes to a live node;
+    // asked until it does (bounded; no timing asserted).
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Ok(mut c) = Raw::try_tls_from(proxy.addr, &proxy.certs.ca(), None).await {
+            let mut script = cmd(&["AUTH", APP_USER, APP_PASSWORD]);
+            script.extend(cmd(&["EXISTS", &key]));
+            c.send(&script).await;
+            let got = String::from_utf8_lossy(&c.replies(2).await).into_owned();
+            if got.starts_with("+OK\r\n") && (got.contains("-MOVED ") || got.ends_with(":0\r\n")) {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry still goes to the dead seed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -60,6 +60,9 @@ pub struct Cluster {
     update: Mutex<()>,
     /// `None` in the sidecar shape (a fixed map).
     nodes: Option<NodeListeners>,
+    /// The node the entry listeners go to: the one that last described the cluster
+    /// (`Target::Chosen`), so the entry point outlives any one node, its first seed included.
+    entry: ArcSwap<Option<UpstreamAddr>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -119,6 +122,7 @@ impl Cluster {
                 running: OnceLock::new(),
                 refresh: tokio::sync::Notify::new(),
             }),
+            entry: ArcSwap::default(),
         });
         let nodes = cluster.read_topology().await?;
         cluster.learn(&nodes)?;
@@ -145,6 +149,7 @@ impl Cluster {
             known: ArcSwap::from_pointee(known),
             update: Mutex::new(()),
             nodes: None,
+            entry: ArcSwap::default(),
         })
     }
 
@@ -216,7 +221,11 @@ impl Cluster {
         let mut last = String::from("no seed");
         for (host, port) in candidates {
             match ask(&nodes.connector, &host, port).await {
-                Ok(found) if !found.is_empty() => return Ok(found),
+                Ok(found) if !found.is_empty() => {
+                    self.entry
+                        .store(Arc::new(Some(UpstreamAddr::Tcp { host, port })));
+                    return Ok(found);
+                }
                 Ok(_) => last = format!("{host}:{port}: no nodes"),
                 Err(e) => last = format!("{host}:{port}: {e}"),
             }
@@ -318,6 +327,16 @@ impl Cluster {
             .insert((host.as_bytes().to_vec(), port), ep.clone());
         self.known.store(Arc::new(known));
         Some(ep)
+    }
+}
+
+impl crate::upstream::Chooser for Cluster {
+    fn choose(&self) -> Option<UpstreamAddr> {
+        Option::clone(&self.entry.load())
+    }
+
+    fn name(&self) -> &str {
+        "cluster entry"
     }
 }
 

@@ -25,7 +25,7 @@ use crate::tls::TlsError;
 mod sentinel;
 mod target;
 pub use sentinel::Sentinel;
-pub use target::{Credential, Target};
+pub use target::{Chooser, Credential, Target};
 
 /// Why an upstream connection could not be used. Client-facing text is always the generic
 /// `UPSTREAM_UNAVAILABLE`; the detail goes to the log.
@@ -54,6 +54,9 @@ pub enum UpstreamError {
     /// Redis refused the connection's set-up (`HELLO 3`, `SELECT db`); the text is Redis's.
     #[error("upstream refused the connection set-up: {0}")]
     SetupRejected(String),
+    /// A chosen target (a cluster's entry) has no address yet.
+    #[error("{what}: no node known")]
+    NoAddress { what: String },
 }
 
 impl UpstreamError {

@@ -23,6 +23,17 @@ pub enum Target {
     Fixed(UpstreamAddr),
     /// The master a set of Sentinels name (`upstream.sentinel`).
     Sentinel(Arc<Sentinel>),
+    /// An address another part of redward chooses and may change: a cluster's entry point
+    /// is whichever node last answered (`cluster.rs`).
+    Chosen(Arc<dyn Chooser>),
+}
+
+/// Chooses the address a [`Target::Chosen`] goes to now.
+pub trait Chooser: Send + Sync + std::fmt::Debug {
+    /// The address to connect to; `None` when none is known.
+    fn choose(&self) -> Option<UpstreamAddr>;
+    /// A stable name, for pools and messages.
+    fn name(&self) -> &str;
 }
 
 impl PartialEq for Target {
@@ -30,6 +41,7 @@ impl PartialEq for Target {
         match (self, other) {
             (Target::Fixed(a), Target::Fixed(b)) => a == b,
             (Target::Sentinel(a), Target::Sentinel(b)) => Arc::ptr_eq(a, b),
+            (Target::Chosen(a), Target::Chosen(b)) => a.name() == b.name(),
             _ => false,
         }
     }
@@ -42,6 +54,7 @@ impl std::hash::Hash for Target {
         match self {
             Target::Fixed(a) => a.hash(state),
             Target::Sentinel(s) => s.master_name().hash(state),
+            Target::Chosen(c) => c.name().hash(state),
         }
     }
 }
@@ -55,6 +68,9 @@ impl Target {
         match self {
             Target::Fixed(addr) => Ok(addr.clone()),
             Target::Sentinel(s) => s.resolve().await,
+            Target::Chosen(c) => c.choose().ok_or_else(|| UpstreamError::NoAddress {
+                what: c.name().to_owned(),
+            }),
         }
     }
 
@@ -62,7 +78,7 @@ impl Target {
     /// before connecting, and drop the connection when it fires.
     pub fn epoch(&self) -> Option<tokio_util::sync::CancellationToken> {
         match self {
-            Target::Fixed(_) => None,
+            Target::Fixed(_) | Target::Chosen(_) => None,
             Target::Sentinel(s) => Some(s.epoch()),
         }
     }
@@ -94,6 +110,10 @@ impl std::fmt::Display for Target {
             Target::Sentinel(s) => match s.current() {
                 Some(addr) => write!(f, "{addr} (Sentinel master {})", s.master_name()),
                 None => write!(f, "Sentinel master {}", s.master_name()),
+            },
+            Target::Chosen(c) => match c.choose() {
+                Some(addr) => write!(f, "{addr} ({})", c.name()),
+                None => f.write_str(c.name()),
             },
         }
     }

@@ -1,0 +1,405 @@
+#!/usr/bin/env bash
+# bench-cluster.sh — redward in front of a Redis Cluster, measured with `redis-benchmark --cluster`.
+#
+# Usage: scripts/bench-cluster.sh [options]     (also: scripts/bench.sh --cluster [options])
+#   --bin PATH       use this redward binary (default: cargo build --release --bin redward)
+#   --redward PATH   the same (bench.sh's name for it)
+#   --rounds N       measured rounds (default 3); each runs every workload on both targets
+#   --seconds S      target length of one run (default 2); -n is sized by a warm-up run
+#   --out DIR        results: runs.csv, report.md, logs/ (default: a new /tmp/redward-bench-cluster.*)
+#   --no-install     never run apt-get; fail if a tool is missing
+#   -h, --help       this text
+#
+# Three Redis Cluster masters on free 127.0.0.1 ports (explicit --cluster-port; no persistence;
+# user `default` off, user `proxy` for redward and user `app` for the benchmark, random passwords,
+# so every path needs AUTH), joined with `redis-cli --cluster create`, and redward with
+# `upstream.cluster` in front (a TLS entry listener plus one TLS listener per node, certificate
+# from `redward gen-certs`; user `app` with the same rules, "+@all"). redis-benchmark --cluster
+# (-c 50, --user app, -d 64, -r 100000: random keys, so every node gets its share) runs against
+#   direct    the plaintext port of a node (the benchmark reads CLUSTER NODES and goes to each)
+#   redward   redward's TLS entry listener (CLUSTER NODES there names redward's node listeners)
+# with the workloads SET/GET at -P 1 and -P 16. Warm-up runs per target and workload size -n
+# so that a run lasts about --seconds; then each round runs every workload on both targets, the
+# order alternating from round to round. Per run: ops/s, p50/p99 latency (--csv), CPU seconds of
+# redward and of the three redis-servers (/proc/PID/stat utime+stime before and after), and the
+# SET/GET calls and error replies the nodes counted (INFO): every request must reach a node and
+# no node may answer an error, or the run is flagged. The report: per workload the median ops/s
+# of each target, the median of the per-round ratios redward/direct, and redward's CPU seconds
+# per 100k requests.
+#
+# Needs redis-server, redis-tools (redis-benchmark 6.0+, built with TLS) and python3; installed
+# with apt-get when missing (root or sudo). Everything listens on 127.0.0.1 only and is stopped
+# on exit, Ctrl-C included. Exit status: 0 every run clean, 1 some run had errors (listed under
+# the table), 2 set-up failed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PROG=bench-cluster
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+die() { # as bench.sh: exit status 2 when the set-up fails
+	log "error: $*"
+	exit 2
+}
+
+BIN=""
+ROUNDS=3
+SECS=2
+OUT=""
+INSTALL=1
+WORKLOADS=(set-P1 get-P1 set-P16 get-P16)
+CLIENTS=50
+while (($#)); do
+	case $1 in
+	--bin | --redward) BIN=${2:?$1 needs a path}; shift 2 ;;
+	--rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
+	--seconds) SECS=${2:?--seconds needs a number}; shift 2 ;;
+	--out) OUT=${2:?--out needs a directory}; shift 2 ;;
+	--no-install) INSTALL=0; shift ;;
+	-h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+	*) die "unknown argument $1 (see $0 --help)" ;;
+	esac
+done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds needs a positive integer"
+[[ $SECS =~ ^[0-9]*\.?[0-9]+$ ]] && awk -v s="$SECS" 'BEGIN { exit !(s > 0) }' ||
+	die "--seconds needs a positive number"
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+command -v python3 >/dev/null || missing+=(python3)
+if ((${#missing[@]})); then
+	((INSTALL)) || die "missing packages: ${missing[*]} (--no-install given)"
+	apt_install "${missing[@]}"
+fi
+help=$(redis-benchmark --help 2>&1) || true
+[[ $help == *--cluster* ]] || die "this redis-benchmark has no --cluster (Redis 6.0 or later needed)"
+[[ $help == *--tls* ]] || die "this redis-benchmark is built without TLS"
+if [[ -z $BIN ]]; then
+	cargo build --release --quiet --bin redward
+	BIN=target/release/redward
+fi
+[[ -f $BIN && -x $BIN ]] || die "--bin $BIN is not an executable file"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+
+WORK=$(mktemp -d /tmp/redward-cluster-work.XXXXXX)
+chmod 700 "$WORK"
+[[ -n $OUT ]] || OUT=$(mktemp -d /tmp/redward-bench-cluster.XXXXXX)
+mkdir -p "$OUT/logs" || die "cannot create $OUT"
+OUT=$(cd "$OUT" && pwd)
+LOGS=$OUT/logs
+PIDS=()
+BENCH=""
+cleanup() {
+	[[ -z $BENCH ]] || kill "$BENCH" 2>/dev/null || true
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'log "interrupted; partial results in $OUT"; exit 130' INT TERM HUP
+
+# pick_ports N K: N distinct free ports, then the first and last of K consecutive free ones; all
+# outside the kernel's ephemeral range (where outgoing connections take their ports from).
+pick_ports() {
+	python3 - "$1" "$2" <<'PY'
+import random, socket, sys
+n, k = map(int, sys.argv[1:3])
+lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+pool = [p for p in range(10000, 65536 - k) if not lo - k <= p <= hi]
+held = []
+def grab(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        s.close()
+        return False
+    held.append(s)
+    return True
+single = []
+while len(single) < n:
+    p = random.choice(pool)
+    if p not in single and grab(p):
+        single.append(p)
+while True:
+    first = random.choice(pool)
+    if all(p not in single for p in range(first, first + k)) and all(grab(p) for p in range(first, first + k)):
+        break
+print(*single, first, first + k - 1)
+PY
+}
+# wait_port PORT PID NAME: until 127.0.0.1:PORT accepts (10 s); stop at once if PID exits
+wait_port() {
+	for _ in $(seq 200); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		kill -0 "$2" 2>/dev/null || break
+		sleep 0.05
+	done
+	tail -n 20 "$LOGS/$3.log" | sed 's/^/    /' >&2
+	die "$3 does not answer on 127.0.0.1:$1 (end of its log above)"
+}
+secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+sha256() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+
+PROXY_PW=$(secret)
+APP_PW=$(secret)
+RULES="on #$(sha256 "$APP_PW") ~* &* +@all"
+(umask 077 && printf '%s\n' "$PROXY_PW" >"$WORK/redis.pass")
+read -r -a P <<<"$(pick_ports 7 8)"
+NODES=("${P[@]:0:3}")
+BUSES=("${P[@]:3:3}")
+ENTRY=${P[6]}
+RANGE="${P[7]}-${P[8]}"
+
+# ------------------------------------------------------------------ the cluster
+NODE_PIDS=()
+for i in 0 1 2; do
+	mkdir -p "$WORK/n$i"
+	# shellcheck disable=SC2086  # RULES is a list of ACL rules, split on purpose
+	redis-server --bind 127.0.0.1 --port "${NODES[i]}" --protected-mode yes \
+		--cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "${BUSES[i]}" \
+		--cluster-node-timeout 3000 --save '' --appendonly no --dir "$WORK/n$i" \
+		--user default off --user proxy on "#$(sha256 "$PROXY_PW")" '~*' '&*' '+@all' \
+		--user app $RULES >"$LOGS/node$i.log" 2>&1 &
+	PIDS+=($!)
+	NODE_PIDS+=($!)
+	wait_port "${NODES[i]}" "$!" "node$i"
+done
+# as the `proxy` user, straight to a node (plaintext)
+direct() { REDISCLI_AUTH=$PROXY_PW redis-cli -h 127.0.0.1 --user proxy --no-auth-warning "$@"; }
+REDISCLI_AUTH=$PROXY_PW redis-cli --user proxy --no-auth-warning --cluster create \
+	"${NODES[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$LOGS/create.log" 2>&1 ||
+	{ cat "$LOGS/create.log" >&2; die "redis-cli --cluster create failed"; }
+for _ in $(seq 300); do
+	ok=0
+	for p in "${NODES[@]}"; do
+		info=$(direct -p "$p" CLUSTER INFO 2>/dev/null) || true
+		[[ $info == *cluster_state:ok* && $info == *cluster_known_nodes:3* ]] && ok=$((ok + 1))
+	done
+	((ok == 3)) && break
+	sleep 0.1
+done
+((ok == 3)) || die "the cluster did not reach cluster_state:ok on every node within 30 s"
+
+# ------------------------------------------------------------------ redward
+"$BIN" gen-certs --out "$WORK/certs" >"$LOGS/gen-certs.log" 2>&1 ||
+	{ cat "$LOGS/gen-certs.log" >&2; die "redward gen-certs failed"; }
+cat >"$WORK/redward.yaml" <<EOC
+listen:
+  - address: "127.0.0.1:$ENTRY"
+    tls: { cert: certs/server.crt, key: certs/server.key }
+upstream:
+  cluster:
+    seeds: ["127.0.0.1:${NODES[0]}"]
+    node_listeners:
+      bind: "127.0.0.1"
+      ports: "$RANGE"
+      announce_host: "127.0.0.1"
+  username: proxy
+  password_file: redis.pass
+users:
+  - name: app
+    rules: "$RULES"
+EOC
+"$BIN" check --config "$WORK/redward.yaml" >"$LOGS/redward-check.log" 2>&1 ||
+	{ cat "$LOGS/redward-check.log" >&2; die "redward check rejects its configuration"; }
+NO_COLOR=1 "$BIN" --config "$WORK/redward.yaml" >"$LOGS/redward.log" 2>&1 &
+REDWARD=$!
+PIDS+=("$REDWARD")
+wait_port "$ENTRY" "$REDWARD" redward
+CACERT=$WORK/certs/ca.crt
+# Until redward shows the three masters; then a write that has to follow a MOVED, both ways.
+for _ in $(seq 200); do
+	nodes=$(REDISCLI_AUTH=$APP_PW redis-cli --tls --cacert "$CACERT" -p "$ENTRY" --user app \
+		--no-auth-warning CLUSTER NODES 2>&1) || true
+	[[ $(grep -c master <<<"$nodes") == 3 ]] && break
+	sleep 0.05
+done
+[[ $(grep -c master <<<"$nodes") == 3 ]] || die "CLUSTER NODES through redward: ${nodes:0:300}"
+for t in direct redward; do
+	args=(-p "${NODES[0]}")
+	[[ $t == direct ]] || args=(--tls --cacert "$CACERT" -p "$ENTRY")
+	for key in smoke:a smoke:b smoke:c; do
+		reply=$(REDISCLI_AUTH=$APP_PW redis-cli -c -h 127.0.0.1 "${args[@]}" --user app \
+			--no-auth-warning SET "$key" 1 2>&1 | tail -n 1)
+		[[ $reply == OK ]] || die "$t: SET $key (redis-cli -c) answered '${reply:0:200}', not OK"
+	done
+done
+
+# ------------------------------------------------------------------ measure
+TICK=$(getconf CLK_TCK)
+TIMEOUT=$(awk -v s="$SECS" 'BEGIN { print int(s * 10 + 30) }')
+# cpu PID...: utime+stime of these processes, in clock ticks
+cpu() {
+	local p s f sum=0
+	for p in "$@"; do
+		s=$(cat "/proc/$p/stat" 2>/dev/null) || return 1
+		read -r -a f <<<"${s##*) }"
+		sum=$((sum + f[11] + f[12]))
+	done
+	echo "$sum"
+}
+# counters CMD: calls of CMD and error replies, summed over the nodes
+counters() {
+	local p calls=0 errs=0 c e
+	for p in "${NODES[@]}"; do
+		c=$(direct -p "$p" INFO commandstats | sed -n "s/^cmdstat_$1:calls=\([0-9]*\),.*/\1/p")
+		e=$(direct -p "$p" INFO stats | sed -n 's/^total_error_replies:\([0-9]*\).*/\1/p')
+		calls=$((calls + ${c:-0}))
+		errs=$((errs + ${e:-0}))
+	done
+	echo "$calls $errs"
+}
+echo "round,workload,target,n,rps,p50_ms,p99_ms,wall_s,redward_cpu_s,redis_cpu_s,reached,redis_errors,exit,error" \
+	>"$OUT/runs.csv"
+# run_one ROUND WORKLOAD TARGET N: one redis-benchmark run, a row in runs.csv; sets RPS, WALL
+run_one() {
+	local round=$1 wl=$2 t=$3 n=$4 op=${2%-P*} pipe=${2#*-P} args rc=0 c0 c1 r0 r1 w0 w1 row
+	local rps="" p50="" p99="" err="" line k0 k1 e0 e1 reached errs
+	args=(--cluster -h 127.0.0.1 --user app -a "$APP_PW" -c "$CLIENTS" -n "$n" -r 100000 -d 64
+		-P "$pipe" -t "$op" --csv)
+	if [[ $t == direct ]]; then args+=(-p "${NODES[0]}"); else args+=(-p "$ENTRY" --tls --cacert "$CACERT"); fi
+	kill -0 "$REDWARD" 2>/dev/null || err="redward is not running"
+	read -r k0 e0 <<<"$(counters "$op")"
+	c0=$(cpu "$REDWARD") || c0=0
+	r0=$(cpu "${NODE_PIDS[@]}")
+	w0=$EPOCHREALTIME
+	timeout "$TIMEOUT" redis-benchmark "${args[@]}" >"$WORK/out" 2>"$WORK/err" &
+	BENCH=$!
+	wait "$BENCH" || rc=$?
+	BENCH=""
+	w1=$EPOCHREALTIME
+	c1=$(cpu "$REDWARD") || c1=$c0
+	r1=$(cpu "${NODE_PIDS[@]}")
+	read -r k1 e1 <<<"$(counters "$op")"
+	reached=$((k1 - k0))
+	errs=$((e1 - e0))
+	{
+		echo "== r$round $wl $t -n $n (exit $rc)"
+		cat "$WORK/out" "$WORK/err"
+	} >>"$LOGS/redis-benchmark.log"
+	row=$(grep -E '^"(SET|GET)"' "$WORK/out" | tail -n 1) || true
+	[[ -z $row ]] || IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"${row//\"/}"
+	if ((rc == 124)); then
+		err+="${err:+; }timed out after $TIMEOUT s"
+	elif ((rc != 0)); then
+		err+="${err:+; }redis-benchmark exit status $rc"
+	fi
+	while IFS= read -r line; do
+		[[ -z $line || $line == "WARNING: Could not fetch server CONFIG"* ]] && continue
+		err+="${err:+; }${line:0:200}"
+	done < <(grep -ah . "$WORK/err"; grep -ai 'error' "$WORK/out" | grep -v '^"' || true)
+	[[ -n $rps ]] || err+="${err:+; }redis-benchmark printed no result"
+	((errs == 0)) || err+="${err:+; }the nodes sent $errs error replies"
+	[[ -n $err ]] || ((reached >= n)) || err="only $reached of $n requests reached the nodes"
+	WALL=$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.3f", b - a }')
+	printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"%s"\n' "$round" "$wl" "$t" "$n" "$rps" "$p50" "$p99" "$WALL" \
+		"$(awk -v a="$c0" -v b="$c1" -v t="$TICK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
+		"$(awk -v a="$r0" -v b="$r1" -v t="$TICK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
+		"$reached" "$errs" "$rc" "${err//\"/\'}" >>"$OUT/runs.csv"
+	if [[ -n $err ]]; then
+		log "  r$round $(printf '%-8s %-8s n=%-8s' "$t" "$wl" "$n") ERROR: ${err:0:300}"
+	else
+		log "  r$round $(printf '%-8s %-8s n=%-8s %10.0f ops/s' "$t" "$wl" "$n" "$rps")"
+	fi
+	RPS=${rps%.*}
+	RPS=${RPS:-0}
+	[[ -z $err ]]
+}
+
+log "cluster :${NODES[*]} (bus :${BUSES[*]}), redward :$ENTRY (node listeners $RANGE)"
+log "warm-up: one short run per target and workload sizes -n for ~${SECS} s runs; results in $OUT"
+declare -A SIZE
+for wl in "${WORKLOADS[@]}"; do
+	guess=20000
+	[[ $wl == *-P16 ]] && guess=200000
+	warm=$(awk -v g="$guess" -v s="$SECS" -v c="$CLIENTS" \
+		'BEGIN { if (s > 3) s = 3; n = int(g * s * 0.3); print (n < 4 * c ? 4 * c : n) }')
+	for t in direct redward; do
+		n=$warm
+		# A short run's rate understates the rate (the set-up of 50 connections weighs more in
+		# it): warm up again, up to twice, while a run lasts less than half of --seconds.
+		for _ in 1 2 3; do
+			RPS=0
+			run_one 0 "$wl" "$t" "$n" || true
+			# two significant digits, at least 4 requests per client
+			next=$(awk -v r="$RPS" -v s="$SECS" -v w="$n" -v c="$CLIENTS" 'BEGIN {
+				n = (r > 0 ? int(r * s) : w); m = 1; while (n / m >= 100) m *= 10
+				n = int(n / m) * m; print (n < 4 * c ? 4 * c : n) }')
+			long=$(awk -v s="$SECS" -v w="$WALL" 'BEGIN { print (w >= s / 2) }')
+			n=$next
+			((RPS > 0 && !long)) || break
+		done
+		SIZE[$t/$wl]=$n
+	done
+done
+for ((r = 1; r <= ROUNDS; r++)); do
+	log "round $r/$ROUNDS"
+	order=(direct redward)
+	((r % 2)) || order=(redward direct)
+	for wl in "${WORKLOADS[@]}"; do
+		for t in "${order[@]}"; do
+			run_one "$r" "$wl" "$t" "${SIZE[$t/$wl]}" || true
+			sleep 0.1
+		done
+	done
+done
+kill -0 "$REDWARD" 2>/dev/null || log "redward exited during the run; end of logs/redward.log: $(tail -n 3 "$LOGS/redward.log")"
+findings=$(sed 's/\x1b\[[0-9;]*m//g' "$LOGS/redward.log" | grep -a -E -i 'panic|\bERROR\b|\bWARN\b' |
+	sed 's/^[^ ]* *//' | sort | uniq -c | sort -rn | head -n 10) || true
+
+# ------------------------------------------------------------------ report
+echo >&2
+rc=0
+python3 - "$OUT" "$ROUNDS" "$SECS" "$CLIENTS" \
+	"$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)" \
+	"$(redis-server --version | sed -n 's/.*\(v=[^ ]*\).*/redis \1/p'), $("$BIN" --version | head -n 1) ($(git describe --always --dirty 2>/dev/null || echo '?'))" \
+	"$findings" <<'PY' || rc=$?
+import csv, os, statistics, sys
+out, rounds, secs, clients, machine, versions, findings = sys.argv[1:]
+rows = list(csv.DictReader(open(os.path.join(out, "runs.csv"))))
+workloads = list(dict.fromkeys(r["workload"] for r in rows))
+clean = [r for r in rows if r["round"] != "0" and not r["error"]]
+bad = [r for r in rows if r["error"]]
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+def ops(x):
+    return "–" if x is None else f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e4 else f"{x:.0f}"
+
+def fmt(x, spec):
+    return "–" if x is None else format(x, spec)
+
+lines = [f"# redward in front of a Redis Cluster: redis-benchmark --cluster", "",
+         f"3 masters; -c {clients}, -d 64, -r 100000; {rounds} round(s) of ~{secs} s runs, "
+         "direct (plaintext to the nodes) and redward (TLS through redward) interleaved.",
+         f"Machine: {machine}.", f"Versions: {versions}.", "",
+         "| workload | direct ops/s | redward ops/s | redward/direct | redward CPU s / 100k req "
+         "| p99 ms direct | p99 ms redward |",
+         "|---|--:|--:|--:|--:|--:|--:|"]
+for wl in workloads:
+    by = {t: {r["round"]: r for r in clean if r["workload"] == wl and r["target"] == t}
+          for t in ("direct", "redward")}
+    rps = {t: med([float(r["rps"]) for r in by[t].values()]) for t in by}
+    ratio = med([float(by["redward"][k]["rps"]) / float(by["direct"][k]["rps"])
+                 for k in by["redward"] if k in by["direct"] and float(by["direct"][k]["rps"]) > 0])
+    cpu = med([float(r["redward_cpu_s"]) / int(r["n"]) * 1e5 for r in by["redward"].values()])
+    p99 = {t: med([float(r["p99_ms"]) for r in by[t].values() if r["p99_ms"]]) for t in by}
+    lines.append(f"| {wl} | {ops(rps['direct'])} | {ops(rps['redward'])} | {fmt(ratio, '.2f')} "
+                 f"| {fmt(cpu, '.2f')} | {fmt(p99['direct'], '.2f')} | {fmt(p99['redward'], '.2f')} |")
+lines += ["", "Medians over the rounds (the ratio: the median of each round's redward/direct). "
+          "Warm-up runs (round 0) are not counted."]
+if bad:
+    lines += ["", f"**{len(bad)} run(s) had errors:**", ""]
+    lines += [f"- r{r['round']} {r['target']} {r['workload']} -n {r['n']}: {r['error']}" for r in bad]
+if findings.strip():
+    lines += ["", "redward's log (panics, errors, warnings; count, message):", "", "```",
+              *[l.rstrip()[:300] for l in findings.splitlines()], "```"]
+text = "\n".join(lines) + "\n"
+open(os.path.join(out, "report.md"), "w").write(text)
+print(text, end="")
+sys.exit(1 if bad else 0)
+PY
+log "report in $OUT/report.md, raw rows in $OUT/runs.csv, logs in $OUT/logs"
+exit "$rc"
