@@ -149,7 +149,33 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        None => cfg.upstream.addr.to_string(),
+        None => match &cfg.upstream.cluster {
+            Some(c) => format!(
+                "a Redis Cluster found from seeds {} (CLUSTER SHARDS, re-read every 5 s); a \
+                 listener per node on {}:{}-{}, announced as {}; entry listeners go to the node \
+                 that last answered",
+                c.seeds
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c.bind,
+                c.ports.0,
+                c.ports.1,
+                c.announce_host
+            ),
+            None if !cfg.upstream.cluster_announce.is_empty() => format!(
+                "{} (a cluster node; MOVED/ASK and CLUSTER replies name {})",
+                cfg.upstream.addr,
+                cfg.upstream
+                    .cluster_announce
+                    .iter()
+                    .map(|((h, p), (ah, ap))| format!("{h}:{p} as {ah}:{ap}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => cfg.upstream.addr.to_string(),
+        },
     };
     println!(
         "upstream {}{}, {}",

@@ -273,6 +273,75 @@ fn a_shared_state_database_needs_shared_state_and_is_not_database_0() {
 }
 
 #[test]
+fn upstream_cluster_is_exclusive_and_checked_field_by_field() {
+    let certs = Certs::new();
+    let base = valid(&certs, "127.0.0.1:0");
+    let cluster = |seeds: &str, bind: &str, ports: &str, host: &str| {
+        format!(
+            "  cluster: {{ seeds: [{seeds}], node_listeners: {{ bind: \"{bind}\", ports: \"{ports}\", announce_host: \"{host}\" }} }}\n"
+        )
+    };
+    let good = cluster(
+        "\"127.0.0.1:30001\"",
+        "127.0.0.1",
+        "7101-7199",
+        "redis.example.com",
+    );
+    let only = |s: &str| base.replace("  address: \"127.0.0.1:1\"\n", s);
+    assert_refused(
+        &base.replace("upstream:\n", &format!("upstream:\n{good}")),
+        &["upstream.cluster", "only one"],
+    );
+    for (text, field) in [
+        (
+            cluster("", "127.0.0.1", "7101-7199", "h"),
+            "upstream.cluster.seeds",
+        ),
+        (
+            cluster("\"unix:/tmp/s\"", "127.0.0.1", "7101-7199", "h"),
+            "upstream.cluster.seeds[0]",
+        ),
+        (
+            cluster("\"127.0.0.1:1\"", "everywhere", "7101-7199", "h"),
+            "upstream.cluster.node_listeners.bind",
+        ),
+        (
+            cluster("\"127.0.0.1:1\"", "127.0.0.1", "7199-7101", "h"),
+            "upstream.cluster.node_listeners.ports",
+        ),
+        (
+            cluster("\"127.0.0.1:1\"", "127.0.0.1", "0-10", "h"),
+            "upstream.cluster.node_listeners.ports",
+        ),
+        (
+            cluster("\"127.0.0.1:1\"", "127.0.0.1", "7101-7199", ""),
+            "upstream.cluster.node_listeners.announce_host",
+        ),
+    ] {
+        assert_refused(&only(&text), &[field]);
+    }
+    // TLS to nodes whose addresses change needs the name to verify.
+    assert_refused(
+        &only(&good).replace("  password: x\n", "  password: x\n  tls: {}\n"),
+        &["upstream.tls.server_name"],
+    );
+    // The sidecar map belongs with one node's address.
+    assert_refused(
+        &only(&format!(
+            "{good}  cluster_announce: {{ \"10.0.0.5:6379\": \"redis-0:6380\" }}\n"
+        )),
+        &["upstream.cluster_announce", "upstream.address"],
+    );
+    assert_refused(
+        &base.replace(
+            "upstream:\n",
+            "upstream:\n  cluster_announce: { \"10.0.0.5:6379\": \"nowhere\" }\n",
+        ),
+        &["upstream.cluster_announce[10.0.0.5:6379]"],
+    );
+}
+
+#[test]
 fn upstream_address_and_sentinel_are_exclusive_and_sentinel_is_checked() {
     let certs = Certs::new();
     let base = valid(&certs, "127.0.0.1:0");
