@@ -60,12 +60,15 @@ while (($#)); do
 	esac
 done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds needs a positive integer"
-[[ $SECS =~ ^[0-9]*\.?[0-9]+$ ]] && awk -v s="$SECS" 'BEGIN { exit !(s > 0) }' ||
+if ! [[ $SECS =~ ^[0-9]*\.?[0-9]+$ ]] || ! awk -v s="$SECS" 'BEGIN { exit !(s > 0) }'; then
 	die "--seconds needs a positive number"
+fi
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+if ! command -v redis-cli >/dev/null || ! command -v redis-benchmark >/dev/null; then
+	missing+=(redis-tools)
+fi
 command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
 	((INSTALL)) || die "missing packages: ${missing[*]} (--no-install given)"
@@ -161,8 +164,8 @@ for i in 0 1 2; do
 		--cluster-node-timeout 3000 --save '' --appendonly no --dir "$WORK/n$i" \
 		--user default off --user proxy on "#$(sha256 "$PROXY_PW")" '~*' '&*' '+@all' \
 		--user app $RULES >"$LOGS/node$i.log" 2>&1 &
-	PIDS+=($!)
-	NODE_PIDS+=($!)
+	PIDS+=("$!")
+	NODE_PIDS+=("$!")
 	wait_port "${NODES[i]}" "$!" "node$i"
 done
 # as the `proxy` user, straight to a node (plaintext)
@@ -296,7 +299,7 @@ run_one() {
 	printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"%s"\n' "$round" "$wl" "$t" "$n" "$rps" "$p50" "$p99" "$WALL" \
 		"$(awk -v a="$c0" -v b="$c1" -v t="$TICK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
 		"$(awk -v a="$r0" -v b="$r1" -v t="$TICK" 'BEGIN { printf "%.2f", (b - a) / t }')" \
-		"$reached" "$errs" "$rc" "${err//\"/\'}" >>"$OUT/runs.csv"
+		"$reached" "$errs" "$rc" "$(tr '"' "'" <<<"$err")" >>"$OUT/runs.csv"
 	if [[ -n $err ]]; then
 		log "  r$round $(printf '%-8s %-8s n=%-8s' "$t" "$wl" "$n") ERROR: ${err:0:300}"
 	else

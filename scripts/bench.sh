@@ -18,6 +18,8 @@
 #   --idle N           instead of the benchmark: hold N idle authenticated TLS connections to
 #                      redward and report its RSS before/after and per connection (scripts/idle_rss.sh)
 #   --idle-touch       with --idle: also send one GET on each (so each has used the upstream path)
+#   --cluster ARGS...  instead: the Redis Cluster benchmark, scripts/bench-cluster.sh ARGS... (3
+#                      masters, direct vs redward with upstream.cluster; its own options, see --help)
 #   -h, --help         this text
 #
 # One redis-server on a free 127.0.0.1 port (no persistence, user `default` off, user `app` with a
@@ -67,6 +69,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --idle) need_arg "$@"; IDLE=$2; shift 2 ;;
     --idle-touch) IDLE_TOUCH=1; shift ;;
+    --cluster) shift; exec "$HERE/bench-cluster.sh" "$@" ;;
     -h|--help) usage 0 ;;
     *) echo "bench.sh: unknown option: $1" >&2; usage 2 ;;
   esac

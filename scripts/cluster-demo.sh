@@ -31,7 +31,9 @@ while (($#)); do
 	*) die "unknown argument $1 (see the header of $0)" ;;
 	esac
 done
-command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server redis-tools
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+	apt_install redis-server redis-tools
+fi
 command -v python3 >/dev/null || apt_install python3
 [[ $(redis-cli --help 2>&1) == *--tls* ]] || die "this redis-cli is built without TLS"
 if [[ -z $BIN ]]; then
@@ -112,7 +114,7 @@ for i in 0 1 2; do
 		--cluster-node-timeout 3000 --save '' --appendonly no --dir "$WORK/n$i" \
 		--user default off --user proxy on "#$(sha256 "$PROXY_PW")" '~*' '&*' '+@all' \
 		>"$WORK/node$i.log" 2>&1 &
-	PIDS+=($!)
+	PIDS+=("$!")
 	wait_port "${NODES[i]}" "$!" "node$i"
 done
 # as the `proxy` user, straight to a node (plaintext)

@@ -152,7 +152,21 @@ async fn cluster_clients_read_and_write_hundreds_of_keys_across_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_upstream_address_appears_in_any_reply() {
-    let cluster = RedisCluster::start(3);
+    no_upstream_address_on(ServerKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_address_appears_in_any_reply_of_valkey() {
+    if let Err(why) = ServerKind::Valkey.binary() {
+        assert!(std::env::var_os("REDWARD_VALKEY_SERVER").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    no_upstream_address_on(ServerKind::Valkey).await;
+}
+
+async fn no_upstream_address_on(kind: ServerKind) {
+    let cluster = RedisCluster::start_kind(kind, 3);
     let proxy = start(&cluster, listener_ports(16)).await;
     let nodes = node_ports(&proxy).await;
     let id = cluster.id(1);

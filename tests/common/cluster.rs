@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{free_port, Redis, RedisOptions, UPSTREAM_PASSWORD, UPSTREAM_USER};
+use super::{free_port, Redis, RedisOptions, ServerKind, UPSTREAM_PASSWORD, UPSTREAM_USER};
 
 /// The nodes of one cluster, killed on drop.
 pub struct RedisCluster {
@@ -14,14 +14,20 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// `masters` masters, each serving an equal share of the slots, with the usual users.
+    /// `masters` masters of Debian's redis-server, each serving an equal share of the slots,
+    /// with the usual users.
     pub fn start(masters: usize) -> RedisCluster {
+        RedisCluster::start_kind(ServerKind::Redis, masters)
+    }
+
+    /// The same with `kind`'s server (joined by Debian's redis-cli either way).
+    pub fn start_kind(kind: ServerKind, masters: usize) -> RedisCluster {
         let mut nodes = Vec::new();
         let mut bus_ports = Vec::new();
         for _ in 0..masters {
             let bus = free_port();
             bus_ports.push(bus);
-            let options = RedisOptions::with_acl(vec![
+            let mut options = RedisOptions::with_acl(vec![
                 "user default off".to_owned(),
                 format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
                 format!(
@@ -43,6 +49,7 @@ impl RedisCluster {
                 "--cluster-require-full-coverage",
                 "no",
             ]);
+            options.server = kind;
             nodes.push(Redis::start_with(options));
         }
         let cluster = RedisCluster { nodes, bus_ports };
