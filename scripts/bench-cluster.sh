@@ -93,6 +93,7 @@ LOGS=$OUT/logs
 PIDS=()
 BENCH=""
 cleanup() {
+	trap '' INT TERM HUP # a second signal does not cut the clean-up short
 	[[ -z $BENCH ]] || kill "$BENCH" 2>/dev/null || true
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true

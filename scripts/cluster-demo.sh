@@ -47,6 +47,7 @@ WORK=$(mktemp -d /tmp/redward-cluster.XXXXXX)
 chmod 700 "$WORK"
 PIDS=()
 cleanup() {
+	trap '' INT TERM HUP # a second signal does not cut the clean-up short
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$WORK"
