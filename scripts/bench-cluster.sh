@@ -18,6 +18,8 @@
 # (-c 50, --user app, -d 64, -r 100000: random keys, so every node gets its share) runs against
 #   direct    the plaintext port of a node (the benchmark reads CLUSTER NODES and goes to each)
 #   redward   redward's TLS entry listener (CLUSTER NODES there names redward's node listeners)
+# (redis-benchmark keeps the address it was given for the node that CLUSTER NODES marks `myself`,
+# so through redward a third of the clients use the entry listener, the rest the node listeners)
 # with the workloads SET/GET at -P 1 and -P 16. Warm-up runs per target and workload size -n
 # so that a run lasts about --seconds; then each round runs every workload on both targets, the
 # order alternating from round to round. Per run: ops/s, p50/p99 latency (--csv), CPU seconds of
@@ -212,7 +214,7 @@ REDWARD=$!
 PIDS+=("$REDWARD")
 wait_port "$ENTRY" "$REDWARD" redward
 CACERT=$WORK/certs/ca.crt
-# Until redward shows the three masters; then a write that has to follow a MOVED, both ways.
+# Until redward shows the three masters; then writes to three slots (redis-cli -c), both ways.
 for _ in $(seq 200); do
 	nodes=$(REDISCLI_AUTH=$APP_PW redis-cli --tls --cacert "$CACERT" -p "$ENTRY" --user app \
 		--no-auth-warning CLUSTER NODES 2>&1) || true
@@ -312,7 +314,7 @@ run_one() {
 }
 
 log "cluster :${NODES[*]} (bus :${BUSES[*]}), redward :$ENTRY (node listeners $RANGE)"
-log "warm-up: one short run per target and workload sizes -n for ~${SECS} s runs; results in $OUT"
+log "warm-up: short runs per target and workload size -n for ~${SECS} s runs; results in $OUT"
 declare -A SIZE
 for wl in "${WORKLOADS[@]}"; do
 	guess=20000
@@ -357,7 +359,7 @@ echo >&2
 rc=0
 python3 - "$OUT" "$ROUNDS" "$SECS" "$CLIENTS" \
 	"$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)" \
-	"$(redis-server --version | sed -n 's/.*\(v=[^ ]*\).*/redis \1/p'), $("$BIN" --version | head -n 1) ($(git describe --always --dirty 2>/dev/null || echo '?'))" \
+	"$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/redis \1/p'), $("$BIN" --version | head -n 1) ($(git describe --always --dirty 2>/dev/null || echo '?'))" \
 	"$findings" <<'PY' || rc=$?
 import csv, os, statistics, sys
 out, rounds, secs, clients, machine, versions, findings = sys.argv[1:]

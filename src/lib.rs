@@ -188,6 +188,7 @@ impl Server {
                 })?;
             listeners.push(listener);
         }
+        let metrics = Arc::new(metrics::Metrics::new());
         // A cluster behind: its nodes, a listener for each (with the first listener's
         // settings), and the entry listeners sent to whichever node answers (`cluster.rs`).
         let mut connector = connector;
@@ -197,9 +198,14 @@ impl Server {
                     .first()
                     .map(|(_, s)| Arc::clone(s))
                     .ok_or_else(|| StartError::Cluster("listen: at least one listener".into()))?;
-                let cluster = cluster::Cluster::discover(c, settings, connector.clone())
-                    .await
-                    .map_err(StartError::Cluster)?;
+                let cluster = cluster::Cluster::discover(
+                    c,
+                    settings,
+                    connector.clone(),
+                    metrics.cluster_nodes.clone(),
+                )
+                .await
+                .map_err(StartError::Cluster)?;
                 for (port, node) in cluster.listeners() {
                     tracing::info!(port, %node, "cluster node listener");
                 }
@@ -213,7 +219,6 @@ impl Server {
         // down when redward starts: then the generated Redis 7.0 table is used, and that is
         // logged; every later upstream (re)connect may learn again.
         learn::learn_and_log(&connector, cfg.upstream.connect_timeout).await;
-        let metrics = Arc::new(metrics::Metrics::new());
         let admin = match cfg.admin_address {
             Some(addr) => Some((
                 admin::bind(addr)

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub upstream_failovers: Counter,
     /// 1 for the master Sentinel names now (by address), 0 for earlier ones.
     upstream_master: Family<Address, Gauge>,
+    /// Cluster nodes with a listener of their own (`upstream.cluster`).
+    pub cluster_nodes: Gauge,
+    /// `-MOVED`/`-ASK` replies rewritten to name redward's listeners.
+    pub cluster_redirections: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -189,9 +193,23 @@ impl Metrics {
             "1 for the address Sentinel names as master now, 0 for earlier masters",
             upstream_master.clone(),
         );
+        let cluster_nodes = Gauge::default();
+        registry.register(
+            "cluster_nodes",
+            "Cluster nodes redward has a listener for (upstream.cluster)",
+            cluster_nodes.clone(),
+        );
+        let cluster_redirections = Counter::default();
+        registry.register(
+            "cluster_redirections",
+            "MOVED and ASK replies rewritten to name redward's node listeners",
+            cluster_redirections.clone(),
+        );
         Metrics {
             upstream_failovers,
             upstream_master,
+            cluster_nodes,
+            cluster_redirections,
             connections_open,
             connections_accepted,
             refused_not_allowed: r("not_allowed"),

@@ -87,6 +87,8 @@ struct NodeListeners {
     running: OnceLock<Running>,
     /// Wakes the refresh task early (a reply named an unknown node).
     refresh: tokio::sync::Notify,
+    /// `redward_cluster_nodes`.
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 struct Running {
@@ -106,6 +108,7 @@ impl Cluster {
         cfg: &ClusterConfig,
         settings: Arc<ArcSwap<ListenerSettings>>,
         connector: Connector,
+        gauge: prometheus_client::metrics::gauge::Gauge,
     ) -> Result<Arc<Cluster>, String> {
         let cluster = Arc::new(Cluster {
             host: Arc::from(cfg.announce_host.as_str()),
@@ -121,6 +124,7 @@ impl Cluster {
                 pending: Mutex::new(Vec::new()),
                 running: OnceLock::new(),
                 refresh: tokio::sync::Notify::new(),
+                gauge,
             }),
             entry: ArcSwap::default(),
         });
@@ -304,6 +308,7 @@ impl Cluster {
             .ok()?
             .for_node(connector);
         info!(node = %format!("{host}:{port}"), port = ours, "cluster: listening for a node");
+        nodes.gauge.inc();
         match nodes.running.get() {
             Some(r) => {
                 if let Some(shared) = r.shared.upgrade() {

@@ -184,6 +184,7 @@ impl State {
                         && (bytes.starts_with(b"-MOVED ") || bytes.starts_with(b"-ASK ")) =>
                 {
                     // A cluster names a node: the client is sent to redward's listener for it.
+                    self.shared.metrics.cluster_redirections.inc();
                     if !swallow {
                         let rewritten = self
                             .shared
