@@ -115,7 +115,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 STUNNEL=$(command -v stunnel4 || command -v stunnel || true)
 HAPROXY=$(command -v haproxy || true)
-redis-benchmark --help 2>&1 | grep -q -- '--tls' || die "this redis-benchmark is built without TLS"
+[[ $(redis-benchmark --help 2>&1) == *--tls* ]] || die "this redis-benchmark is built without TLS"
 
 if [ -n "$REDWARD" ]; then
   case "$REDWARD" in */*) ;; *) REDWARD=$(command -v "$REDWARD") || die "--redward: command not found" ;; esac
