@@ -482,3 +482,109 @@ async fn the_entry_point_outlives_its_first_seed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_join_and_fail_over_are_followed() {
+    let mut cluster = RedisCluster::start(3);
+    let ports = listener_ports(16);
+    let proxy = start(&cluster, ports).await;
+    // A replica of node 0 joins, then an empty master that takes 200 slots from node 1.
+    cluster.add_node(Some(0));
+    cluster.add_node(None);
+    let out = cluster.reshard(1, 4, 200);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    cluster.wait_ok();
+    // redward reads the topology again (every 5 s, or at once when a reply names a node it
+    // does not know): asked until it lists five nodes on its own ports (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let nodes = loop {
+        let nodes = node_ports(&proxy).await;
+        if nodes.len() == 5 && !nodes.contains(&0) {
+            break nodes;
+        }
+        assert!(std::time::Instant::now() < deadline, "{nodes:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(nodes.iter().all(|p| (ports.0..=ports.1).contains(p)));
+    let (ops, _, missing, _) = outcome(redis_py(&proxy, "rw", "300"));
+    assert_eq!((ops, missing), (300, 0));
+
+    // READONLY on the replica's listener: reads there, per connection.
+    let replica_port = {
+        let mut c = login(&proxy, proxy.port(), APP_USER, APP_PASSWORD).await;
+        c.send(&cmd(&["CLUSTER", "REPLICAS", &cluster.id(0)])).await;
+        let text = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+        let port: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|a| a.split('@').next()?.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        port
+    };
+    // The entry goes to the first seed, node 0: a key it serves is answered without MOVED.
+    let mut key = None;
+    for i in 0..200 {
+        let k = format!("app:r{i}");
+        if port_for(&proxy, &k).await == proxy.port() {
+            key = Some(k);
+            break;
+        }
+    }
+    let key = key.expect("a key on node 0");
+    let mut writer = login(&proxy, proxy.port(), APP_USER, APP_PASSWORD).await;
+    writer.send(&cmd(&["SET", &key, "before"])).await;
+    assert_eq!(writer.replies(1).await, b"+OK\r\n".to_vec());
+    let mut reader = login(&proxy, replica_port, APP_USER, APP_PASSWORD).await;
+    let mut script = cmd(&["GET", &key]);
+    script.extend(cmd(&["READONLY"]));
+    script.extend(cmd(&["WAIT", "0", "0"]));
+    reader.send(&script).await;
+    let got = String::from_utf8_lossy(&reader.replies(3).await).into_owned();
+    assert!(got.starts_with("-MOVED "), "{got}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        reader.send(&cmd(&["GET", &key])).await;
+        if reader.replies(1).await == b"$6\r\nbefore\r\n" {
+            break; // replicated, read on the replica
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never served the read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The replica takes over from node 0; writes go to it through redward.
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query(&mut cluster.nodes[3].admin())
+        .expect("CLUSTER FAILOVER");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let role: Vec<redis::Value> = redis::cmd("ROLE")
+            .query(&mut cluster.nodes[3].admin())
+            .expect("ROLE");
+        if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.wait_ok();
+    let (ops, _, missing, _) = outcome(redis_py(&proxy, "rw", "300"));
+    assert_eq!((ops, missing), (300, 0));
+    // A write to the old master's slots, followed through redward, lands on the new master.
+    let port = port_for(&proxy, &key).await;
+    let mut w = login(&proxy, port, APP_USER, APP_PASSWORD).await;
+    w.send(&cmd(&["SET", &key, "after"])).await;
+    assert_eq!(w.replies(1).await, b"+OK\r\n".to_vec());
+    let stored: String = redis::cmd("GET")
+        .arg(&key)
+        .query(&mut cluster.nodes[3].admin())
+        .expect("GET on the new master");
+    assert_eq!(stored, "after");
+}

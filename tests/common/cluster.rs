@@ -25,8 +25,49 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         let mut bus_ports = Vec::new();
         for _ in 0..masters {
-            let bus = free_port();
+            let (node, bus) = RedisCluster::node(kind);
+            nodes.push(node);
             bus_ports.push(bus);
+        }
+        let cluster = RedisCluster { nodes, bus_ports };
+        let out = cluster
+            .cli_cluster(&["create"])
+            .args(cluster.nodes.iter().map(Redis::addr))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Adds a node: a replica of node `replica_of`, or an empty master.
+    pub fn add_node(&mut self, replica_of: Option<usize>) {
+        let (node, bus) = RedisCluster::node(ServerKind::Redis);
+        let mut cmd = self.cli_cluster(&["add-node", &node.addr(), &self.nodes[0].addr()]);
+        if let Some(m) = replica_of {
+            cmd.args(["--cluster-slave", "--cluster-master-id", &self.id(m)]);
+        }
+        let out = cmd.output().expect("redis-cli --cluster add-node");
+        assert!(
+            out.status.success(),
+            "add-node: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.nodes.push(node);
+        self.bus_ports.push(bus);
+        self.wait_ok();
+    }
+
+    /// One cluster-enabled node and its bus port.
+    fn node(kind: ServerKind) -> (Redis, u16) {
+        {
+            let bus = free_port();
             let mut options = RedisOptions::with_acl(vec![
                 "user default off".to_owned(),
                 format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
@@ -48,25 +89,15 @@ impl RedisCluster {
                 // A node down leaves the others serving their slots (the entry-point test).
                 "--cluster-require-full-coverage",
                 "no",
+                // Replicas log in to their master as the upstream user.
+                "--masteruser",
+                UPSTREAM_USER,
+                "--masterauth",
+                UPSTREAM_PASSWORD,
             ]);
             options.server = kind;
-            nodes.push(Redis::start_with(options));
+            (Redis::start_with(options), bus)
         }
-        let cluster = RedisCluster { nodes, bus_ports };
-        let out = cluster
-            .cli_cluster(&["create"])
-            .args(cluster.nodes.iter().map(Redis::addr))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "cluster create: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cluster.wait_ok();
-        cluster
     }
 
     /// `redis-cli --cluster <sub>` logged in as the upstream user.
