@@ -48,3 +48,8 @@ fn corpus_command_classifier() {
 fn corpus_config() {
     corpus("config", redward::fuzzing::config);
 }
+
+#[test]
+fn corpus_cluster_rewrite() {
+    corpus("cluster_rewrite", redward::fuzzing::cluster_rewrite);
+}

@@ -533,6 +533,39 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the bytes, no panic, and a well-formed reply stays one.
+        #[test]
+        fn any_bytes_are_safe(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            crate::fuzzing::cluster_rewrite(&data);
+        }
+
+        /// Generated `CLUSTER SLOTS` replies of known nodes: each node's address becomes its
+        /// endpoint, and every other byte is kept.
+        #[test]
+        fn slots_of_known_nodes_name_only_endpoints(
+            ranges in proptest::collection::vec((0u16..16384, 0u16..16384, proptest::bool::ANY), 0..20)
+        ) {
+            let (mut reply, mut want) = (format!("*{}\r\n", ranges.len()), format!("*{}\r\n", ranges.len()));
+            for (a, b, second) in &ranges {
+                let (ip, id, port) = if *second { ("10.0.0.6", "b", 7102) } else { ("10.0.0.5", "a", 7101) };
+                let id = id.repeat(40);
+                reply.push_str(&format!(
+                    "*3\r\n:{a}\r\n:{b}\r\n*3\r\n$8\r\n{ip}\r\n:6379\r\n$40\r\n{id}\r\n"
+                ));
+                want.push_str(&format!(
+                    "*3\r\n:{a}\r\n:{b}\r\n*3\r\n$17\r\nredis.example.com\r\n:{port}\r\n$40\r\n{id}\r\n"
+                ));
+            }
+            let out = String::from_utf8(reply_bytes_owned(Reply::Slots, reply.as_bytes())).unwrap();
+            proptest::prop_assert_eq!(out, want);
+        }
+    }
+
+    fn reply_bytes_owned(kind: Reply, bytes: &[u8]) -> Vec<u8> {
+        reply(kind, bytes, &map())
+    }
+
     fn reply_bytes(kind: Reply, bytes: &[u8]) -> String {
         String::from_utf8(reply(kind, bytes, &map())).unwrap()
     }
