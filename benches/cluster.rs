@@ -1,4 +1,4 @@
-//! What rewriting a cluster's self-descriptions costs (`cluster::rewrite`), and what being in
+//! What rewriting a cluster's self-descriptions costs (`announce.rs`), and what being in
 //! front of a cluster costs replies that name no node: the same 32-request pipeline as
 //! `benches/path.rs` through a session with and without a cluster configured, and with every
 //! GET answered by `-MOVED` instead.
@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use redward::cluster::{rewrite, Cluster};
+use redward::announce::{self as rewrite, Fixed};
 use redward::session::Offline;
 use redward::shared::Shared;
 
 const DEPTH: usize = 16;
 
 /// A fixed map of `n` nodes, 10.0.<i/256>.<i%256>:6379 -> redis.example.com:<7000+i>.
-fn cluster(n: usize) -> Arc<Cluster> {
+fn cluster(n: usize) -> Arc<Fixed> {
     let map: Vec<_> = (0..n)
         .map(|i| {
             (
@@ -23,7 +23,7 @@ fn cluster(n: usize) -> Arc<Cluster> {
             )
         })
         .collect();
-    Cluster::fixed(&map)
+    Arc::new(Fixed::new(&map))
 }
 
 /// `CLUSTER SLOTS` of `n` masters, each with one range, as Redis 7.0 sends it (RESP2).

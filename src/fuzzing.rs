@@ -116,9 +116,9 @@ pub fn config(data: &[u8]) {
 
 /// Rewrites arbitrary upstream bytes as a cluster reply (the first byte picks SLOTS, SHARDS,
 /// NODES or REPLICAS) and as a redirection: never panics, and a reply that was one
-/// well-formed item stays one (`cluster::rewrite`).
+/// well-formed item stays one (`announce.rs`).
 pub fn cluster_rewrite(data: &[u8]) {
-    use crate::cluster::rewrite::{redirect, reply, Reply};
+    use crate::announce::{redirect, reply, Fixed, Reply};
     let Some((kind, bytes)) = data.split_first() else {
         return;
     };
@@ -128,11 +128,11 @@ pub fn cluster_rewrite(data: &[u8]) {
         2 => Reply::Nodes,
         _ => Reply::Replicas,
     };
-    let map = crate::cluster::Cluster::fixed(&[(
+    let map = Fixed::new(&[(
         ("10.0.0.5".to_owned(), 6379),
         ("redis.example.com".to_owned(), 7101),
     )]);
-    let out = reply(kind, bytes, &*map);
+    let out = reply(kind, bytes, &map);
     let mut scanner = ReplyScanner::new();
     let whole = |s: &mut ReplyScanner, b: &[u8]| matches!(s.advance(b), Ok(Step::Complete { consumed, .. }) if consumed == b.len());
     if whole(&mut scanner, bytes) {
@@ -141,7 +141,7 @@ pub fn cluster_rewrite(data: &[u8]) {
             "rewrite broke a reply"
         );
     }
-    if let Some(line) = redirect(bytes, &*map) {
+    if let Some(line) = redirect(bytes, &map) {
         assert!(line.ends_with(b"\r\n") && line.starts_with(b"-"));
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod announce;
 pub mod audit;
 pub mod auth;
 pub mod clients;
@@ -136,6 +137,8 @@ pub struct Server {
     grace: std::time::Duration,
     /// `limits.shared_state: upstream`.
     shared_state_upstream: bool,
+    /// `upstream.cluster`: the nodes' listeners and the topology's refresh, started by `run`.
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Server {
@@ -238,12 +241,11 @@ impl Server {
                 .databases
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some(cluster) = cluster {
-            let _ = shared.cluster.set(cluster);
+        if let Some(cluster) = &cluster {
+            let _ = shared.cluster.set(Arc::clone(cluster) as _);
         } else if !cfg.upstream.cluster_announce.is_empty() {
-            let _ = shared
-                .cluster
-                .set(cluster::Cluster::fixed(&cfg.upstream.cluster_announce));
+            let fixed = announce::Fixed::new(&cfg.upstream.cluster_announce);
+            let _ = shared.cluster.set(Arc::new(fixed));
         }
         if cfg.shared_state_upstream {
             if let Some(db) = state_database(cfg.shared_state_database, databases)? {
@@ -265,6 +267,7 @@ impl Server {
             reloader,
             grace: cfg.shutdown_grace,
             shared_state_upstream: cfg.shared_state_upstream,
+            cluster,
         })
     }
 
@@ -316,7 +319,7 @@ impl Server {
             );
             let _ = self.shared.shared_limits.set(limits);
         }
-        if let Some(cluster) = self.shared.cluster.get() {
+        if let Some(cluster) = &self.cluster {
             cluster.run(&self.shared, stop.clone(), tasks.clone());
         }
         if let upstream::Target::Sentinel(sentinel) = self.shared.connector.target() {

@@ -56,7 +56,7 @@ pub struct Shared {
     pub state_db: std::sync::atomic::AtomicU32,
     /// A Redis Cluster behind (`upstream.cluster` or `cluster_announce`): what replies that
     /// name nodes are rewritten with. Set once, at start-up.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    pub cluster: std::sync::OnceLock<Arc<dyn crate::announce::Announce>>,
 }
 
 /// The part of the configuration a reload replaces without dropping connections.

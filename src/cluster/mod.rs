@@ -2,20 +2,18 @@
 //! pub/sub and blocking commands keep Redis's own semantics, and rewrites only where the
 //! cluster names itself (`rewrite.rs`).
 //!
-//! Two shapes:
 //! - `upstream.cluster`: redward discovers the nodes (`CLUSTER SHARDS` from the seeds, then
 //!   every 5 s and whenever a reply names a node it does not know) and opens one listener
 //!   per node, on ports taken in order from `node_listeners.ports`, with the first
 //!   listener's settings (TLS, allow/deny, limits). Each node listener's sessions go to that
 //!   node, over their own pool of shared connections. Replies name `announce_host` and those
 //!   ports.
-//! - `upstream.cluster_announce` (a sidecar per node): a fixed map from each node's address to
-//!   the endpoint announced for it; no listeners are opened.
+//!
+//! (The sidecar shape, `upstream.cluster_announce`, is a fixed map: `announce::Fixed`.)
 //!
 //! A node that leaves keeps its listener and port (its sessions then fail to connect), so a
 //! port never names two nodes in one process's life.
 
-pub mod rewrite;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -36,7 +34,7 @@ use crate::resp::encode_command;
 use crate::shared::Shared;
 use crate::upstream::{Connector, Target};
 
-pub use rewrite::{Announce, Endpoint, Reply};
+pub use crate::announce::{Announce, Endpoint};
 use topology::Node;
 
 /// How often the topology is read again when nothing asks sooner.
@@ -58,8 +56,7 @@ pub struct Cluster {
     /// Read on every rewrite without a lock; replaced whole under `update`.
     known: ArcSwap<Known>,
     update: Mutex<()>,
-    /// `None` in the sidecar shape (a fixed map).
-    nodes: Option<NodeListeners>,
+    nodes: NodeListeners,
     /// The node the entry listeners go to: the one that last described the cluster
     /// (`Target::Chosen`), so the entry point outlives any one node, its first seed included.
     entry: ArcSwap<Option<UpstreamAddr>>,
@@ -114,7 +111,7 @@ impl Cluster {
             host: Arc::from(cfg.announce_host.as_str()),
             known: ArcSwap::default(),
             update: Mutex::new(()),
-            nodes: Some(NodeListeners {
+            nodes: NodeListeners {
                 seeds: cfg.seeds.clone(),
                 bind: cfg.bind,
                 next: Mutex::new(u32::from(cfg.ports.0)),
@@ -125,36 +122,12 @@ impl Cluster {
                 running: OnceLock::new(),
                 refresh: tokio::sync::Notify::new(),
                 gauge,
-            }),
+            },
             entry: ArcSwap::default(),
         });
         let nodes = cluster.read_topology().await?;
         cluster.learn(&nodes)?;
         Ok(cluster)
-    }
-
-    /// `upstream.cluster_announce`: a fixed map from node addresses to announced endpoints.
-    pub fn fixed(map: &[crate::config::AnnouncePair]) -> Arc<Cluster> {
-        let host = map
-            .first()
-            .map_or_else(|| Arc::from("?"), |(_, (h, _))| Arc::from(h.as_str()));
-        let mut known = Known::default();
-        for ((h, p), (ah, ap)) in map {
-            known.by_addr.insert(
-                (h.as_bytes().to_vec(), *p),
-                Endpoint {
-                    host: Arc::from(ah.as_str()),
-                    port: *ap,
-                },
-            );
-        }
-        Arc::new(Cluster {
-            host,
-            known: ArcSwap::from_pointee(known),
-            update: Mutex::new(()),
-            nodes: None,
-            entry: ArcSwap::default(),
-        })
     }
 
     /// Starts the node listeners bound so far and the refresh task.
@@ -164,7 +137,7 @@ impl Cluster {
         stop: CancellationToken,
         tasks: TaskTracker,
     ) {
-        let Some(nodes) = &self.nodes else { return };
+        let nodes = &self.nodes;
         let _ = nodes.running.set(Running {
             shared: Arc::downgrade(shared),
             stop: stop.clone(),
@@ -192,7 +165,7 @@ impl Cluster {
     }
 
     async fn refresh_loop(self: Arc<Self>, stop: CancellationToken) {
-        let Some(nodes) = &self.nodes else { return };
+        let nodes = &self.nodes;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -212,9 +185,7 @@ impl Cluster {
 
     /// Asks the seeds and the known nodes in turn, until one describes the cluster.
     async fn read_topology(&self) -> Result<Vec<Node>, String> {
-        let Some(nodes) = &self.nodes else {
-            return Ok(Vec::new());
-        };
+        let nodes = &self.nodes;
         let mut candidates = nodes.seeds.clone();
         for (h, p) in self.known.load().by_addr.keys() {
             let h = String::from_utf8_lossy(h).into_owned();
@@ -241,9 +212,7 @@ impl Cluster {
 
     /// Gives every node a listener (if it has none) and records the names it goes by.
     fn learn(&self, found: &[Node]) -> Result<(), String> {
-        let Some(nodes) = &self.nodes else {
-            return Ok(());
-        };
+        let nodes = &self.nodes;
         let tls = nodes.connector.uses_tls();
         for n in found {
             let port = match (tls, n.tls_port) {
@@ -280,7 +249,7 @@ impl Cluster {
     /// The endpoint for the node at `host:port`, opening a listener for it if it has none
     /// (dynamic shape only). `None` when no port is left.
     fn open(&self, host: &str, port: u16) -> Option<Endpoint> {
-        let nodes = self.nodes.as_ref()?;
+        let nodes = &self.nodes;
         let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ep) = self
             .known
@@ -358,9 +327,7 @@ impl Announce for Cluster {
         // has: a script can return any error text, `MOVED` included. Only the cluster's own
         // description opens a listener (which would log in to that address with redward's
         // credential), so read it again now; meanwhile the client is sent nowhere.
-        if let Some(nodes) = &self.nodes {
-            nodes.refresh.notify_one();
-        }
+        self.nodes.refresh.notify_one();
         None
     }
 

@@ -257,7 +257,7 @@ impl State {
         if self.client.in_multi || self.client.monitor {
             return None;
         }
-        let kind = crate::cluster::Reply::of(req.arg(1))?;
+        let kind = crate::announce::Reply::of(req.arg(1))?;
         Some(std::sync::Arc::new(super::reply_hook::ClusterReply {
             kind,
             cluster: std::sync::Arc::clone(cluster),

@@ -25,19 +25,15 @@ pub trait Rewrite: Send + Sync + fmt::Debug {
 }
 
 /// A `CLUSTER SLOTS`/`SHARDS`/`NODES`/`REPLICAS` reply, naming redward's endpoints for the
-/// nodes (`cluster::rewrite`).
+/// nodes (`announce.rs`).
 #[derive(Debug)]
 pub struct ClusterReply {
-    pub kind: crate::cluster::Reply,
-    pub cluster: std::sync::Arc<crate::cluster::Cluster>,
+    pub kind: crate::announce::Reply,
+    pub cluster: std::sync::Arc<dyn crate::announce::Announce>,
 }
 
 impl Rewrite for ClusterReply {
     fn rewrite(&self, reply: &[u8], _info: &FrameInfo, out: &mut BytesMut) {
-        out.extend_from_slice(&crate::cluster::rewrite::reply(
-            self.kind,
-            reply,
-            &*self.cluster,
-        ));
+        out.extend_from_slice(&crate::announce::reply(self.kind, reply, &*self.cluster));
     }
 }

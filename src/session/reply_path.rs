@@ -190,7 +190,7 @@ impl State {
                             .shared
                             .cluster
                             .get()
-                            .and_then(|c| crate::cluster::rewrite::redirect(bytes, &**c));
+                            .and_then(|c| crate::announce::redirect(bytes, &**c));
                         self.out
                             .cout
                             .extend_from_slice(rewritten.as_deref().unwrap_or(bytes));

@@ -4,9 +4,10 @@
 //! is read into a tree of borrowed items, only the fields that name a node are replaced, and
 //! the tree is written back in Redis's order (no map reordering, no number reformatting).
 //!
-//! Pure: no I/O, no locks. What a node is announced as comes from an [`Announce`]; the field
-//! names follow `clusterReplyShards`, `addNodeToNodeReply` and `clusterGenNodeDescription`
-//! in Redis's `cluster.c` (7.0).
+//! Pure: no I/O, no locks. What a node is announced as comes from an [`Announce`]: a
+//! [`Fixed`] map (`upstream.cluster_announce`, a sidecar beside one node) or the discovered
+//! cluster (`cluster.rs`, a listener per node). The field names follow `clusterReplyShards`,
+//! `addNodeToNodeReply` and `clusterGenNodeDescription` in Redis's `cluster.c` (7.0).
 
 use std::borrow::Cow;
 
@@ -21,13 +22,60 @@ pub struct Endpoint {
 /// How nodes are announced. `None`: the node is not known (and could not be given a
 /// listener); its address is then written as the announce host with port 0, never as the
 /// node's own.
-pub trait Announce {
+pub trait Announce: Send + Sync + std::fmt::Debug {
     /// By node id (40 hex characters), as `CLUSTER NODES` and `SHARDS` name nodes.
     fn by_id(&self, id: &[u8]) -> Option<Endpoint>;
     /// By the `host:port` Redis wrote (in `-MOVED`, or a node without an id).
     fn by_addr(&self, host: &[u8], port: u16) -> Option<Endpoint>;
     /// What an unknown node is written as.
     fn host(&self) -> std::sync::Arc<str>;
+}
+
+/// A host and a port.
+pub type HostPort = (String, u16);
+
+/// A fixed map from node addresses to announced endpoints (`upstream.cluster_announce`).
+#[derive(Debug)]
+pub struct Fixed {
+    host: std::sync::Arc<str>,
+    by_addr: std::collections::HashMap<(Vec<u8>, u16), Endpoint>,
+}
+
+impl Fixed {
+    /// From `(node host, node port) -> (announced host, announced port)` pairs.
+    pub fn new(map: &[(HostPort, HostPort)]) -> Fixed {
+        let host = map.first().map_or_else(
+            || std::sync::Arc::from("?"),
+            |(_, (h, _))| std::sync::Arc::from(h.as_str()),
+        );
+        let by_addr = map
+            .iter()
+            .map(|((h, p), (ah, ap))| {
+                (
+                    (h.as_bytes().to_vec(), *p),
+                    Endpoint {
+                        host: std::sync::Arc::from(ah.as_str()),
+                        port: *ap,
+                    },
+                )
+            })
+            .collect();
+        Fixed { host, by_addr }
+    }
+}
+
+impl Announce for Fixed {
+    fn by_id(&self, _id: &[u8]) -> Option<Endpoint> {
+        None
+    }
+
+    fn by_addr(&self, host: &[u8], port: u16) -> Option<Endpoint> {
+        self.by_addr.get(&(host.to_vec(), port)).cloned()
+    }
+
+    fn host(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::clone(&self.host)
+    }
 }
 
 /// Which `CLUSTER` reply a hook rewrites.
@@ -407,6 +455,7 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
 
+    #[derive(Debug)]
     struct Map {
         ids: HashMap<Vec<u8>, Endpoint>,
         addrs: HashMap<(Vec<u8>, u16), Endpoint>,
@@ -537,7 +586,13 @@ mod tests {
         /// Whatever the bytes, no panic, and a well-formed reply stays one.
         #[test]
         fn any_bytes_are_safe(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            crate::fuzzing::cluster_rewrite(&data);
+            for kind in [Reply::Slots, Reply::Shards, Reply::Nodes, Reply::Replicas] {
+                let out = reply(kind, &data, &map());
+                if parse(&data, 0).is_some_and(|(_, n)| n == data.len()) {
+                    proptest::prop_assert!(parse(&out, 0).is_some_and(|(_, n)| n == out.len()));
+                }
+            }
+            let _ = redirect(&data, &map());
         }
 
         /// Generated `CLUSTER SLOTS` replies of known nodes: each node's address becomes its
