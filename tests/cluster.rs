@@ -588,3 +588,31 @@ async fn nodes_that_join_and_fail_over_are_followed() {
         .expect("GET on the new master");
     assert_eq!(stored, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_node_listener_share_its_upstream_connections() {
+    let cluster = RedisCluster::start(3);
+    let proxy = start(&cluster, listener_ports(16)).await;
+    let port = port_for(&proxy, "app:{s}").await;
+    let node = cluster
+        .nodes
+        .iter()
+        .position(|n| {
+            redis::cmd("EXISTS")
+                .arg("app:{s}")
+                .query::<i64>(&mut n.admin())
+                .is_ok()
+        })
+        .expect("the node serving app:{s}");
+    let before = cluster.nodes[node].client_count();
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = login(&proxy, port, APP_USER, APP_PASSWORD).await;
+        c.send(&cmd(&["SET", "app:{s}", &i.to_string()])).await;
+        assert_eq!(c.replies(1).await, b"+OK\r\n".to_vec());
+        clients.push(c);
+    }
+    // Twenty clients held open, each served: the node sees redward's shared connection(s).
+    let during = cluster.nodes[node].client_count();
+    assert!(during <= before + 2, "{before} -> {during} connections for 20 clients");
+}
