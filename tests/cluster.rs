@@ -614,5 +614,41 @@ async fn clients_of_a_node_listener_share_its_upstream_connections() {
     }
     // Twenty clients held open, each served: the node sees redward's shared connection(s).
     let during = cluster.nodes[node].client_count();
-    assert!(during <= before + 2, "{before} -> {during} connections for 20 clients");
+    assert!(
+        during <= before + 2,
+        "{before} -> {during} connections for 20 clients"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redward_starts_before_its_seed_and_finds_the_cluster_when_it_answers() {
+    let mut cluster = RedisCluster::start(3);
+    cluster.nodes[0].kill();
+    let proxy = start(&cluster, listener_ports(16)).await;
+    let mut c = login(&proxy, proxy.port(), APP_USER, APP_PASSWORD).await;
+    c.send(&cmd(&["SET", "app:x", "1"])).await;
+    assert_eq!(
+        String::from_utf8_lossy(&c.replies(1).await),
+        "-ERR upstream Redis unavailable, try again later\r\n"
+    );
+    cluster.nodes[0].restart();
+    // Asked every second until a seed answers; then the entry serves (bounded, untimed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = Raw::try_tls_from(proxy.addr, &proxy.certs.ca(), None).await {
+            let mut script = cmd(&["AUTH", APP_USER, APP_PASSWORD]);
+            script.extend(cmd(&["SET", "app:x", "1"]));
+            c.send(&script).await;
+            let got = String::from_utf8_lossy(&c.replies(2).await).into_owned();
+            if got == "+OK\r\n+OK\r\n" || got.starts_with("+OK\r\n-MOVED ") {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster was never found"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(node_ports(&proxy).await.len(), 3);
 }

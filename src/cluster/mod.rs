@@ -99,8 +99,13 @@ impl Cluster {
     /// `settings` are the first listener's, shared (a reload of them applies to every node
     /// listener too).
     ///
+    /// No seed answering is not fatal (Redis may start after redward, as a sidecar's often
+    /// does): redward starts with no node, its entry refuses with Redis's retryable error and
+    /// `/readyz` says not ready, and the topology is asked for every second until a seed
+    /// answers.
+    ///
     /// # Errors
-    /// A message naming the field when no seed answers or no port is left for a node.
+    /// A message naming the field when the cluster has more nodes than ports are left.
     pub async fn discover(
         cfg: &ClusterConfig,
         settings: Arc<ArcSwap<ListenerSettings>>,
@@ -125,8 +130,10 @@ impl Cluster {
             },
             entry: ArcSwap::default(),
         });
-        let nodes = cluster.read_topology().await?;
-        cluster.learn(&nodes)?;
+        match cluster.read_topology().await {
+            Ok(nodes) => cluster.learn(&nodes)?,
+            Err(e) => warn!(error = %e, "cluster: no seed answered yet; asking again every second"),
+        }
         Ok(cluster)
     }
 
@@ -167,9 +174,15 @@ impl Cluster {
     async fn refresh_loop(self: Arc<Self>, stop: CancellationToken) {
         let nodes = &self.nodes;
         loop {
+            // Until some node has answered, every second; then every REFRESH.
+            let wait = if self.entry.load().is_some() {
+                REFRESH
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(REFRESH) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = nodes.refresh.notified() => {}
             }
             match self.read_topology().await {
