@@ -652,3 +652,38 @@ async fn redward_starts_before_its_seed_and_finds_the_cluster_when_it_answers() 
     }
     assert_eq!(node_ports(&proxy).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_cluster_is_reached_at_its_tls_ports() {
+    let certs = Certs::new();
+    let cluster = RedisCluster::start_tls(3, &certs);
+    let proxy = proxy()
+        .upstream_option(&format!(
+            "tls: {{ ca: {}, server_name: localhost }}",
+            certs.ca().display()
+        ))
+        .cluster(&[cluster.nodes[0].port], listener_ports(16))
+        .start(&cluster.nodes[0])
+        .await;
+    let nodes = node_ports(&proxy).await;
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let mut c = login(&proxy, proxy.port(), APP_USER, APP_PASSWORD).await;
+    let mut script = Vec::new();
+    for sub in ["SLOTS", "SHARDS", "NODES"] {
+        script.extend(cmd(&["CLUSTER", sub]));
+    }
+    for i in 0..30 {
+        script.extend(cmd(&["SET", &format!("app:k{i}"), "1"]));
+    }
+    c.send(&script).await;
+    let seen = String::from_utf8_lossy(&c.replies(33).await).into_owned();
+    assert!(seen.contains("-MOVED "), "{seen}");
+    assert!(seen.contains("tls-port"), "{seen}");
+    for p in cluster.upstream_ports() {
+        for pattern in [format!(":{p}"), format!("@{p}"), format!("\n{p}\r")] {
+            assert!(!seen.contains(&pattern), "{pattern} in {seen}");
+        }
+    }
+    let (ops, _, missing, _) = outcome(redis_py(&proxy, "rw", "100"));
+    assert_eq!((ops, missing), (100, 0));
+}

@@ -244,16 +244,16 @@ impl Cluster {
             let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
             let mut known = Known::clone(&self.known.load());
             known.by_id.insert(n.id.as_bytes().to_vec(), ep.clone());
-            for alias in &n.aliases {
-                known
-                    .by_addr
-                    .entry((alias.as_bytes().to_vec(), n.port))
-                    .or_insert_with(|| ep.clone());
+            // Under the port redward dials (the one MOVED names: `tls-port` on a TLS cluster)
+            // and, if different and known, the plaintext one, by every name.
+            for p in [port, n.port].into_iter().filter(|p| *p != 0) {
+                for name in std::iter::once(&n.ip).chain(&n.aliases) {
+                    known
+                        .by_addr
+                        .entry((name.as_bytes().to_vec(), p))
+                        .or_insert_with(|| ep.clone());
+                }
             }
-            known
-                .by_addr
-                .entry((n.ip.as_bytes().to_vec(), n.port))
-                .or_insert_with(|| ep.clone());
             self.known.store(Arc::new(known));
         }
         Ok(())

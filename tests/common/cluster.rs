@@ -1,16 +1,19 @@
 //! A real Redis Cluster on loopback: `redis-server --cluster-enabled yes` nodes joined with
 //! `redis-cli --cluster create`, each on its own ephemeral port and cluster bus port.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{free_port, Redis, RedisOptions, ServerKind, UPSTREAM_PASSWORD, UPSTREAM_USER};
+use super::{free_port, Certs, Redis, RedisOptions, ServerKind, UPSTREAM_PASSWORD, UPSTREAM_USER};
 
 /// The nodes of one cluster, killed on drop.
 pub struct RedisCluster {
     pub nodes: Vec<Redis>,
     /// Each node's cluster bus port (also an upstream address no reply may show).
     pub bus_ports: Vec<u16>,
+    /// For a TLS-only cluster, the CA its certificates chain to.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisCluster {
@@ -22,14 +25,27 @@ impl RedisCluster {
 
     /// The same with `kind`'s server (joined by Debian's redis-cli either way).
     pub fn start_kind(kind: ServerKind, masters: usize) -> RedisCluster {
+        RedisCluster::start_with(kind, masters, None)
+    }
+
+    /// TLS only: clients, replication and the cluster bus (`tls-cluster yes`), with `certs`.
+    pub fn start_tls(masters: usize, certs: &Certs) -> RedisCluster {
+        RedisCluster::start_with(ServerKind::Redis, masters, Some(certs))
+    }
+
+    fn start_with(kind: ServerKind, masters: usize, tls: Option<&Certs>) -> RedisCluster {
         let mut nodes = Vec::new();
         let mut bus_ports = Vec::new();
         for _ in 0..masters {
-            let (node, bus) = RedisCluster::node(kind);
+            let (node, bus) = RedisCluster::node(kind, tls);
             nodes.push(node);
             bus_ports.push(bus);
         }
-        let cluster = RedisCluster { nodes, bus_ports };
+        let cluster = RedisCluster {
+            nodes,
+            bus_ports,
+            tls_ca: tls.map(Certs::ca),
+        };
         let out = cluster
             .cli_cluster(&["create"])
             .args(cluster.nodes.iter().map(Redis::addr))
@@ -48,7 +64,7 @@ impl RedisCluster {
 
     /// Adds a node: a replica of node `replica_of`, or an empty master.
     pub fn add_node(&mut self, replica_of: Option<usize>) {
-        let (node, bus) = RedisCluster::node(ServerKind::Redis);
+        let (node, bus) = RedisCluster::node(ServerKind::Redis, None);
         let mut cmd = self.cli_cluster(&["add-node", &node.addr(), &self.nodes[0].addr()]);
         if let Some(m) = replica_of {
             cmd.args(["--cluster-slave", "--cluster-master-id", &self.id(m)]);
@@ -65,7 +81,7 @@ impl RedisCluster {
     }
 
     /// One cluster-enabled node and its bus port.
-    fn node(kind: ServerKind) -> (Redis, u16) {
+    fn node(kind: ServerKind, tls: Option<&Certs>) -> (Redis, u16) {
         {
             let bus = free_port();
             let mut options = RedisOptions::with_acl(vec![
@@ -96,22 +112,40 @@ impl RedisCluster {
                 UPSTREAM_PASSWORD,
             ]);
             options.server = kind;
+            if let Some(certs) = tls {
+                options = options.tls_only(certs).args([
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                    "--tls-auth-clients",
+                    "no",
+                ]);
+            }
             (Redis::start_with(options), bus)
         }
     }
 
     /// `redis-cli --cluster <sub>` logged in as the upstream user.
     pub fn cli_cluster(&self, sub: &[&str]) -> Command {
+        let mut cmd = self.cli();
+        cmd.arg("--cluster").args(sub);
+        cmd
+    }
+
+    /// `redis-cli` logged in as the upstream user (over TLS to a TLS cluster).
+    pub fn cli(&self) -> Command {
         let mut cmd = Command::new("redis-cli");
+        if let Some(ca) = &self.tls_ca {
+            cmd.args(["--tls", "--cacert"]).arg(ca);
+        }
         cmd.args([
             "--user",
             UPSTREAM_USER,
             "--pass",
             UPSTREAM_PASSWORD,
             "--no-auth-warning",
-        ])
-        .arg("--cluster")
-        .args(sub);
+        ]);
         cmd
     }
 
@@ -121,9 +155,12 @@ impl RedisCluster {
         let want = format!("cluster_known_nodes:{}", self.nodes.len());
         loop {
             let ok = self.nodes.iter().all(|n| {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut n.admin())
+                let out = self
+                    .cli()
+                    .args(["-p", &n.port.to_string(), "CLUSTER", "INFO"])
+                    .output();
+                let info = out
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
                 info.contains("cluster_state:ok") && info.contains(&want)
             });
@@ -145,10 +182,12 @@ impl RedisCluster {
     }
 
     pub fn id(&self, node: usize) -> String {
-        redis::cmd("CLUSTER")
-            .arg("MYID")
-            .query(&mut self.nodes[node].admin())
-            .expect("CLUSTER MYID")
+        let out = self
+            .cli()
+            .args(["-p", &self.nodes[node].port.to_string(), "CLUSTER", "MYID"])
+            .output()
+            .expect("CLUSTER MYID");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// Moves `slots` slots from node `from` to node `to` with `redis-cli --cluster reshard`.
