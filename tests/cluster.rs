@@ -687,3 +687,38 @@ async fn a_tls_only_cluster_is_reached_at_its_tls_ports() {
     let (ops, _, missing, _) = outcome(redis_py(&proxy, "rw", "100"));
     assert_eq!((ops, missing), (100, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirections_to_an_unknown_endpoint_name_the_node_listener() {
+    let cluster = RedisCluster::start(3);
+    let proxy = start(&cluster, listener_ports(16)).await;
+    let nodes = node_ports(&proxy).await;
+    // `MOVED <slot> ?:<port>`: "the host you asked, at this port".
+    for n in &cluster.nodes {
+        let out = cluster
+            .cli()
+            .args(["-p", &n.port.to_string()])
+            .args([
+                "CONFIG",
+                "SET",
+                "cluster-preferred-endpoint-type",
+                "unknown-endpoint",
+            ])
+            .output()
+            .expect("CONFIG SET");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+    let mut c = login(&proxy, proxy.port(), APP_USER, APP_PASSWORD).await;
+    let mut script = Vec::new();
+    for i in 0..20 {
+        script.extend(cmd(&["GET", &format!("app:k{i}")]));
+    }
+    c.send(&script).await;
+    let got = String::from_utf8_lossy(&c.replies(20).await).into_owned();
+    let moved: Vec<&str> = got.lines().filter(|l| l.starts_with("-MOVED ")).collect();
+    assert!(!moved.is_empty(), "{got}");
+    for m in moved {
+        let port: u16 = m.rsplit(':').next().and_then(|p| p.parse().ok()).expect(m);
+        assert!(nodes.contains(&port) && m.contains(" 127.0.0.1:"), "{m}");
+    }
+}

@@ -333,8 +333,25 @@ impl Announce for Cluster {
     }
 
     fn by_addr(&self, host: &[u8], port: u16) -> Option<Endpoint> {
-        if let Some(ep) = self.known.load().by_addr.get(&(host.to_vec(), port)) {
+        let known = self.known.load();
+        if let Some(ep) = known.by_addr.get(&(host.to_vec(), port)) {
             return Some(ep.clone());
+        }
+        if host.is_empty() || host == b"?" {
+            // `cluster-preferred-endpoint-type unknown-endpoint`: "the host you asked, this
+            // port" (`getPreferredEndpoint` in cluster.c). Answerable when one known node
+            // has that port.
+            let mut eps = known
+                .by_addr
+                .iter()
+                .filter(|((_, p), _)| *p == port)
+                .map(|(_, ep)| ep);
+            if let Some(first) = eps.next() {
+                if eps.all(|ep| ep == first) {
+                    return Some(first.clone());
+                }
+            }
+            return None;
         }
         // A node the last reading did not have (a node just added), or an address no node
         // has: a script can return any error text, `MOVED` included. Only the cluster's own
