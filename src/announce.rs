@@ -173,10 +173,22 @@ fn slots(item: &mut Item<'_>, announce: &dyn Announce) {
             let id = n.get(2).and_then(Item::bytes).map(<[u8]>::to_vec);
             let host = n.first().and_then(Item::bytes).map(<[u8]>::to_vec);
             let port = n.get(1).and_then(Item::int);
+            // The meta map's `hostname`/`ip`, for a fixed map keyed by another name.
+            let meta_names: Vec<Vec<u8>> = match n.get(3) {
+                Some(Item::Agg(_, meta)) => meta
+                    .chunks(2)
+                    .filter(|p| {
+                        matches!(p.first().and_then(Item::bytes), Some(b"ip" | b"hostname"))
+                    })
+                    .filter_map(|p| p.get(1).and_then(Item::bytes).map(<[u8]>::to_vec))
+                    .collect(),
+                _ => Vec::new(),
+            };
             let ep = id
                 .as_deref()
                 .and_then(|id| announce.by_id(id))
                 .or_else(|| announce.by_addr(host.as_deref()?, port?))
+                .or_else(|| meta_names.iter().find_map(|h| announce.by_addr(h, port?)))
                 .unwrap_or_else(|| unknown(announce));
             if let Some(h) = n.get_mut(0) {
                 h.set_bytes(ep.host.as_bytes());
@@ -212,12 +224,24 @@ fn shards(item: &mut Item<'_>, announce: &dyn Announce) {
                         .and_then(|p| p.get(1))
                 };
                 let id = field(b"id").and_then(Item::bytes).map(<[u8]>::to_vec);
-                let ip = field(b"ip").and_then(Item::bytes).map(<[u8]>::to_vec);
-                let port = field(b"port").and_then(Item::int);
+                // A fixed map may know the node by any of its names (a sidecar's map lists
+                // hostnames, while `ip` is the pod's address), at either port.
+                let names: Vec<Vec<u8>> = [&b"ip"[..], b"endpoint", b"hostname"]
+                    .iter()
+                    .filter_map(|n| field(n).and_then(Item::bytes).map(<[u8]>::to_vec))
+                    .collect();
+                let ports: Vec<u16> = [&b"port"[..], b"tls-port"]
+                    .iter()
+                    .filter_map(|n| field(n).and_then(Item::int))
+                    .collect();
                 let ep = id
                     .as_deref()
                     .and_then(|id| announce.by_id(id))
-                    .or_else(|| announce.by_addr(ip.as_deref()?, port?))
+                    .or_else(|| {
+                        names
+                            .iter()
+                            .find_map(|h| ports.iter().find_map(|p| announce.by_addr(h, *p)))
+                    })
                     .unwrap_or_else(|| unknown(announce));
                 rewrite_pairs(fields, &ep);
             }
@@ -256,11 +280,14 @@ fn nodes_text(text: &[u8], announce: &dyn Announce) -> Vec<u8> {
             continue;
         };
         let client_part = addr.split(|&b| b == b'@').next().unwrap_or(addr);
-        let hostname = addr.iter().position(|&b| b == b',').is_some();
+        let hostname = addr.iter().position(|&b| b == b',').map(|i| &addr[i + 1..]);
         let ep = announce.by_id(id).or_else(|| {
             let colon = client_part.iter().rposition(|&b| b == b':')?;
             let port = parse_u16(&client_part[colon + 1..])?;
-            announce.by_addr(&client_part[..colon], port)
+            // By the address, else by the hostname (a sidecar's map lists hostnames).
+            announce
+                .by_addr(&client_part[..colon], port)
+                .or_else(|| announce.by_addr(hostname?, port))
         });
         let ep = match ep {
             Some(ep) => ep,
@@ -276,7 +303,7 @@ fn nodes_text(text: &[u8], announce: &dyn Announce) -> Vec<u8> {
         push_endpoint(&mut out, &ep);
         out.push(b'@');
         out.extend_from_slice(ep.port.to_string().as_bytes());
-        if hostname {
+        if hostname.is_some() {
             out.push(b',');
             out.extend_from_slice(ep.host.as_bytes());
         }
@@ -567,6 +594,36 @@ mod tests {
         assert_eq!(
             reply_bytes(Reply::Replicas, reply.as_bytes()),
             format!("*1\r\n${}\r\n{want}\r\n", want.len())
+        );
+    }
+
+    #[test]
+    fn a_map_of_hostnames_finds_nodes_that_replies_name_by_ip() {
+        // A sidecar's map lists the names Redis announces (`cluster-announce-hostname`); NODES
+        // and SHARDS lead with the pod's IP.
+        let fixed = Fixed::new(&[(
+            ("redis-1.redis".to_owned(), 6379),
+            ("redis-1.redis".to_owned(), 6380),
+        )]);
+        let b = "b".repeat(40);
+        let text = format!("{b} 10.1.2.3:6379@16379,redis-1.redis master - 0 1 2 connected 0-10\n");
+        let out = reply(
+            Reply::Nodes,
+            format!("${}\r\n{text}\r\n", text.len()).as_bytes(),
+            &fixed,
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains(" redis-1.redis:6380@6380,redis-1.redis master"),
+            "{out}"
+        );
+        let shards = format!(
+            "*1\r\n*2\r\n$5\r\nnodes\r\n*1\r\n*8\r\n$2\r\nid\r\n$40\r\n{b}\r\n$4\r\nport\r\n:6379\r\n$2\r\nip\r\n$8\r\n10.1.2.3\r\n$8\r\nhostname\r\n$13\r\nredis-1.redis\r\n"
+        );
+        let out = String::from_utf8(reply(Reply::Shards, shards.as_bytes(), &fixed)).unwrap();
+        assert!(
+            out.contains(":6380\r\n") && !out.contains("10.1.2.3") && !out.contains(":6379"),
+            "{out}"
         );
     }
 

@@ -722,3 +722,68 @@ async fn redirections_to_an_unknown_endpoint_name_the_node_listener() {
         assert!(nodes.contains(&port) && m.contains(" 127.0.0.1:"), "{m}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_map_of_hostnames_covers_every_reply() {
+    // Kubernetes-style: each node announces a stable hostname, the map lists those names.
+    let cluster = RedisCluster::start(3);
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let out = cluster
+            .cli()
+            .args(["-p", &n.port.to_string(), "CONFIG", "SET"])
+            .args(["cluster-announce-hostname", &format!("redis-{i}.internal")])
+            .args(["cluster-preferred-endpoint-type", "hostname"])
+            .output()
+            .expect("CONFIG SET");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+    let map: Vec<String> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "\"redis-{i}.internal:{}\": \"redis-{i}.example.com:6380\"",
+                n.port
+            )
+        })
+        .collect();
+    let proxy = proxy()
+        .upstream_addr(&cluster.nodes[0].addr())
+        .upstream_option(&format!("cluster_announce: {{ {} }}", map.join(", ")))
+        .start(&cluster.nodes[0])
+        .await;
+    // Until every node has heard the others' hostnames over the bus (bounded, untimed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let mut c = login(&proxy, proxy.port(), APP_USER, APP_PASSWORD).await;
+        let mut script = Vec::new();
+        for sub in ["SLOTS", "SHARDS", "NODES"] {
+            script.extend(cmd(&["CLUSTER", sub]));
+        }
+        for i in 0..30 {
+            script.extend(cmd(&["GET", &format!("app:k{i}")]));
+        }
+        c.send(&script).await;
+        let got = String::from_utf8_lossy(&c.replies(33).await).into_owned();
+        if (0..3).all(|i| got.matches(&format!("redis-{i}.example.com")).count() >= 3) {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(got.contains("-MOVED "), "{got}");
+    // No node left unknown (written as port 0).
+    assert!(!got.contains(":0@0"), "{got}");
+    assert!(
+        got.lines()
+            .filter(|l| l.starts_with("-MOVED "))
+            .all(|l| !l.ends_with(":0")),
+        "{got}"
+    );
+    for p in cluster.upstream_ports() {
+        for pattern in [format!(":{p}"), format!("@{p}"), format!("\n{p}\r")] {
+            assert!(!got.contains(&pattern), "{pattern} in {got}");
+        }
+    }
+}
