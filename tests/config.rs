@@ -325,6 +325,11 @@ fn upstream_cluster_is_exclusive_and_checked_field_by_field() {
         &only(&good).replace("  password: x\n", "  password: x\n  tls: {}\n"),
         &["upstream.tls.server_name"],
     );
+    // Shared state lives in one database of one Redis: not in front of a cluster.
+    assert_refused(
+        &format!("{}limits:\n  shared_state: upstream\n", only(&good)),
+        &["limits.shared_state", "Cluster"],
+    );
     // The sidecar map belongs with one node's address.
     assert_refused(
         &only(&format!(

@@ -79,10 +79,12 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         return skip("kubernetes-validate", "pip install kubernetes-validate");
     };
     let dir = repo().join("deploy/kubernetes");
-    // The single-pod example, and the Sentinel one (several redward replicas) beside it.
+    // The single-pod example, the Sentinel one (several redward replicas) and the cluster
+    // one (a redward sidecar beside each cluster node) beside it.
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .chain(std::fs::read_dir(dir.join("sentinel")).unwrap())
+        .chain(std::fs::read_dir(dir.join("cluster")).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         // Not a Kubernetes object: kubernetes-validate has no schema for it. It is checked
@@ -90,7 +92,7 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 9, "manifests missing: {files:?}");
+    assert!(files.len() >= 15, "manifests missing: {files:?}");
 
     let out = Command::new(&validate)
         .arg("--strict")
@@ -177,6 +179,10 @@ fn example_configs_parse() {
             configmap_yaml_at("deploy/kubernetes/sentinel/configmap.yaml"),
         ),
         (
+            "cluster/configmap.yaml data.redward.yaml",
+            configmap_yaml_at("deploy/kubernetes/cluster/configmap.yaml"),
+        ),
+        (
             "config/docker.yaml",
             std::fs::read_to_string(repo().join("config/docker.yaml")).unwrap(),
         ),
@@ -196,7 +202,17 @@ fn example_configs_parse() {
 /// set (only in the child's environment).
 #[test]
 fn configmap_config_passes_redward_check() {
-    let yaml = configmap_redward_yaml();
+    for path in [
+        "deploy/kubernetes/configmap.yaml",
+        "deploy/kubernetes/cluster/configmap.yaml",
+    ] {
+        passes_redward_check(path);
+    }
+}
+
+/// `redward check` on the ConfigMap at `path`, with its /etc/redward files made up.
+fn passes_redward_check(path: &str) {
+    let yaml = configmap_yaml_at(path);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let certs = redward::tls::generate_dev_certs(&root.join("certs"), &[]).unwrap();
@@ -223,7 +239,7 @@ fn configmap_config_passes_redward_check() {
     let text = output_text(&out);
     assert!(
         out.status.success(),
-        "redward check rejected the ConfigMap's config:\n{text}"
+        "redward check rejected {path}'s config:\n{text}"
     );
     assert!(text.contains("config OK"), "{text}");
     assert!(text.contains("user app "), "{text}");

@@ -740,6 +740,15 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         }
     };
 
+    if shared_state_upstream
+        && (upstream.cluster.is_some() || !upstream.cluster_announce.is_empty())
+    {
+        // Its keys would live in one slot, on one node: every other node answers MOVED.
+        return Err(ConfigError::invalid(
+            "limits.shared_state",
+            "upstream is not for a Redis Cluster (the state would live on one node's slots); use local",
+        ));
+    }
     Ok(Config {
         listeners,
         upstream,
