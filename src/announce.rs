@@ -138,16 +138,45 @@ pub fn reply(kind: Reply, bytes: &[u8], announce: &dyn Announce) -> Vec<u8> {
     if used != bytes.len() {
         return bytes.to_vec();
     }
+    rewrite(kind, &mut item, announce);
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    write(&item, &mut out);
+    out
+}
+
+/// EXEC's reply to a transaction that queued `CLUSTER` requests: element `i` of the array is
+/// rewritten as `kind` for each `(i, kind)`. Anything else (EXECABORT, a null array after a
+/// WATCH conflict) is copied as it is.
+pub fn exec_reply(queued: &[(usize, Reply)], bytes: &[u8], announce: &dyn Announce) -> Vec<u8> {
+    let Some((mut item, used)) = parse(bytes, 0) else {
+        return bytes.to_vec();
+    };
+    if used != bytes.len() {
+        return bytes.to_vec();
+    }
+    if let Item::Agg(_, elements) = &mut item {
+        for (i, kind) in queued {
+            if let Some(e) = elements.get_mut(*i) {
+                rewrite(*kind, e, announce);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    write(&item, &mut out);
+    out
+}
+
+fn rewrite(kind: Reply, item: &mut Item<'_>, announce: &dyn Announce) {
     match kind {
-        Reply::Slots => slots(&mut item, announce),
-        Reply::Shards => shards(&mut item, announce),
+        Reply::Slots => slots(item, announce),
+        Reply::Shards => shards(item, announce),
         Reply::Nodes => {
-            if let Item::Blob(_, text) = &mut item {
+            if let Item::Blob(_, text) = item {
                 *text = Cow::Owned(nodes_text(text, announce));
             }
         }
         Reply::Replicas => {
-            if let Item::Agg(_, lines) = &mut item {
+            if let Item::Agg(_, lines) = item {
                 for l in lines {
                     if let Item::Blob(_, text) = l {
                         *text = Cow::Owned(nodes_text(text, announce));
@@ -156,9 +185,6 @@ pub fn reply(kind: Reply, bytes: &[u8], announce: &dyn Announce) -> Vec<u8> {
             }
         }
     }
-    let mut out = Vec::with_capacity(bytes.len() + 64);
-    write(&item, &mut out);
-    out
 }
 
 /// `CLUSTER SLOTS`: `[[start, end, [host, port, id, {meta}], ...], ...]`.
@@ -625,6 +651,28 @@ mod tests {
             out.contains(":6380\r\n") && !out.contains("10.1.2.3") && !out.contains(":6379"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn exec_rewrites_only_the_queued_cluster_replies() {
+        let a = "a".repeat(40);
+        let line = format!("{a} 10.0.0.5:6379@16379 myself,master - 0 0 1 connected 0-5460\n");
+        let exec = format!(
+            "*3\r\n+PONG\r\n${}\r\n{line}\r\n$8\r\n10.0.0.5\r\n",
+            line.len()
+        );
+        let out =
+            String::from_utf8(exec_reply(&[(1, Reply::Nodes)], exec.as_bytes(), &map())).unwrap();
+        assert!(out.starts_with("*3\r\n+PONG\r\n"), "{out}");
+        assert!(out.contains("redis.example.com:7101@7101"), "{out}");
+        // A plain value that happens to look like an address is not a cluster reply.
+        assert!(out.ends_with("$8\r\n10.0.0.5\r\n"), "{out}");
+        for passthrough in [&b"-EXECABORT Transaction discarded\r\n"[..], b"*-1\r\n"] {
+            assert_eq!(
+                exec_reply(&[(0, Reply::Slots)], passthrough, &map()),
+                passthrough
+            );
+        }
     }
 
     #[test]

@@ -193,8 +193,20 @@ async fn no_upstream_address_on(kind: ServerKind) {
             for i in 0..30 {
                 script.extend(cmd(&["GET", &format!("app:k{i}")]));
             }
+            // The same replies inside a transaction, within EXEC's.
+            for a in [
+                &["MULTI"][..],
+                &["CLUSTER", "NODES"],
+                &["PING"],
+                &["CLUSTER", "SHARDS"],
+                &["CLUSTER", "SLOTS"],
+                &["CLUSTER", "REPLICAS", &id],
+                &["EXEC"],
+            ] {
+                script.extend(cmd(a));
+            }
             c.send(&script).await;
-            let got = c.replies(usize::from(resp3) + 5 + 30).await;
+            let got = c.replies(usize::from(resp3) + 5 + 30 + 7).await;
             seen.push_str(&String::from_utf8_lossy(&got));
         }
     }

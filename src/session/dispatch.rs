@@ -249,15 +249,35 @@ impl State {
     /// For a `CLUSTER` request whose reply names nodes, behind a cluster: the hook that
     /// names redward's endpoints instead. (Inside MULTI the reply comes within EXEC's, and
     /// is not rewritten.)
-    fn cluster_reply(&self, req: &Request<'_>) -> Option<std::sync::Arc<dyn super::Rewrite>> {
-        if req.argc() < 2 || !req.name().eq_ignore_ascii_case(b"cluster") {
+    /// Inside MULTI such a request is remembered by its place, and EXEC's reply gets the hook
+    /// for those places.
+    fn cluster_reply(&mut self, req: &Request<'_>) -> Option<std::sync::Arc<dyn super::Rewrite>> {
+        let name = req.name();
+        let exec = name.eq_ignore_ascii_case(b"exec");
+        if !exec && (req.argc() < 2 || !name.eq_ignore_ascii_case(b"cluster")) {
             return None;
         }
         let cluster = self.shared.cluster.get()?;
-        if self.client.in_multi || self.client.monitor {
+        if self.client.monitor {
             return None;
         }
+        if exec {
+            if self.client.multi_cluster.is_empty() {
+                return None;
+            }
+            let queued = std::mem::take(&mut self.client.multi_cluster);
+            return Some(std::sync::Arc::new(super::reply_hook::ExecReply {
+                queued,
+                cluster: std::sync::Arc::clone(cluster),
+            }));
+        }
         let kind = crate::announce::Reply::of(req.arg(1))?;
+        if self.client.in_multi {
+            // This request was just queued: its reply is EXEC's element `queued - 1`.
+            let place = self.client.multi_queued.saturating_sub(1);
+            self.client.multi_cluster.push((place, kind));
+            return None;
+        }
         Some(std::sync::Arc::new(super::reply_hook::ClusterReply {
             kind,
             cluster: std::sync::Arc::clone(cluster),

@@ -37,3 +37,21 @@ impl Rewrite for ClusterReply {
         out.extend_from_slice(&crate::announce::reply(self.kind, reply, &*self.cluster));
     }
 }
+
+/// EXEC's reply to a transaction that queued such `CLUSTER` requests: those elements are
+/// rewritten (`announce::exec_reply`).
+#[derive(Debug)]
+pub struct ExecReply {
+    pub queued: Vec<(usize, crate::announce::Reply)>,
+    pub cluster: std::sync::Arc<dyn crate::announce::Announce>,
+}
+
+impl Rewrite for ExecReply {
+    fn rewrite(&self, reply: &[u8], _info: &FrameInfo, out: &mut BytesMut) {
+        out.extend_from_slice(&crate::announce::exec_reply(
+            &self.queued,
+            reply,
+            &*self.cluster,
+        ));
+    }
+}

@@ -102,12 +102,16 @@ impl State {
             if is(b"exec") || is(b"discard") {
                 self.client.in_multi = false;
                 self.client.multi_dirty = false;
+            } else {
+                self.client.multi_queued += 1;
             }
             return (Expect::Replies(1), Hook::None);
         }
         if is(b"multi") {
             self.client.in_multi = argc == 1;
             self.client.multi_dirty = false;
+            self.client.multi_queued = 0;
+            self.client.multi_cluster.clear();
             return (Expect::Replies(1), Hook::None);
         }
         if is(b"monitor") && argc == 1 {

@@ -24,6 +24,10 @@ pub(super) struct ClientState {
     /// A command inside this MULTI was refused by redward: EXEC must fail with EXECABORT, as
     /// Redis's `CLIENT_DIRTY_EXEC` makes it (Redis itself never saw the refused command).
     pub(super) multi_dirty: bool,
+    /// Requests forwarded inside this MULTI, and which of them were `CLUSTER` requests whose
+    /// replies name nodes (their place in EXEC's reply), behind a cluster.
+    pub(super) multi_queued: usize,
+    pub(super) multi_cluster: Vec<(usize, crate::announce::Reply)>,
     /// After MONITOR's +OK: upstream frames answer no request.
     pub(super) monitor: bool,
     /// The protocol of the replies Redis is sending now (stream order).
