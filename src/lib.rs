@@ -84,9 +84,12 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    /// `upstream.cluster`: the topology could not be read, or a node got no listener.
-    #[error("{0}")]
-    Cluster(String),
+    /// `upstream.cluster`: a node got no listener.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    /// `upstream.cluster` needs a listener whose settings the node listeners take.
+    #[error("listen: upstream.cluster needs at least one listener")]
+    NoListener,
     #[error("listen[{index}].address {addr}: {source}")]
     Bind {
         index: usize,
@@ -200,15 +203,14 @@ impl Server {
                 let settings = slots
                     .first()
                     .map(|(_, s)| Arc::clone(s))
-                    .ok_or_else(|| StartError::Cluster("listen: at least one listener".into()))?;
+                    .ok_or(StartError::NoListener)?;
                 let cluster = cluster::Cluster::discover(
                     c,
                     settings,
                     connector.clone(),
                     metrics.cluster_nodes.clone(),
                 )
-                .await
-                .map_err(StartError::Cluster)?;
+                .await?;
                 for (port, node) in cluster.listeners() {
                     tracing::info!(port, %node, "cluster node listener");
                 }

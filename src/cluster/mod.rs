@@ -37,6 +37,38 @@ use crate::upstream::{Connector, Target};
 pub use crate::announce::{Announce, Endpoint};
 use topology::Node;
 
+/// Why the cluster could not be followed. Always the upstream's side, or the operator's
+/// (a port range too small for the cluster).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No seed or known node described the cluster; the last one's reason.
+    #[error("upstream.cluster.seeds: no node described the cluster ({addr}: {why})")]
+    NoTopology { addr: String, why: TopologyError },
+    /// More nodes than ports left in the range.
+    #[error("{node}: upstream.cluster.node_listeners.ports has no port left")]
+    NoPortLeft { node: String },
+}
+
+/// Why one node did not describe the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Frame(#[from] crate::net_io::FrameError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The node's own error text (cluster support disabled, NOPERM, ...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("CLUSTER {0}: unexpected reply")]
+    Unexpected(&'static str),
+    #[error("no nodes")]
+    Empty,
+    #[error("timed out")]
+    Timeout,
+}
+
 /// How often the topology is read again when nothing asks sooner.
 const REFRESH: Duration = Duration::from_secs(5);
 /// The most a topology reply may hold (a thousand-node cluster's SHARDS is well under this).
@@ -111,7 +143,7 @@ impl Cluster {
         settings: Arc<ArcSwap<ListenerSettings>>,
         connector: Connector,
         gauge: prometheus_client::metrics::gauge::Gauge,
-    ) -> Result<Arc<Cluster>, String> {
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let cluster = Arc::new(Cluster {
             host: Arc::from(cfg.announce_host.as_str()),
             known: ArcSwap::default(),
@@ -197,7 +229,7 @@ impl Cluster {
     }
 
     /// Asks the seeds and the known nodes in turn, until one describes the cluster.
-    async fn read_topology(&self) -> Result<Vec<Node>, String> {
+    async fn read_topology(&self) -> Result<Vec<Node>, ClusterError> {
         let nodes = &self.nodes;
         let mut candidates = nodes.seeds.clone();
         for (h, p) in self.known.load().by_addr.keys() {
@@ -206,25 +238,30 @@ impl Cluster {
                 candidates.push((h, *p));
             }
         }
-        let mut last = String::from("no seed");
+        let mut last = ClusterError::NoTopology {
+            addr: String::from("-"),
+            why: TopologyError::Empty,
+        };
         for (host, port) in candidates {
-            match ask(&nodes.connector, &host, port).await {
+            let why = match ask(&nodes.connector, &host, port).await {
                 Ok(found) if !found.is_empty() => {
                     self.entry
                         .store(Arc::new(Some(UpstreamAddr::Tcp { host, port })));
                     return Ok(found);
                 }
-                Ok(_) => last = format!("{host}:{port}: no nodes"),
-                Err(e) => last = format!("{host}:{port}: {e}"),
-            }
+                Ok(_) => TopologyError::Empty,
+                Err(e) => e,
+            };
+            last = ClusterError::NoTopology {
+                addr: format!("{host}:{port}"),
+                why,
+            };
         }
-        Err(format!(
-            "upstream.cluster.seeds: no node described the cluster ({last})"
-        ))
+        Err(last)
     }
 
     /// Gives every node a listener (if it has none) and records the names it goes by.
-    fn learn(&self, found: &[Node]) -> Result<(), String> {
+    fn learn(&self, found: &[Node]) -> Result<(), ClusterError> {
         let nodes = &self.nodes;
         let tls = nodes.connector.uses_tls();
         for n in found {
@@ -235,12 +272,11 @@ impl Cluster {
             if port == 0 {
                 continue; // a node still in its handshake
             }
-            let ep = self.open(&n.ip, port).ok_or_else(|| {
-                format!(
-                    "{}:{port}: upstream.cluster.node_listeners.ports has no port left",
-                    n.ip
-                )
-            })?;
+            let ep = self
+                .open(&n.ip, port)
+                .ok_or_else(|| ClusterError::NoPortLeft {
+                    node: format!("{}:{port}", n.ip),
+                })?;
             let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
             let mut known = Known::clone(&self.known.load());
             known.by_id.insert(n.id.as_bytes().to_vec(), ep.clone());
@@ -367,7 +403,7 @@ impl Announce for Cluster {
 }
 
 /// `CLUSTER SHARDS` from one node (`CLUSTER SLOTS` if it has no SHARDS).
-async fn ask(connector: &Connector, host: &str, port: u16) -> Result<Vec<Node>, String> {
+async fn ask(connector: &Connector, host: &str, port: u16) -> Result<Vec<Node>, TopologyError> {
     let target = Target::Fixed(UpstreamAddr::Tcp {
         host: host.to_owned(),
         port,
@@ -375,7 +411,7 @@ async fn ask(connector: &Connector, host: &str, port: u16) -> Result<Vec<Node>, 
     let connector = connector.to_target(target);
     let timeout = connector.connect_timeout();
     let run = async {
-        let mut s = connector.connect().await.map_err(|e| e.to_string())?;
+        let mut s = connector.connect().await?;
         let mut buf = BytesMut::new();
         for (sub, parse) in [
             (
@@ -386,22 +422,20 @@ async fn ask(connector: &Connector, host: &str, port: u16) -> Result<Vec<Node>, 
         ] {
             let mut req = Vec::new();
             encode_command(&mut req, [&b"CLUSTER"[..], sub.as_bytes()].into_iter());
-            s.write_all(&req).await.map_err(|e| e.to_string())?;
-            s.flush().await.map_err(|e| e.to_string())?;
-            let frame = crate::net_io::read_frame(&mut s, &mut buf, MAX_TOPOLOGY)
-                .await
-                .map_err(|e| e.to_string())?;
+            s.write_all(&req).await?;
+            s.flush().await?;
+            let frame = crate::net_io::read_frame(&mut s, &mut buf, MAX_TOPOLOGY).await?;
             if let redis_protocol::resp2::types::OwnedFrame::Error(e) = &frame {
                 if sub == "SLOTS" || !e.contains("unknown subcommand") {
-                    return Err(e.clone());
+                    return Err(TopologyError::Refused(e.clone()));
                 }
                 continue;
             }
-            return parse(&frame).ok_or_else(|| format!("CLUSTER {sub}: unexpected reply"));
+            return parse(&frame).ok_or(TopologyError::Unexpected(sub));
         }
-        Err("no topology".to_owned())
+        Err(TopologyError::Empty)
     };
     tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| "timed out".to_owned())?
+        .map_err(|_| TopologyError::Timeout)?
 }
