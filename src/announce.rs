@@ -722,6 +722,66 @@ mod tests {
         }
     }
 
+    /// Random well-formed RESP2/RESP3 items, nested, with node-ish strings among them.
+    fn resp_item() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(b"+OK\r\n".to_vec()),
+            Just(b":6379\r\n".to_vec()),
+            Just(b"_\r\n".to_vec()),
+            Just(b"$-1\r\n".to_vec()),
+            prop_oneof![
+                Just("10.0.0.5".to_owned()),
+                Just("ip".to_owned()),
+                Just("port".to_owned()),
+                Just("nodes".to_owned()),
+                Just(format!(
+                    "{} 10.0.0.5:6379@16379,h master - 0 0 1 connected\n",
+                    "a".repeat(40)
+                )),
+                "[a-z:@ ,.0-9]{0,12}",
+            ]
+            .prop_map(|t| format!("${}\r\n{t}\r\n", t.len()).into_bytes()),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            (
+                prop_oneof![Just(b'*'), Just(b'%'), Just(b'~'), Just(b'>')],
+                proptest::collection::vec(inner, 0..6),
+            )
+                .prop_map(|(ty, items)| {
+                    let items = if ty == b'%' && items.len() % 2 == 1 {
+                        &items[1..]
+                    } else {
+                        &items[..]
+                    };
+                    let n = if ty == b'%' {
+                        items.len() / 2
+                    } else {
+                        items.len()
+                    };
+                    let mut out = format!("{}{n}\r\n", ty as char).into_bytes();
+                    for i in items {
+                        out.extend_from_slice(i);
+                    }
+                    out
+                })
+        })
+    }
+
+    proptest::proptest! {
+        /// Every kind of rewrite, and EXEC's, keeps a well-formed reply one well-formed reply,
+        /// whatever its shape (a shape that is not the kind's is copied, not rewritten).
+        #[test]
+        fn well_formed_replies_stay_well_formed(item in resp_item()) {
+            proptest::prop_assert!(parse(&item, 0).is_some_and(|(_, n)| n == item.len()));
+            for kind in [Reply::Slots, Reply::Shards, Reply::Nodes, Reply::Replicas] {
+                for out in [reply(kind, &item, &map()), exec_reply(&[(0, kind), (1, Reply::Nodes)], &item, &map())] {
+                    proptest::prop_assert!(parse(&out, 0).is_some_and(|(_, n)| n == out.len()));
+                }
+            }
+        }
+    }
+
     fn reply_bytes_owned(kind: Reply, bytes: &[u8]) -> Vec<u8> {
         reply(kind, bytes, &map())
     }

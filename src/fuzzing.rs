@@ -143,7 +143,10 @@ pub fn cluster_rewrite(data: &[u8]) {
     }
     let exec = crate::announce::exec_reply(&[(0, kind), (2, Reply::Nodes)], bytes, &map);
     if whole(&mut ReplyScanner::new(), bytes) {
-        assert!(whole(&mut ReplyScanner::new(), &exec), "EXEC rewrite broke a reply");
+        assert!(
+            whole(&mut ReplyScanner::new(), &exec),
+            "EXEC rewrite broke a reply"
+        );
     }
     if let Some(line) = redirect(bytes, &map) {
         assert!(line.ends_with(b"\r\n") && line.starts_with(b"-"));
