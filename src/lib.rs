@@ -47,6 +47,7 @@ pub mod resp;
 pub mod session;
 pub mod shared;
 pub mod shared_limits;
+pub mod shared_rates;
 pub mod shutdown;
 pub mod stunnel;
 pub mod throttle;
@@ -142,6 +143,8 @@ pub struct Server {
     shared_state_upstream: bool,
     /// `upstream.cluster`: the nodes' listeners and the topology's refresh, started by `run`.
     cluster: Option<Arc<cluster::Cluster>>,
+    /// With `shared_state: upstream`, the users' `commands_per_second`, shared by lease.
+    command_rates: std::collections::HashMap<String, std::num::NonZeroU32>,
 }
 
 impl Server {
@@ -270,6 +273,7 @@ impl Server {
             grace: cfg.shutdown_grace,
             shared_state_upstream: cfg.shared_state_upstream,
             cluster,
+            command_rates: cfg.command_rates.clone(),
         })
     }
 
@@ -320,6 +324,14 @@ impl Server {
                 stop.clone(),
             );
             let _ = self.shared.shared_limits.set(limits);
+            if !self.command_rates.is_empty() {
+                let rates = shared_rates::SharedRates::start(
+                    self.shared.connector.with_setup(state),
+                    &self.command_rates,
+                    stop.clone(),
+                );
+                let _ = self.shared.shared_rates.set(rates);
+            }
         }
         if let Some(cluster) = &self.cluster {
             cluster.run(&self.shared, stop.clone(), tasks.clone());

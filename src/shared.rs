@@ -57,6 +57,9 @@ pub struct Shared {
     /// A Redis Cluster behind (`upstream.cluster` or `cluster_announce`): what replies that
     /// name nodes are rewritten with. Set once, at start-up.
     pub cluster: std::sync::OnceLock<Arc<dyn crate::announce::Announce>>,
+    /// `limits.shared_state: upstream` with `commands_per_second`: each rated user's budget,
+    /// leased from Redis (`shared_rates.rs`). Set once, when the server runs.
+    pub shared_rates: std::sync::OnceLock<crate::shared_rates::SharedRates>,
 }
 
 /// The part of the configuration a reload replaces without dropping connections.
@@ -116,6 +119,7 @@ impl Shared {
             databases: std::sync::atomic::AtomicU32::new(0),
             state_db: std::sync::atomic::AtomicU32::new(u32::MAX),
             cluster: std::sync::OnceLock::new(),
+            shared_rates: std::sync::OnceLock::new(),
         })
     }
 

@@ -218,3 +218,69 @@ fn a_shared_state_database_redis_lacks_refuses_to_start_naming_the_field() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_command_rate_holds_across_instances() {
+    let redis = Redis::start();
+    let rule = "  - name: slow\n    rules: \"on >slowpw ~* &* +@all\"\n";
+    let rated = format!("{rule}    commands_per_second: 40\n");
+    let mut addrs = Vec::new();
+    let mut certs_kept = Vec::new();
+    for _ in 0..2 {
+        let certs = Certs::new();
+        let text = proxy()
+            .user("slow", "on >slowpw ~* &* +@all")
+            .yaml("limits:\n  shared_state: upstream\n")
+            .config_text(&redis, &certs)
+            .replace(rule, &rated);
+        addrs.push(serve_config_text(&certs, &text).await);
+        certs_kept.push(certs);
+    }
+    let mut clients = Vec::new();
+    for (addr, certs) in addrs.iter().zip(&certs_kept) {
+        let mut c = Raw::tls(*addr, &certs.ca()).await;
+        c.send(&cmd(&["AUTH", "slow", "slowpw"])).await;
+        assert_eq!(c.replies(1).await, b"+OK\r\n".to_vec());
+        clients.push(c);
+    }
+    // One PING at a time, alternating between the instances: each would allow 40 a second
+    // alone (80 together); shared, the two together get 40 a second.
+    let start = Instant::now();
+    let mut admitted = [0u32; 2];
+    for i in 0..240 {
+        let c = &mut clients[i % 2];
+        c.send(&cmd(&["PING"])).await;
+        if c.replies(1).await == b"+PONG\r\n" {
+            admitted[i % 2] += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = f64::from(admitted[0] + admitted[1]);
+    // The shared rate's bound: a second's burst, the rate over the time taken, and at most two
+    // blocks (4 tokens each) on credit per instance. (No timing is asserted: a slower run
+    // only loosens the bound.)
+    let bound = 40.0 * (1.0 + elapsed) + 16.0;
+    eprintln!(
+        "shared command rate: admitted {admitted:?} of 240 in {elapsed:.2} s (bound {bound:.0})"
+    );
+    assert!(
+        total <= bound,
+        "admitted {admitted:?} in {elapsed:.2} s, over {bound:.0}"
+    );
+    assert!(
+        total >= 30.0,
+        "the shared rate starved the user: {admitted:?}"
+    );
+    assert!(admitted.iter().all(|n| *n > 0), "{admitted:?}");
+    // The rate lives in Redis, in the hidden state database.
+    let mut direct = redis.admin();
+    redis::cmd("SELECT")
+        .arg(15)
+        .query::<()>(&mut direct)
+        .expect("SELECT");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("redward:rate:slow")
+        .query(&mut direct)
+        .expect("EXISTS");
+    assert!(exists);
+}

@@ -73,7 +73,14 @@ impl State {
             .get(&user.name)
             .filter(|_| !self.flow.retrying)
         {
-            if rate.check().is_err() {
+            // This instance's share first, then the user's rate across instances (when shared).
+            let shared_ok = || {
+                let Some(rates) = self.shared.shared_rates.get() else {
+                    return true;
+                };
+                rates.budget(&user.name).is_none_or(|b| b.admit(rates))
+            };
+            if rate.check().is_err() || !shared_ok() {
                 self.counts.refused += 1;
                 self.shared.metrics.commands_rate_limited.inc();
                 self.reject(Bytes::from_static(replies::COMMAND_RATE_EXCEEDED));
