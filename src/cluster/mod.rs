@@ -1,13 +1,13 @@
 //! Redis Cluster behind redward. redward stays a per-node proxy, so transactions, scripts,
 //! pub/sub and blocking commands keep Redis's own semantics, and rewrites only where the
-//! cluster names itself (`rewrite.rs`).
+//! cluster names itself (`announce.rs`).
 //!
-//! - `upstream.cluster`: redward discovers the nodes (`CLUSTER SHARDS` from the seeds, then
-//!   every 5 s and whenever a reply names a node it does not know) and opens one listener
-//!   per node, on ports taken in order from `node_listeners.ports`, with the first
-//!   listener's settings (TLS, allow/deny, limits). Each node listener's sessions go to that
-//!   node, over their own pool of shared connections. Replies name `announce_host` and those
-//!   ports.
+//! `upstream.cluster`: redward discovers the nodes (`CLUSTER SHARDS` from the seeds, then
+//! every 5 s and whenever a reply names a node it does not know) and opens one listener per
+//! node, on ports taken in order from `node_listeners.ports`, with the first listener's
+//! settings (TLS, allow/deny, limits). Each node listener's sessions go to that node, over
+//! their own pool of shared connections. Replies name `announce_host` and those ports. The
+//! entry listeners go to whichever node last described the cluster (`Target::Chosen`).
 //!
 //! (The sidecar shape, `upstream.cluster_announce`, is a fixed map: `announce::Fixed`.)
 //!
@@ -262,8 +262,10 @@ impl Cluster {
 
     /// Gives every node a listener (if it has none) and records the names it goes by.
     fn learn(&self, found: &[Node]) -> Result<(), ClusterError> {
-        let nodes = &self.nodes;
-        let tls = nodes.connector.uses_tls();
+        let tls = self.nodes.connector.uses_tls();
+        // First a listener for every node (each new one recorded as it opens), then every
+        // name they go by, in one new map: a refresh that changes nothing copies nothing.
+        let mut named = Vec::with_capacity(found.len());
         for n in found {
             let port = match (tls, n.tls_port) {
                 (true, Some(p)) if p != 0 => p,
@@ -277,21 +279,39 @@ impl Cluster {
                 .ok_or_else(|| ClusterError::NoPortLeft {
                     node: format!("{}:{port}", n.ip),
                 })?;
-            let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
-            let mut known = Known::clone(&self.known.load());
-            known.by_id.insert(n.id.as_bytes().to_vec(), ep.clone());
-            // Under the port redward dials (the one MOVED names: `tls-port` on a TLS cluster)
-            // and, if different and known, the plaintext one, by every name.
-            for p in [port, n.port].into_iter().filter(|p| *p != 0) {
-                for name in std::iter::once(&n.ip).chain(&n.aliases) {
-                    known
-                        .by_addr
-                        .entry((name.as_bytes().to_vec(), p))
-                        .or_insert_with(|| ep.clone());
-                }
-            }
-            self.known.store(Arc::new(known));
+            named.push((n, port, ep));
         }
+        let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.known.load();
+        let missing = |k: &(Vec<u8>, u16)| !current.by_addr.contains_key(k);
+        let keys = |n: &Node, port: u16| {
+            // Under the port redward dials (the one MOVED names: `tls-port` on a TLS
+            // cluster) and, if different and known, the plaintext one, by every name.
+            let ports = [port, n.port];
+            ports
+                .into_iter()
+                .filter(|p| *p != 0)
+                .flat_map(move |p| {
+                    std::iter::once(&n.ip)
+                        .chain(&n.aliases)
+                        .map(move |name| (name.as_bytes().to_vec(), p))
+                })
+                .collect::<Vec<_>>()
+        };
+        let changed = named.iter().any(|(n, port, ep)| {
+            current.by_id.get(n.id.as_bytes()) != Some(ep) || keys(n, *port).iter().any(missing)
+        });
+        if !changed {
+            return Ok(());
+        }
+        let mut known = Known::clone(&current);
+        for (n, port, ep) in named {
+            known.by_id.insert(n.id.as_bytes().to_vec(), ep.clone());
+            for k in keys(n, port) {
+                known.by_addr.entry(k).or_insert_with(|| ep.clone());
+            }
+        }
+        self.known.store(Arc::new(known));
         Ok(())
     }
 
