@@ -55,123 +55,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# pick_ports N K: N distinct free ports, then the first and last of K consecutive free ones; all
-# outside the kernel's ephemeral range (where outgoing connections take their ports from).
-pick_ports() {
-	python3 - "$1" "$2" <<'PY'
-import random, socket, sys
-n, k = map(int, sys.argv[1:3])
-lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-pool = [p for p in range(10000, 65536 - k) if not lo - k <= p <= hi]
-held = []
-def grab(p):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        s.close()
-        return False
-    held.append(s)
-    return True
-single = []
-while len(single) < n:
-    p = random.choice(pool)
-    if p not in single and grab(p):
-        single.append(p)
-while True:
-    first = random.choice(pool)
-    if all(p not in single for p in range(first, first + k)) and all(grab(p) for p in range(first, first + k)):
-        break
-print(*single, first, first + k - 1)
-PY
-}
-# wait_port PORT PID NAME: until 127.0.0.1:PORT accepts (10 s); stop at once if PID exits
-wait_port() {
-	for _ in $(seq 200); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-		kill -0 "$2" 2>/dev/null || break
-		sleep 0.05
-	done
-	tail -n 20 "$WORK/$3.log" | sed 's/^/    /' >&2
-	die "$3 does not answer on 127.0.0.1:$1 (end of its log above)"
-}
-secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
-sha256() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
-
+LOGS=$WORK
+# shellcheck source=scripts/cluster_lib.sh
+source scripts/cluster_lib.sh
 PROXY_PW=$(secret)
 APP_PW=$(secret)
-(umask 077 && printf '%s\n' "$PROXY_PW" >"$WORK/redis.pass")
-read -r -a P <<<"$(pick_ports 7 8)"
-NODES=("${P[@]:0:3}")
-BUSES=("${P[@]:3:3}")
-ENTRY=${P[6]}
-RANGE="${P[7]}-${P[8]}"
-
-# Nodes with AUTH in front of everything but the cluster bus (which has none in Redis).
-for i in 0 1 2; do
-	mkdir -p "$WORK/n$i"
-	redis-server --bind 127.0.0.1 --port "${NODES[i]}" --protected-mode yes \
-		--cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "${BUSES[i]}" \
-		--cluster-node-timeout 3000 --save '' --appendonly no --dir "$WORK/n$i" \
-		--user default off --user proxy on "#$(sha256 "$PROXY_PW")" '~*' '&*' '+@all' \
-		>"$WORK/node$i.log" 2>&1 &
-	PIDS+=("$!")
-	wait_port "${NODES[i]}" "$!" "node$i"
-done
-# as the `proxy` user, straight to a node (plaintext)
-direct() { REDISCLI_AUTH=$PROXY_PW redis-cli -h 127.0.0.1 --user proxy --no-auth-warning "$@"; }
-REDISCLI_AUTH=$PROXY_PW redis-cli --user proxy --no-auth-warning --cluster create \
-	"${NODES[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$WORK/create.log" 2>&1 ||
-	{ cat "$WORK/create.log" >&2; die "redis-cli --cluster create failed"; }
-for _ in $(seq 300); do
-	ok=0
-	for p in "${NODES[@]}"; do
-		info=$(direct -p "$p" CLUSTER INFO 2>/dev/null) || true
-		[[ $info == *cluster_state:ok* && $info == *cluster_known_nodes:3* ]] && ok=$((ok + 1))
-	done
-	((ok == 3)) && break
-	sleep 0.1
-done
-((ok == 3)) || die "the cluster did not reach cluster_state:ok on every node within 30 s"
+cluster_ports
+cluster_start
 log "cluster: masters on :${NODES[*]} (cluster bus :${BUSES[*]}), cluster_state:ok"
-
-"$BIN" gen-certs --out "$WORK/certs" >"$WORK/gen-certs.log" 2>&1 ||
-	{ cat "$WORK/gen-certs.log" >&2; die "redward gen-certs failed"; }
-cat >"$WORK/redward.yaml" <<EOC
-listen:
-  - address: "127.0.0.1:$ENTRY"
-    tls: { cert: certs/server.crt, key: certs/server.key }
-upstream:
-  cluster:
-    seeds: ["127.0.0.1:${NODES[0]}"]
-    node_listeners:
-      bind: "127.0.0.1"
-      ports: "$RANGE"
-      announce_host: "127.0.0.1"
-  username: proxy
-  password_file: redis.pass
-users:
-  - name: app
-    rules: "on #$(sha256 "$APP_PW") ~* &* +@all"
-EOC
-"$BIN" check --config "$WORK/redward.yaml" >"$WORK/check.log" 2>&1 ||
-	{ cat "$WORK/check.log" >&2; die "redward check rejects its configuration"; }
-NO_COLOR=1 "$BIN" --config "$WORK/redward.yaml" >"$WORK/redward.log" 2>&1 &
-REDWARD=$!
-PIDS+=("$REDWARD")
-wait_port "$ENTRY" "$REDWARD" redward
+redward_start "$BIN" "on #$(sha256 "$APP_PW") ~* &* +@all"
+log "redward: entry listener 127.0.0.1:$ENTRY (TLS), node listeners from $RANGE"
 
 # as the `app` user, through redward (TLS, following redirects)
-CLI=(redis-cli -c --tls --cacert "$WORK/certs/ca.crt" -h 127.0.0.1 --user app --no-auth-warning)
+CLI=(redis-cli -c --tls --cacert "$CACERT" -h 127.0.0.1 --user app --no-auth-warning)
 via() { REDISCLI_AUTH=$APP_PW "${CLI[@]}" "$@"; }
-# Until redward shows all three masters, each on one of its own node listeners.
-for _ in $(seq 200); do
-	nodes=$(via -p "$ENTRY" CLUSTER NODES 2>&1) || true
-	[[ $(grep -c master <<<"$nodes") == 3 ]] && break
-	sleep 0.05
-done
-[[ $(grep -c master <<<"$nodes") == 3 ]] || die "CLUSTER NODES through redward: ${nodes:0:300}"
-log "redward: entry listener 127.0.0.1:$ENTRY (TLS), node listeners from $RANGE"
 
 # port PORT(S) -> which node (by its id) answers there
 declare -A ID_AT

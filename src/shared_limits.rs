@@ -253,27 +253,36 @@ async fn count(
             .iter()
             .map(|a| a.as_bytes()),
         );
-        if conn.is_none() {
-            conn = connector.connect().await.ok();
-            buf.clear();
-        }
-        let Some(stream) = conn.as_mut() else {
-            warn!(%ip, "shared failed-login count: upstream unavailable; counted locally only");
-            continue;
-        };
-        let ok = tokio::time::timeout(Duration::from_secs(5), async {
-            stream.write_all(&req).await.ok()?;
-            stream.flush().await.ok()?;
-            crate::net_io::read_frame(stream, &mut buf, 4096).await.ok()
-        })
-        .await
-        .ok()
-        .flatten();
-        if !matches!(ok, Some(OwnedFrame::Integer(_))) {
-            warn!(%ip, reply = ?ok, "shared failed-login count failed; counted locally only");
+        let reply = call(&connector, &mut conn, &mut buf, &req).await;
+        if !matches!(reply, Some(OwnedFrame::Integer(_))) {
+            warn!(%ip, ?reply, "shared failed-login count failed; counted locally only");
             conn = None;
         }
     }
+}
+
+/// Sends `req` on `conn`, opening it first if there is none, and reads one reply, all within
+/// 5 s. `None` on any failure (the caller drops the connection). The background tasks of
+/// shared state (lockouts here, command rates in `shared_rates.rs`) each keep one.
+pub(crate) async fn call(
+    connector: &Connector,
+    conn: &mut Option<crate::upstream::UpstreamStream>,
+    buf: &mut BytesMut,
+    req: &[u8],
+) -> Option<OwnedFrame> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        if conn.is_none() {
+            *conn = connector.connect().await.ok();
+            buf.clear();
+        }
+        let stream = conn.as_mut()?;
+        stream.write_all(req).await.ok()?;
+        stream.flush().await.ok()?;
+        crate::net_io::read_frame(stream, buf, 4096).await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Locks out, here, the addresses any instance reports on the channel.

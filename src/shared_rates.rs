@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -187,21 +186,7 @@ async fn lease(connector: Connector, mut rx: mpsc::Receiver<Arc<Budget>>, stop: 
                 .iter()
                 .map(|a| a.as_bytes()),
         );
-        if conn.is_none() {
-            conn = connector.connect().await.ok();
-            buf.clear();
-        }
-        let reply = match conn.as_mut() {
-            None => None,
-            Some(stream) => tokio::time::timeout(Duration::from_secs(5), async {
-                stream.write_all(&req).await.ok()?;
-                stream.flush().await.ok()?;
-                crate::net_io::read_frame(stream, &mut buf, 4096).await.ok()
-            })
-            .await
-            .ok()
-            .flatten(),
-        };
+        let reply = crate::shared_limits::call(&connector, &mut conn, &mut buf, &req).await;
         match reply {
             Some(OwnedFrame::Array(parts)) => {
                 let int = |i: usize| match parts.get(i) {

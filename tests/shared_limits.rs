@@ -17,6 +17,16 @@ async fn connect_from(proxy: &Proxy, source: &str) -> Raw {
     Raw::tls_from(addr, &proxy.certs.ca(), Some(source)).await
 }
 
+/// A direct connection to the database the shared state lives in (Redis's last: 15).
+fn state_db(redis: &Redis) -> redis::Connection {
+    let mut direct = redis.admin();
+    redis::cmd("SELECT")
+        .arg(15)
+        .query::<()>(&mut direct)
+        .expect("SELECT");
+    direct
+}
+
 async fn login(proxy: &Proxy, source: &str, password: &str) -> Vec<u8> {
     let mut c = connect_from(proxy, source).await;
     c.send(&cmd(&["AUTH", APP_USER, password])).await;
@@ -57,11 +67,7 @@ async fn failures_on_two_instances_lock_the_address_out_on_both_and_only_that_ad
         assert_eq!(login(proxy, "127.0.0.2", APP_PASSWORD).await, b"+OK\r\n");
     }
     // The lockout is in Redis, under redward's reserved names, in its last database.
-    let mut direct = redis.admin();
-    redis::cmd("SELECT")
-        .arg(15)
-        .query::<()>(&mut direct)
-        .expect("SELECT");
+    let mut direct = state_db(&redis);
     let lock: bool = redis::cmd("EXISTS")
         .arg("redward:lock:127.0.0.1")
         .query(&mut direct)
@@ -172,11 +178,7 @@ async fn the_shared_state_database_does_not_exist_for_clients() {
         )
     );
     // The lockout is there all the same, where no client looked.
-    let mut direct = redis.admin();
-    redis::cmd("SELECT")
-        .arg(15)
-        .query::<()>(&mut direct)
-        .expect("SELECT");
+    let mut direct = state_db(&redis);
     // (Counted in the background: asked until it is there; bounded, no timing asserted.)
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -273,11 +275,7 @@ async fn a_users_command_rate_holds_across_instances() {
     );
     assert!(admitted.iter().all(|n| *n > 0), "{admitted:?}");
     // The rate lives in Redis, in the hidden state database.
-    let mut direct = redis.admin();
-    redis::cmd("SELECT")
-        .arg(15)
-        .query::<()>(&mut direct)
-        .expect("SELECT");
+    let mut direct = state_db(&redis);
     let exists: bool = redis::cmd("EXISTS")
         .arg("redward:rate:slow")
         .query(&mut direct)

@@ -3,6 +3,8 @@
 
 use redis_protocol::resp2::types::OwnedFrame;
 
+use crate::commands::discover::text;
+
 /// One node, as the cluster describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -14,15 +16,6 @@ pub struct Node {
     pub tls_port: Option<u16>,
     /// Other names clients see it by (`endpoint`, `hostname`), written into redirections.
     pub aliases: Vec<String>,
-}
-
-fn text(f: &OwnedFrame) -> Option<String> {
-    match f {
-        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
-            String::from_utf8(b.clone()).ok()
-        }
-        _ => None,
-    }
 }
 
 fn port(f: &OwnedFrame) -> Option<u16> {

@@ -406,7 +406,8 @@ fn flag(name: &str) -> u32 {
     }
 }
 
-fn text(f: &OwnedFrame) -> Option<String> {
+/// A bulk or status reply as text (also what `cluster::topology` reads replies with).
+pub(crate) fn text(f: &OwnedFrame) -> Option<String> {
     match f {
         OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
             String::from_utf8(b.clone()).ok()
