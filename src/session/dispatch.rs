@@ -259,12 +259,13 @@ impl State {
     /// Inside MULTI such a request is remembered by its place, and EXEC's reply gets the hook
     /// for those places.
     fn cluster_reply(&mut self, req: &Request<'_>) -> Option<std::sync::Arc<dyn super::Rewrite>> {
+        // Not behind a cluster: one atomic load, nothing else.
+        let cluster = self.shared.cluster.get()?;
         let name = req.name();
         let exec = name.eq_ignore_ascii_case(b"exec");
         if !exec && (req.argc() < 2 || !name.eq_ignore_ascii_case(b"cluster")) {
             return None;
         }
-        let cluster = self.shared.cluster.get()?;
         if self.client.monitor {
             return None;
         }
