@@ -3,22 +3,44 @@
 //! `audit: { file: PATH }` is set, one JSON line appended to that file.
 //!
 //! An event never carries a password or a value: only who, from where, which command and which
-//! key or channel name. Writing the file happens on a background task fed by a bounded channel,
+//! key or channel name. A name is the client's to choose, up to the request size limit, so
+//! only its first [`MAX_NAME`] bytes are kept, marked as cut ([`bounded`]); what the log and
+//! the file queue hold is counted toward `limits.max_client_memory` ([`Audit::held`]), so
+//! denials cannot make redward grow past the bound its clients' buffers are held to. Writing the file happens on a background task fed by a bounded channel,
 //! so a slow disk never stalls a client; when the channel is full the event still reaches the
 //! log and ACL LOG, and the drop is counted and reported.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::memory::ClientMemory;
 use crate::throttle::{Throttle, Verdict};
+
+/// The most of a client-chosen name (key, channel, username) an event keeps. Redis keeps the
+/// whole name in ACL LOG (`addACLLogEntry`); a proxy in front of an exposed server cannot
+/// let a stream of 4 MiB key names stay in memory 4,096 times over.
+pub const MAX_NAME: usize = 256;
+
+/// `name` as an event keeps it: whole when at most [`MAX_NAME`] bytes, else its first
+/// [`MAX_NAME`] bytes followed by a mark saying how long it was. Never copies more.
+pub fn bounded(name: &[u8]) -> String {
+    match name.get(..MAX_NAME) {
+        Some(head) if name.len() > MAX_NAME => format!(
+            "{}...(cut, {} bytes)",
+            String::from_utf8_lossy(head),
+            name.len()
+        ),
+        _ => String::from_utf8_lossy(name).into_owned(),
+    }
+}
 
 /// Entries kept for `ACL LOG` (Redis's `acllog-max-len` default).
 pub const ACL_LOG_MAX_LEN: usize = 128;
@@ -79,6 +101,16 @@ pub struct LogEntry {
     pub client_info: String,
 }
 
+impl LogEntry {
+    /// The bytes this entry holds, for [`Audit::held`].
+    fn size(&self) -> usize {
+        std::mem::size_of::<LogEntry>()
+            + self.object.len()
+            + self.username.len()
+            + self.client_info.len()
+    }
+}
+
 /// The process-wide audit sink.
 #[derive(Debug)]
 pub struct Audit {
@@ -88,6 +120,10 @@ pub struct Audit {
     /// Keeps bursts of failed logins and of denials to a few log lines each.
     auth_lines: Throttle,
     denial_lines: Throttle,
+    /// Bytes the ACL LOG and the file queue hold now (see [`Audit::held`]).
+    held: Arc<AtomicUsize>,
+    /// Where `held` is counted toward `limits.max_client_memory`, once the bound exists.
+    memory: OnceLock<Arc<ClientMemory>>,
 }
 
 impl Default for Audit {
@@ -98,6 +134,8 @@ impl Default for Audit {
             dropped: AtomicU64::new(0),
             auth_lines: Throttle::default(),
             denial_lines: Throttle::default(),
+            held: Arc::new(AtomicUsize::new(0)),
+            memory: OnceLock::new(),
         }
     }
 }
@@ -116,6 +154,11 @@ impl Audit {
             .await?;
         let (tx, mut rx) = mpsc::channel::<String>(FILE_QUEUE);
         let shown = path.display().to_string();
+        let audit = Audit {
+            file: Some(tx),
+            ..Audit::default()
+        };
+        let held = Arc::clone(&audit.held);
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 let mut batch = line;
@@ -127,17 +170,30 @@ impl Audit {
                     warn!(file = %shown, error = %e, "audit file write failed");
                 }
                 let _ = file.flush().await;
+                // Out of the queue: no longer held (the bound's share follows at the next
+                // event, or the next `settle`).
+                held.fetch_sub(batch.len(), Ordering::Relaxed);
             }
         });
-        Ok(Audit {
-            file: Some(tx),
-            ..Audit::default()
-        })
+        Ok(audit)
     }
 
     /// Records an event everywhere it belongs. The log line is throttled (`throttle.rs`): a
     /// burst is a few lines and a count; ACL LOG, the metrics and the file count every event.
     pub fn record(&self, ev: &Event) {
+        let bounded_ev;
+        let ev = if ev.object.len() > MAX_NAME + 32 || ev.username.len() > MAX_NAME + 32 {
+            // Callers pass names through [`bounded`]; this keeps the promise for any that
+            // did not.
+            bounded_ev = Event {
+                object: bounded(ev.object.as_bytes()),
+                username: bounded(ev.username.as_bytes()),
+                ..ev.clone()
+            };
+            &bounded_ev
+        } else {
+            ev
+        };
         let throttle = if ev.reason == Reason::Auth {
             &self.auth_lines
         } else {
@@ -159,7 +215,11 @@ impl Audit {
         }
         self.add_to_log(ev);
         if let Some(tx) = &self.file {
-            if tx.try_send(json_line(ev)).is_err() {
+            let line = json_line(ev);
+            let len = line.len();
+            self.held.fetch_add(len, Ordering::Relaxed);
+            if tx.try_send(line).is_err() {
+                self.held.fetch_sub(len, Ordering::Relaxed);
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     warn!(
@@ -168,6 +228,27 @@ impl Audit {
                     );
                 }
             }
+        }
+        self.settle();
+    }
+
+    /// Bytes the ACL LOG and the file queue hold now: at most [`ACL_LOG_MAX_LEN`] and
+    /// `FILE_QUEUE` events of bounded names (about 4 MiB in all, whatever clients send).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Counts what the audit holds toward `limits.max_client_memory` from now on.
+    pub fn count_toward(&self, memory: Arc<ClientMemory>) {
+        let _ = self.memory.set(memory);
+        self.settle();
+    }
+
+    /// Brings the bound's share of the audit up to date with [`Audit::held`] (on every event
+    /// and from housekeeping, so a drained file queue is given back).
+    pub fn settle(&self) {
+        if let Some(m) = self.memory.get() {
+            m.set_overhead(self.held());
         }
     }
 
@@ -196,11 +277,14 @@ impl Audit {
         if let Some(mut e) = found.and_then(|i| log.remove(i)) {
             e.count += 1;
             e.updated = now;
-            e.client_info = client_info(ev);
+            let info = client_info(ev);
+            self.held.fetch_add(info.len(), Ordering::Relaxed);
+            self.held.fetch_sub(e.client_info.len(), Ordering::Relaxed);
+            e.client_info = info;
             log.push_front(e);
             return;
         }
-        log.push_front(LogEntry {
+        let entry = LogEntry {
             count: 1,
             reason: ev.reason,
             context: ev.context,
@@ -208,8 +292,14 @@ impl Audit {
             username: ev.username.clone(),
             updated: now,
             client_info: client_info(ev),
-        });
-        log.truncate(ACL_LOG_MAX_LEN);
+        };
+        self.held.fetch_add(entry.size(), Ordering::Relaxed);
+        log.push_front(entry);
+        while log.len() > ACL_LOG_MAX_LEN {
+            if let Some(old) = log.pop_back() {
+                self.held.fetch_sub(old.size(), Ordering::Relaxed);
+            }
+        }
     }
 
     /// The newest `count` entries, newest first.
@@ -222,8 +312,11 @@ impl Audit {
 
     pub fn reset(&self) {
         if let Ok(mut l) = self.log.lock() {
+            let bytes: usize = l.iter().map(LogEntry::size).sum();
             l.clear();
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
         }
+        self.settle();
     }
 }
 
@@ -308,6 +401,25 @@ mod tests {
         a.record(&ev("k5"));
         let e = a.entries(100);
         assert_eq!((e[0].object.as_str(), e[0].count), ("k5", 2));
+    }
+
+    #[test]
+    fn denied_names_are_kept_as_a_bounded_prefix_marked_as_cut() {
+        let a = Audit::default();
+        let long = vec![b'k'; 4 << 20];
+        assert_eq!(bounded(b"app:1"), "app:1");
+        let kept = bounded(&long);
+        assert!(kept.starts_with(&"k".repeat(MAX_NAME)), "{}", &kept[..40]);
+        assert!(kept.ends_with("...(cut, 4194304 bytes)"), "{kept}");
+        for i in 0..1000 {
+            let mut name = i.to_string().into_bytes();
+            name.extend_from_slice(&long);
+            a.record(&ev(&String::from_utf8(name).unwrap()));
+        }
+        assert_eq!(a.entries(1000).len(), ACL_LOG_MAX_LEN);
+        assert!(a.held() < ACL_LOG_MAX_LEN * 1024, "{}", a.held());
+        a.reset();
+        assert_eq!(a.held(), 0);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub fn auth(users: &Users, req: &Request<'_>) -> AuthOutcome {
         Some(user) => AuthOutcome::LoggedIn(user),
         None => AuthOutcome::Refused {
             reply: Bytes::from_static(replies::WRONGPASS),
-            failed_user: Some(String::from_utf8_lossy(name).into_owned()),
+            failed_user: Some(crate::audit::bounded(name)),
         },
     }
 }
@@ -158,7 +158,7 @@ pub fn hello<'a>(users: &Users, req: &Request<'a>, authenticated: bool) -> Hello
             match authenticate(users, name, req.arg(j + 2)) {
                 Some(user) => out.login = Some(user),
                 None => {
-                    out.failed_user = Some(String::from_utf8_lossy(name).into_owned());
+                    out.failed_user = Some(crate::audit::bounded(name));
                     out.result = Err(Bytes::from_static(replies::WRONGPASS));
                     return out;
                 }

@@ -100,19 +100,52 @@ pub enum StartError {
 }
 
 /// The database `limits.shared_state: upstream` hides its state in: the one configured
-/// (which must exist), else Redis's last; `None` when Redis has only one (or cannot say).
-fn state_database(
-    configured: Option<u32>,
-    databases: Option<u32>,
-) -> Result<Option<u32>, StartError> {
-    match (configured, databases) {
-        (Some(db), Some(n)) if db >= n => Err(StartError::Config(config::ConfigError::invalid(
+/// (which must exist, where Redis says how many it has), else Redis's last. Never database 0
+/// by default: there `KEYS`, `SCAN` and `FLUSHDB` would reach it, so when Redis has a single
+/// database, or cannot say how many, start-up is refused naming the field.
+fn state_database(configured: Option<u32>, databases: Option<u32>) -> Result<u32, StartError> {
+    let refuse = |why: String| {
+        Err(StartError::Config(config::ConfigError::invalid(
             "limits.shared_state_database",
-            format!("{db}: Redis has databases 0 to {}", n.saturating_sub(1)),
-        ))),
-        (Some(db), _) => Ok(Some(db)),
-        (None, Some(n)) if n >= 2 => Ok(Some(n - 1)),
-        (None, _) => Ok(None),
+            why,
+        )))
+    };
+    match (configured, databases) {
+        (Some(db), Some(n)) if db >= n => refuse(format!(
+            "{db}: Redis has databases 0 to {}",
+            n.saturating_sub(1)
+        )),
+        (Some(db), _) => Ok(db),
+        (None, Some(n)) if n >= 2 => Ok(n - 1),
+        (None, Some(_)) => refuse(
+            "Redis has database 0 only; the shared state needs one of its own \
+             (set databases 2 or more in redis.conf)"
+                .to_owned(),
+        ),
+        (None, None) => refuse(format!(
+            "could not learn how many databases Redis has within {}s (Redis down, or SELECT \
+             refused to redward's user); start Redis first or set this field",
+            STATE_PROBE_WAIT.as_secs()
+        )),
+    }
+}
+
+/// How long start-up waits for Redis to say how many databases it has, when the shared
+/// state's database depends on it (a sidecar's Redis may start a moment after redward).
+const STATE_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Redis's number of databases, asked again every second for up to [`STATE_PROBE_WAIT`].
+async fn probe_databases(connector: &upstream::Connector) -> Option<u32> {
+    let deadline = tokio::time::Instant::now() + STATE_PROBE_WAIT;
+    loop {
+        if let Some(n) = connector.databases().await {
+            return Some(n);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        warn!("limits.shared_state: upstream: waiting for Redis to say how many databases it has");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
@@ -238,7 +271,11 @@ impl Server {
         };
         let pool = (cfg.upstream.shared_connections > 0)
             .then(|| mux::Pools::start(cfg.upstream.shared_connections, &connector, &metrics));
-        let databases = connector.databases().await;
+        let databases = if cfg.shared_state_upstream && cfg.shared_state_database.is_none() {
+            probe_databases(&connector).await
+        } else {
+            connector.databases().await
+        };
         let shared = shared::Shared::new(cfg, connector, pool, audit, Arc::clone(&metrics));
         if let Some(n) = databases {
             // SELECT rides shared connections only for a database known to exist.
@@ -253,16 +290,10 @@ impl Server {
             let _ = shared.cluster.set(Arc::new(fixed));
         }
         if cfg.shared_state_upstream {
-            if let Some(db) = state_database(cfg.shared_state_database, databases)? {
-                shared
-                    .state_db
-                    .store(db, std::sync::atomic::Ordering::Relaxed);
-            } else {
-                tracing::warn!(
-                    "limits.shared_state: upstream: Redis has one database (or would not say \
-                     how many); the shared state lives in database 0, guarded by name only"
-                );
-            }
+            let db = state_database(cfg.shared_state_database, databases)?;
+            shared
+                .state_db
+                .store(db, std::sync::atomic::Ordering::Relaxed);
         }
         let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);
         Ok(Server {
@@ -313,11 +344,14 @@ impl Server {
         if let Some((listener, admin)) = self.admin {
             tokio::spawn(admin.serve(listener, stop.clone()));
         }
-        if self.shared_state_upstream {
-            let state = upstream::Setup {
-                resp3: false,
-                db: self.shared.state_db().unwrap_or(0),
-            };
+        // `bind` refused to start without a database of the state's own, so with
+        // `shared_state: upstream` there is one.
+        if let Some(db) = self
+            .shared
+            .state_db()
+            .filter(|_| self.shared_state_upstream)
+        {
+            let state = upstream::Setup { resp3: false, db };
             let limits = shared_limits::SharedLimits::start(
                 self.shared.connector.with_setup(state),
                 Arc::clone(&self.shared.limiter),
@@ -367,6 +401,8 @@ impl Server {
                         }
                     }
                     shared.audit.flush_log();
+                    // A drained audit file queue gives its bytes back to the memory bound.
+                    shared.audit.settle();
                     if let Some((count, over)) = shared.memory.log_lines.flush() {
                         warn!(
                             count,

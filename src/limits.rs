@@ -61,6 +61,10 @@ pub struct LimitSettings {
     pub auth_lockout: Duration,
 }
 
+/// The most addresses locked out at once (a few MiB at most). Reaching it takes that many
+/// addresses each failing the login quota, or as many lockouts reported by other instances.
+pub const MAX_LOCKOUTS: usize = 65_536;
+
 type KeyedLimiter<C> =
     RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
@@ -210,8 +214,30 @@ impl<C: Clock + Clone> Limiter<C> {
     pub fn lock(&self, ip: IpAddr) {
         let until = self.clock.now() + self.settings.load().auth_lockout.into();
         if let Ok(mut lockouts) = self.lockouts.lock() {
-            lockouts.insert(ip, until);
+            self.insert_lockout(&mut lockouts, ip, until);
         }
+    }
+
+    /// Records a lockout, keeping the map within [`MAX_LOCKOUTS`]: expired entries go first;
+    /// if every one is still in force, the one that ends soonest makes room. A flood of
+    /// lockouts (over IPv6, one address each) costs a bounded map, never unbounded memory.
+    fn insert_lockout(
+        &self,
+        lockouts: &mut HashMap<IpAddr, C::Instant>,
+        ip: IpAddr,
+        until: C::Instant,
+    ) {
+        if lockouts.len() >= MAX_LOCKOUTS && !lockouts.contains_key(&ip) {
+            let now = self.clock.now();
+            lockouts.retain(|_, t| *t > now);
+            if lockouts.len() >= MAX_LOCKOUTS {
+                let soonest = lockouts.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k);
+                if let Some(k) = soonest {
+                    lockouts.remove(&k);
+                }
+            }
+        }
+        lockouts.insert(ip, until);
     }
 
     /// The failed logins per minute and the lockout period in force.
@@ -231,13 +257,7 @@ impl<C: Clock + Clone> Limiter<C> {
         }
         let until = self.clock.now() + self.settings.load().auth_lockout.into();
         if let Ok(mut lockouts) = self.lockouts.lock() {
-            // Bounded: expired entries go first, and the map never holds more than the
-            // addresses that failed within one lockout period.
-            let now = self.clock.now();
-            if lockouts.len() > 10_000 {
-                lockouts.retain(|_, t| *t > now);
-            }
-            lockouts.insert(ip, until);
+            self.insert_lockout(&mut lockouts, ip, until);
         }
         true
     }
@@ -342,6 +362,26 @@ mod tests {
         assert_eq!(l.admit(b).err(), Some(Refused::TooManyConnections));
         drop(g1);
         assert!(l.admit(b).is_ok());
+    }
+
+    #[test]
+    fn the_lockout_map_is_bounded_however_many_addresses_are_reported() {
+        let clock = FakeRelativeClock::default();
+        let l = Limiter::with_clock(settings(), clock.clone());
+        let first: IpAddr = "2001:db8::".parse().unwrap();
+        l.lock(first);
+        clock.advance(Duration::from_secs(1));
+        for i in 1..(MAX_LOCKOUTS as u128 + 1000) {
+            l.lock(IpAddr::V6(std::net::Ipv6Addr::from(
+                0x2001_0db8_u128 << 96 | i,
+            )));
+        }
+        assert_eq!(l.lockouts.lock().unwrap().len(), MAX_LOCKOUTS);
+        // The one that ended soonest made room; the newest are in force.
+        assert!(!l.auth_locked(first));
+        assert!(l.auth_locked(IpAddr::V6(std::net::Ipv6Addr::from(
+            0x2001_0db8_u128 << 96 | (MAX_LOCKOUTS as u128 + 999)
+        ))));
     }
 
     #[test]

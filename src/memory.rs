@@ -43,6 +43,9 @@ pub struct ClientMemory {
     evicted: Counter,
     /// Evictions are caused by clients: a few log lines per burst, then a count.
     pub log_lines: crate::throttle::Throttle,
+    /// What redward keeps about clients rather than for them (the ACL LOG and audit queue:
+    /// `audit.rs`), counted in the total but never evicted: it only makes room shrink.
+    overhead: AtomicUsize,
 }
 
 /// One client's bytes, and the signal that tells it to go.
@@ -83,6 +86,25 @@ impl ClientMemory {
             next_id: AtomicU64::new(0),
             evicted,
             log_lines: crate::throttle::Throttle::default(),
+            overhead: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sets the bytes kept about clients (see `overhead`); past the limit, the clients
+    /// holding the most are evicted as for any other growth.
+    pub fn set_overhead(&self, bytes: usize) {
+        let old = self.overhead.swap(bytes, Ordering::Relaxed);
+        if bytes > old {
+            let n = bytes - old;
+            let before = self.total.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+            let now = usize::try_from(before).unwrap_or(0).saturating_add(n);
+            let limit = self.limit.load(Ordering::Relaxed);
+            if limit != 0 && now.saturating_sub(self.leaving.load(Ordering::Relaxed)) > limit {
+                self.evict(limit);
+            }
+        } else if old > bytes {
+            self.total
+                .dec_by(i64::try_from(old - bytes).unwrap_or(i64::MAX));
         }
     }
 

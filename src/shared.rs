@@ -104,6 +104,7 @@ impl Shared {
             metrics.client_memory.clone(),
             metrics.clients_evicted.clone(),
         ));
+        audit.count_toward(Arc::clone(&memory));
         Arc::new(Shared {
             live: ArcSwap::from_pointee(Live::from_config(cfg, 0)),
             generation: AtomicU64::new(0),

@@ -127,17 +127,26 @@ impl Refusal {
     }
 }
 
-/// Whether the request may touch a reserved name or the hidden database: its bytes contain
-/// the prefix, it is a PSUBSCRIBE (whose patterns can match the channel without naming it),
-/// or it is one of the commands above. The only cost for every other request is one
-/// substring search and a few length compares; [`reserved`] then looks closer.
-pub fn mentions_reserved(raw: &[u8], name: &[u8]) -> bool {
+/// Whether the request may touch a reserved name or the hidden database: one of its
+/// arguments contains the prefix, it is a PSUBSCRIBE (whose patterns can match the channel
+/// without naming it), or it is one of the commands above. The arguments are the parsed ones
+/// that will be forwarded, never the raw bytes: an inline request's are unescaped
+/// (`"\x72edward:"` is `redward:`), and Redis sees them re-encoded (`dispatch::forward`).
+/// The only cost for every other request is one substring search per argument and a few
+/// length compares; [`reserved`] then looks closer.
+pub fn mentions_reserved(req: &crate::resp::Request<'_>) -> bool {
+    let name = req.name();
     name.eq_ignore_ascii_case(b"psubscribe")
         || UNGUARDED
             .iter()
             .chain(NAMES_DB)
             .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
-        || raw.windows(KEY_PREFIX.len()).any(|w| w == KEY_PREFIX)
+        || req.args().any(contains_prefix)
+}
+
+/// Whether `arg` contains [`KEY_PREFIX`] anywhere.
+fn contains_prefix(arg: &[u8]) -> bool {
+    memchr::memmem::find(arg, KEY_PREFIX).is_some()
 }
 
 /// Whether a request reaches a reserved key, channel or database (`state_db`, if the state
@@ -166,8 +175,7 @@ pub fn reserved(
     // script or library that spells the prefix out is refused too (running any is, above).
     if matches!(base, "sort" | "sort_ro" | "script" | "function") {
         for i in 1..req.argc() {
-            let a = req.arg(i);
-            if a.windows(KEY_PREFIX.len()).any(|w| w == KEY_PREFIX) {
+            if contains_prefix(req.arg(i)) {
                 return Some(Refusal::Denied(Denied::Key { arg: i }));
             }
         }

@@ -95,6 +95,68 @@ impl Rewrite for HelloId {
     }
 }
 
+/// `CLIENT` and `ACL` subcommands redward answers itself, from its own registry and users.
+/// Inside MULTI Redis would queue them and answer within EXEC's reply; forwarded there they
+/// would act on Redis's clients, which are redward's own shared connections (`CLIENT KILL
+/// USER default` would cut every client off), so they are refused instead, which dooms the
+/// transaction to EXECABORT as any refused queued command does (`rejectCommand`).
+const CLIENT_HERE: &[&[u8]] = &[
+    b"id",
+    b"getname",
+    b"setname",
+    b"setinfo",
+    b"info",
+    b"list",
+    b"kill",
+    b"unblock",
+    b"tracking",
+];
+const ACL_HERE: &[&[u8]] = &[
+    b"whoami", b"users", b"list", b"getuser", b"cat", b"dryrun", b"log", b"setuser", b"deluser",
+    b"load", b"save",
+];
+
+/// The refusal of a `CLIENT` or `ACL` request that must not reach Redis as sent: one redward
+/// answers itself, queued in MULTI; `CLIENT TRACKING ... REDIRECT <id>` and `CLIENT UNBLOCK
+/// <id>`, whose ids Redis would read as its own (redward's shared connections among them: an
+/// invalidation stream redirected to one would corrupt every client's replies on it).
+/// `None`: the request takes its usual path.
+pub(super) fn refused_client_or_acl(req: &Request<'_>, in_multi: bool) -> Option<Bytes> {
+    let name = req.name();
+    if req.argc() < 2 {
+        return None;
+    }
+    let sub = req.arg(1);
+    let among = |list: &[&[u8]]| list.iter().any(|s| sub.eq_ignore_ascii_case(s));
+    let upper = || text(sub).to_ascii_uppercase();
+    if name.eq_ignore_ascii_case(b"acl") {
+        return (in_multi && among(ACL_HERE)).then(|| {
+            Bytes::from(format!(
+                "-ERR redward answers ACL {} itself; send it outside MULTI\r\n",
+                upper()
+            ))
+        });
+    }
+    if !name.eq_ignore_ascii_case(b"client") {
+        return None;
+    }
+    let redirect = sub.eq_ignore_ascii_case(b"tracking")
+        && (2..req.argc()).any(|i| req.arg(i).eq_ignore_ascii_case(b"redirect"));
+    if redirect || sub.eq_ignore_ascii_case(b"unblock") {
+        return Some(Bytes::from(format!(
+            "-ERR redward does not support CLIENT {}{}: client ids are redward's, not the server's\r\n",
+            upper(),
+            if redirect { " REDIRECT" } else { "" }
+        )));
+    }
+    (in_multi && among(CLIENT_HERE) && !sub.eq_ignore_ascii_case(b"tracking")).then(|| {
+        Bytes::from(format!(
+            "-ERR redward answers CLIENT {} itself; send it outside MULTI\r\n",
+            upper()
+        ))
+    })
+}
+
 fn text(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).into_owned()
 }

@@ -128,8 +128,7 @@ impl State {
                 return Outcome::Done;
             }
         }
-        if self.shared.shared_limits.get().is_some()
-            && crate::shared_limits::mentions_reserved(raw, name)
+        if self.shared.shared_limits.get().is_some() && crate::shared_limits::mentions_reserved(req)
         {
             // The names shared limits keep in Redis are no client's, whatever its ACL.
             if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
@@ -160,6 +159,13 @@ impl State {
         if name.eq_ignore_ascii_case(b"config") && self.changes_own_credential(req) {
             self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
             return Outcome::Done;
+        }
+        if is_acl || name.eq_ignore_ascii_case(b"client") {
+            if let Some(reply) = client_cmd::refused_client_or_acl(req, self.client.in_multi) {
+                self.counts.refused += 1;
+                self.reject(reply);
+                return Outcome::Done;
+            }
         }
         if is_acl {
             match acl_cmd::answer(req, &user, &self.live.users, &self.shared.audit) {

@@ -312,14 +312,8 @@ impl State {
     ) {
         let (reason, object) = match d {
             Denied::Command => (Reason::Command, spec.name.to_owned()),
-            Denied::Key { arg } => (
-                Reason::Key,
-                String::from_utf8_lossy(req.arg(arg)).into_owned(),
-            ),
-            Denied::Channel { arg } => (
-                Reason::Channel,
-                String::from_utf8_lossy(req.arg(arg)).into_owned(),
-            ),
+            Denied::Key { arg } => (Reason::Key, crate::audit::bounded(req.arg(arg))),
+            Denied::Channel { arg } => (Reason::Channel, crate::audit::bounded(req.arg(arg))),
         };
         self.shared.audit.record(&Event {
             reason,

@@ -5,6 +5,7 @@
 
 pub mod acl_gen;
 pub mod cluster;
+pub mod process;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
