@@ -198,14 +198,27 @@ async fn client_and_acl_commands_queued_in_multi_never_reach_redis_as_sent() {
             "{got}"
         );
     }
-    // ACL subcommands redward answers itself, likewise.
-    let mut script = cmd(&["MULTI"]);
-    script.extend(cmd(&["ACL", "LOG", "RESET"]));
-    script.extend(cmd(&["EXEC"]));
-    c.send(&script).await;
-    let got = String::from_utf8_lossy(&c.replies(3).await).into_owned();
-    assert!(got.contains("-ERR redward answers ACL LOG itself"), "{got}");
-    assert!(got.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"));
+    // ACL subcommands, AUTH, HELLO and CLIENT REPLY, which redward answers itself, likewise.
+    for (req, what) in [
+        (cmd(&["ACL", "LOG", "RESET"]), "ACL LOG"),
+        (cmd(&["ACL", "WHOAMI"]), "ACL WHOAMI"),
+        (cmd(&["AUTH", APP_USER, APP_PASSWORD]), "AUTH"),
+        (b"hello 3\r\n".to_vec(), "HELLO"),
+        (cmd(&["CLIENT", "REPLY", "OFF"]), "CLIENT REPLY"),
+    ] {
+        let mut script = cmd(&["MULTI"]);
+        script.extend(req);
+        script.extend(cmd(&["EXEC"]));
+        c.send(&script).await;
+        let got = String::from_utf8_lossy(&c.replies(3).await).into_owned();
+        assert_eq!(
+            got,
+            format!(
+                "+OK\r\n-ERR redward answers {what} itself; send it outside MULTI\r\n\
+                 -EXECABORT Transaction discarded because of previous errors.\r\n"
+            )
+        );
+    }
     // Ids Redis would read as its own: refused in and out of MULTI.
     for (req, n) in [
         (cmd(&["CLIENT", "TRACKING", "on", "REDIRECT", "3"]), 1),

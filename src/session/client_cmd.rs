@@ -101,43 +101,43 @@ impl Rewrite for HelloId {
 /// USER default` would cut every client off), so they are refused instead, which dooms the
 /// transaction to EXECABORT as any refused queued command does (`rejectCommand`).
 const CLIENT_HERE: &[&[u8]] = &[
-    b"id",
-    b"getname",
-    b"setname",
-    b"setinfo",
-    b"info",
-    b"list",
-    b"kill",
-    b"unblock",
-    b"tracking",
+    b"id", b"getname", b"setname", b"setinfo", b"info", b"list", b"kill", b"reply",
 ];
 const ACL_HERE: &[&[u8]] = &[
     b"whoami", b"users", b"list", b"getuser", b"cat", b"dryrun", b"log", b"setuser", b"deluser",
     b"load", b"save",
 ];
 
-/// The refusal of a `CLIENT` or `ACL` request that must not reach Redis as sent: one redward
-/// answers itself, queued in MULTI; `CLIENT TRACKING ... REDIRECT <id>` and `CLIENT UNBLOCK
-/// <id>`, whose ids Redis would read as its own (redward's shared connections among them: an
-/// invalidation stream redirected to one would corrupt every client's replies on it).
-/// `None`: the request takes its usual path.
-pub(super) fn refused_client_or_acl(req: &Request<'_>, in_multi: bool) -> Option<Bytes> {
+/// The refusal of a request that must not reach Redis as sent: one redward answers itself
+/// (`AUTH`, `HELLO`, the `CLIENT` and `ACL` subcommands above), queued in MULTI; `CLIENT
+/// TRACKING ... REDIRECT <id>` and `CLIENT UNBLOCK <id>` anywhere, whose ids Redis would read
+/// as its own (redward's shared connections among them: an invalidation stream redirected to
+/// one would corrupt every client's replies on it). `None`: the request takes its usual path.
+pub(super) fn refused_as_sent(req: &Request<'_>, in_multi: bool) -> Option<Bytes> {
     let name = req.name();
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let answered_here = |what: String| {
+        Some(Bytes::from(format!(
+            "-ERR redward answers {what} itself; send it outside MULTI\r\n"
+        )))
+    };
+    if in_multi && (is(b"auth") || is(b"hello")) {
+        return answered_here(text(name).to_ascii_uppercase());
+    }
     if req.argc() < 2 {
         return None;
     }
     let sub = req.arg(1);
     let among = |list: &[&[u8]]| list.iter().any(|s| sub.eq_ignore_ascii_case(s));
     let upper = || text(sub).to_ascii_uppercase();
-    if name.eq_ignore_ascii_case(b"acl") {
-        return (in_multi && among(ACL_HERE)).then(|| {
-            Bytes::from(format!(
-                "-ERR redward answers ACL {} itself; send it outside MULTI\r\n",
-                upper()
-            ))
-        });
+    if is(b"acl") {
+        return if in_multi && among(ACL_HERE) {
+            answered_here(format!("ACL {}", upper()))
+        } else {
+            None
+        };
     }
-    if !name.eq_ignore_ascii_case(b"client") {
+    if !is(b"client") {
         return None;
     }
     let redirect = sub.eq_ignore_ascii_case(b"tracking")
@@ -149,12 +149,10 @@ pub(super) fn refused_client_or_acl(req: &Request<'_>, in_multi: bool) -> Option
             if redirect { " REDIRECT" } else { "" }
         )));
     }
-    (in_multi && among(CLIENT_HERE) && !sub.eq_ignore_ascii_case(b"tracking")).then(|| {
-        Bytes::from(format!(
-            "-ERR redward answers CLIENT {} itself; send it outside MULTI\r\n",
-            upper()
-        ))
-    })
+    if in_multi && among(CLIENT_HERE) {
+        return answered_here(format!("CLIENT {}", upper()));
+    }
+    None
 }
 
 fn text(arg: &[u8]) -> String {

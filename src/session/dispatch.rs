@@ -160,8 +160,8 @@ impl State {
             self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
             return Outcome::Done;
         }
-        if is_acl || name.eq_ignore_ascii_case(b"client") {
-            if let Some(reply) = client_cmd::refused_client_or_acl(req, self.client.in_multi) {
+        if self.client.in_multi || name.eq_ignore_ascii_case(b"client") {
+            if let Some(reply) = client_cmd::refused_as_sent(req, self.client.in_multi) {
                 self.counts.refused += 1;
                 self.reject(reply);
                 return Outcome::Done;
@@ -334,13 +334,9 @@ impl State {
     /// client asked not to get, its own included. Redis is never out of step with redward
     /// about which replies exist, even when a later command is answered locally.
     pub(super) fn client_reply(&mut self, mode: &[u8]) {
-        if self.client.in_multi {
-            // Redis would queue it and switch modes inside EXEC, where replies can no longer be
-            // matched to requests; refuse rather than risk a desynchronised stream.
-            self.local(Bytes::from_static(
-                b"-ERR CLIENT REPLY inside MULTI is not supported by redward\r\n",
-            ));
-        } else if mode.eq_ignore_ascii_case(b"on") {
+        // Inside MULTI it was refused (`client_cmd::refused_as_sent`): Redis would switch modes
+        // inside EXEC, where replies can no longer be matched to requests.
+        if mode.eq_ignore_ascii_case(b"on") {
             self.client.reply_mode = ReplyMode::default();
             self.local(Bytes::from_static(replies::OK));
         } else if mode.eq_ignore_ascii_case(b"off") {
