@@ -32,6 +32,13 @@ The load, all at once for the whole duration:
   denied             `limited` (~lim:* +get +set, 200 commands/s) sends pipelines of 100
                      CONFIG GET * / GET app:x, both denied.
   memory-hog         10 clients as `bulk` pipeline 20 GETs of a 4 MiB value and never read.
+  reserved-inline    `ops` (~* &* +@all) sends inline requests whose escapes spell redward's
+                     reserved names (`PUBLISH "\x72edward:lockouts" 127.0.0.1` would lock the
+                     good clients out), with limits.shared_state: upstream.
+  denied-names       `limited` GETs distinct 1 MiB key names it may not read, ~10 a second.
+  multi-client       `ops` queues CLIENT KILL USER proxy / CLIENT LIST in MULTI and asks for
+                     CLIENT TRACKING ... REDIRECT: each must be refused.
+The last three count every reply that is not the refusal as a breach; one breach fails the soak.
 Each attack aims at something redward must bound (handshake slots, the PROXY-header reader, the
 parser, output buffers, memory, the log, the shared upstream connection, the login path). A
 connection that is never read can only learn that redward closed it by writing: held
@@ -278,12 +285,14 @@ users:
     commands_per_second: 200
   - name: bulk
     rules: "on #{h["bulk"]} ~big:* +@all -@dangerous"
+  - name: ops
+    rules: "on #{h["ops"]} ~* &* +@all"
 admin:
   address: "127.0.0.1:{s["admin_port"]}"
 limits:
   max_connections: 2000
   auth_failures_per_minute: 10
-{"" if legacy else "  max_client_memory: 256mb" + chr(10)}  handshake_timeout: 5s
+{"" if legacy else "  max_client_memory: 256mb" + chr(10) + "  shared_state: upstream" + chr(10)}  handshake_timeout: 5s
   auth_timeout: 5s
 shutdown_grace: 2s
 {"log: { color: never }" + chr(10) if color else ""}"""
@@ -310,7 +319,7 @@ def set_up(args: argparse.Namespace, out: Path, svc: Services) -> dict:
     the clients need (written, without the ssl context, to DIR/setup.json, mode 0600)."""
     bin_ = args.redward
     redis_port, main_port, proxy_port, admin_port = free_ports(4)
-    passwords = {u: secrets.token_hex(16) for u in ("app", "limited", "bulk")}
+    passwords = {u: secrets.token_hex(16) for u in ("app", "limited", "bulk", "ops")}
     proxy_pw = secrets.token_hex(16)
     old = os.umask(0o077)
     try:
@@ -320,7 +329,8 @@ def set_up(args: argparse.Namespace, out: Path, svc: Services) -> dict:
         if r.returncode != 0:
             raise SetupError(f"redward gen-certs failed:\n{r.stdout}{r.stderr}")
         s = {"dir": str(out), "certs": str(certs), "ca": str(certs / "ca.crt"), "redis_port": redis_port,
-             "main_port": main_port, "proxy_port": proxy_port, "admin_port": admin_port, "passwords": passwords}
+             "main_port": main_port, "proxy_port": proxy_port, "admin_port": admin_port, "passwords": passwords,
+             "legacy": args.legacy_config}
         (out / "setup.json").write_text(json.dumps(s, indent=1))
         notes = write_config(bin_, s, args.legacy_config, out)
     finally:
@@ -537,6 +547,9 @@ def report(args: argparse.Namespace, ctx: dict, res: dict, out: Path, metrics: s
     if st.errors:
         md += ["", f"### First {min(20, len(st.errors))} well-behaved errors", ""]
         md += [f"    {e}" for e in st.errors[:20]]
+    breaches = sum(v.get("breach", 0) for v in res["attack"].values())
+    md.insert(md.index("## Summary") + 4, f"- attacks that got through (breaches): {breaches}"
+              + ("" if breaches == 0 else "  <-- MUST be 0"))
     md += ["", "## Attackers", ""] + summarize_attacks(res["attack"])
     if res["attack_rc"] not in (0, None, -signal.SIGTERM) or not res["attack"]:
         md += ["", f"WARNING: the attackers' process ended with status {res['attack_rc']}; see attackers.log"]
@@ -558,7 +571,7 @@ def report(args: argparse.Namespace, ctx: dict, res: dict, out: Path, metrics: s
     print(text)
     if res["interrupted"]:
         return 130
-    return 0 if st.error_count == 0 and alive else 1
+    return 0 if st.error_count == 0 and alive and breaches == 0 else 1
 
 
 def log_summary(path: Path) -> tuple[int, list[tuple[str, int]]]:

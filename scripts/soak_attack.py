@@ -270,6 +270,111 @@ async def memory_hog(ctx: dict) -> None:
     await attacker(kind, 1.0, once)
 
 
+async def raw_calls(c: Conn, data: bytes, n: int, timeout: float = 10.0) -> list:
+    """Sends DATA as it is (inline lines, arrays) and reads N replies."""
+    async def go():
+        c.writer.write(data)
+        await c.writer.drain()
+        return [await wire.read_reply(c.reader) for _ in range(n)]
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+def judge(kind: str, reply, *refused: str) -> None:
+    """Counts a reply to an attack that must be refused: an error starting with one of REFUSED,
+    or anything else, a breach (the soak fails on any)."""
+    ok = isinstance(reply, wire.ErrorReply) and str(reply).startswith(refused)
+    STATS[kind]["refused" if ok else "breach"] += 1
+    if not ok and STATS[kind]["breach"] <= 3:
+        print(f"{kind}: breach: {reply!r}", file=sys.stderr, flush=True)
+
+
+# Inline requests whose arguments are redward's reserved names only once unescaped (Redis's
+# sdssplitargs); the first, if it got through, would lock 127.0.0.1 (the good clients) out on
+# every instance.
+RESERVED_INLINE = [
+    b'PUBLISH "\\x72edward:lockouts" 127.0.0.1\r\n',
+    b'SET "\\x72edward:lock:127.0.0.1" 1\r\n',
+    b'GET "r\\x65dward:auth:127.0.0.1"\r\n',
+    b'SUBSCRIBE "\\x72edward:lockouts"\r\n',
+]
+
+
+async def reserved_inline(ctx: dict) -> None:
+    """As `ops` (~* &* +@all): the inline escapes above, ~20 a second; each must get NOPERM."""
+    kind = "reserved-inline"
+
+    async def once():
+        c = await login(ctx, "ops")
+        try:
+            while running():
+                for attack in RESERVED_INLINE:
+                    (r,) = await raw_calls(c, attack, 1)
+                    judge(kind, r, "NOPERM")
+                await nap(0.2)
+        finally:
+            c.abort()
+
+    await attacker(kind, 0.5, once)
+
+
+async def denied_names(ctx: dict) -> None:
+    """As `limited`: GETs of distinct 1 MiB key names it may not read, two per pipeline, ~10 a
+    second: what redward keeps about each denial (ACL LOG, audit) must stay a bounded prefix."""
+    kind = "denied-names"
+    pad = b"x" * MIB
+
+    async def once():
+        c = await login(ctx, "limited")
+        try:
+            n = 0
+            while running():
+                names = [b"secret:%d:" % (n + k) + pad for k in range(2)]
+                n += 2
+                for r in await c.call(*[("GET", name) for name in names], timeout=10.0):
+                    # `limited` has a command rate, which the `denied` flood spends too.
+                    judge(kind, r, "NOPERM", "ERR command rate limit exceeded")
+                await nap(0.2)
+        finally:
+            c.abort()
+
+    await attacker(kind, 0.5, once)
+
+
+# Requests that would, forwarded to Redis, kill redward's own upstream connections (its upstream
+# user is `proxy`), list Redis's clients, or point invalidations at one of redward's connections:
+# each must be refused (a transaction's EXEC then answers EXECABORT). Array and inline forms.
+MULTI_CLIENT = [
+    (encode("MULTI") + encode("CLIENT", "KILL", "USER", "proxy") + encode("EXEC"), 3),
+    (b"MULTI\r\nCLIENT KILL SKIPME no\r\nEXEC\r\n", 3),
+    (encode("MULTI") + encode("CLIENT", "LIST") + encode("EXEC"), 3),
+    (encode("CLIENT", "TRACKING", "on", "REDIRECT", "1"), 1),
+]
+
+
+async def multi_client(ctx: dict) -> None:
+    """As `ops` (+@all): the requests above, ~10 a second."""
+    kind = "multi-client"
+
+    async def once():
+        c = await login(ctx, "ops")
+        try:
+            while running():
+                for attack, n in MULTI_CLIENT:
+                    replies = await raw_calls(c, attack, n)
+                    if n == 1:
+                        judge(kind, replies[0], "ERR redward does not support")
+                        continue
+                    _, refused, exec_ = replies
+                    judge(kind, refused, "ERR redward answers")
+                    judge(kind, exec_, "EXECABORT")
+                await nap(0.1)
+        finally:
+            c.abort()
+
+    await attacker(kind, 0.5, once)
+
+
 async def attack_main(ctx: dict, seconds: float) -> None:
     wire.set_deadline(time.monotonic() + seconds)
     # The value the hogs ask for, once.
@@ -288,6 +393,8 @@ async def attack_main(ctx: dict, seconds: float) -> None:
         *(brute_force(ctx) for _ in range(2)),
         *(denied_flood(ctx) for _ in range(2)),
         *(memory_hog(ctx) for _ in range(10)),
+        # The second round's attacks; an older binary (--legacy-config) has no defence to test.
+        *(() if ctx.get("legacy") else (reserved_inline(ctx), denied_names(ctx), multi_client(ctx))),
     )]
 
     def report() -> None:
