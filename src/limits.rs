@@ -65,6 +65,18 @@ pub struct LimitSettings {
 /// addresses each failing the login quota, or as many lockouts reported by other instances.
 pub const MAX_LOCKOUTS: usize = 65_536;
 
+/// Per-address rate state kept before it is pruned at once rather than at the next minute's
+/// housekeeping: many source addresses (an IPv6 prefix) within a minute cannot grow it further.
+const MAX_RATE_KEYS: usize = 65_536;
+
+/// Prunes `rate` when it holds more than [`MAX_RATE_KEYS`] addresses: an address whose bucket
+/// is full again is indistinguishable from one never seen, so dropping it changes nothing.
+fn bound_keys<C: Clock + Clone>(rate: &KeyedLimiter<C>) {
+    if rate.len() > MAX_RATE_KEYS {
+        rate.retain_recent();
+    }
+}
+
 type KeyedLimiter<C> =
     RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
@@ -174,6 +186,7 @@ impl<C: Clock + Clone> Limiter<C> {
     /// Counts one more connection from `ip` against its rate and cap.
     fn admit_ip(&self, ip: IpAddr) -> Result<(), Refused> {
         if let Some(rate) = &*self.conn_rate.load() {
+            bound_keys(rate);
             if rate.check_key(&ip).is_err() {
                 return Err(Refused::RateExceeded);
             }
@@ -252,6 +265,7 @@ impl<C: Clock + Clone> Limiter<C> {
         let Some(rate) = &*self.auth_rate.load() else {
             return false;
         };
+        bound_keys(rate);
         if rate.check_key(&ip).is_ok() {
             return false;
         }
@@ -362,6 +376,29 @@ mod tests {
         assert_eq!(l.admit(b).err(), Some(Refused::TooManyConnections));
         drop(g1);
         assert!(l.admit(b).is_ok());
+    }
+
+    #[test]
+    fn per_address_rate_state_is_pruned_past_its_bound() {
+        let clock = FakeRelativeClock::default();
+        let s = LimitSettings {
+            max_connections: usize::MAX,
+            max_connections_per_ip: usize::MAX,
+            ..settings()
+        };
+        let l = Arc::new(Limiter::with_clock(s, clock.clone()));
+        let addr = |i: u128| IpAddr::V6(std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | i));
+        let mut guards = Vec::new();
+        for i in 0..=MAX_RATE_KEYS as u128 {
+            guards.push(l.admit(addr(i)).unwrap());
+        }
+        drop(guards);
+        let rate = l.conn_rate.load_full().unwrap();
+        assert_eq!(rate.len(), MAX_RATE_KEYS + 1);
+        // Their buckets are full again a second later: the next new address prunes them all.
+        clock.advance(Duration::from_secs(2));
+        drop(l.admit(addr(u128::MAX)).unwrap());
+        assert!(rate.len() <= 1, "{}", rate.len());
     }
 
     #[test]

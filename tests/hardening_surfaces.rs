@@ -61,6 +61,21 @@ async fn inline_escapes_do_not_reach_reserved_names() {
             String::from_utf8_lossy(attack)
         );
     }
+    // Inside MULTI (refused while queued: EXEC aborts) and from a script, likewise.
+    attacker
+        .send(b"MULTI\r\nPUBLISH \"\\x72edward:lockouts\" 127.0.0.1\r\nEXEC\r\n")
+        .await;
+    let got = String::from_utf8_lossy(&attacker.replies(3).await).into_owned();
+    assert!(
+        got.starts_with("+OK\r\n-NOPERM")
+            && got.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        "{got}"
+    );
+    attacker
+        .send(b"EVAL \"return redis.call('PUBLISH','\\x72edward:lockouts','127.0.0.1')\" 0\r\n")
+        .await;
+    let got = String::from_utf8_lossy(&attacker.replies(1).await).into_owned();
+    assert!(got.starts_with("-NOPERM"), "{got}");
     attacker
         .send(b"SET note \"\\x72edward:value\"\r\nGET note\r\n")
         .await;
