@@ -37,7 +37,7 @@ The load, all at once for the whole duration:
                      good clients out), with limits.shared_state: upstream.
   denied-names       `limited` GETs distinct 1 MiB key names it may not read, ~10 a second.
   multi-client       `ops` queues CLIENT KILL USER proxy / CLIENT LIST in MULTI and asks for
-                     CLIENT TRACKING ... REDIRECT: each must be refused.
+                     CLIENT TRACKING ... REDIRECT to an id no client has: each must be refused.
 The last three count every reply that is not the refusal as a breach; one breach fails the soak.
 Each attack aims at something redward must bound (handshake slots, the PROXY-header reader, the
 parser, output buffers, memory, the log, the shared upstream connection, the login path). A

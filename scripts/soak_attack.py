@@ -348,7 +348,7 @@ MULTI_CLIENT = [
     (encode("MULTI") + encode("CLIENT", "KILL", "USER", "proxy") + encode("EXEC"), 3),
     (b"MULTI\r\nCLIENT KILL SKIPME no\r\nEXEC\r\n", 3),
     (encode("MULTI") + encode("CLIENT", "LIST") + encode("EXEC"), 3),
-    (encode("CLIENT", "TRACKING", "on", "REDIRECT", "1"), 1),
+    (encode("CLIENT", "TRACKING", "on", "REDIRECT", "999999"), 1),
 ]
 
 
@@ -363,7 +363,9 @@ async def multi_client(ctx: dict) -> None:
                 for attack, n in MULTI_CLIENT:
                     replies = await raw_calls(c, attack, n)
                     if n == 1:
-                        judge(kind, replies[0], "ERR redward does not support")
+                        # An id none of redward's clients has: Redis's own answer, and never
+                        # one of redward's connections.
+                        judge(kind, replies[0], "ERR The client ID you want redirect to does not exist")
                         continue
                     _, refused, exec_ = replies
                     judge(kind, refused, "ERR redward answers")

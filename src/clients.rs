@@ -34,6 +34,10 @@ pub struct Entry {
     /// Cancelled by `CLIENT KILL`: the session ends at its next turn.
     pub kill: CancellationToken,
     info: Mutex<Info>,
+    /// Redis's id for this client's own upstream connection (`CLIENT ID` asked when it
+    /// opened), 0 while it has none: what `CLIENT UNBLOCK` and `CLIENT TRACKING ... REDIRECT`
+    /// naming this client become (`session/client_cmd.rs`).
+    upstream_id: AtomicU64,
 }
 
 /// What a client's session last published about itself.
@@ -106,6 +110,16 @@ impl Entry {
         lock(&self.info).clone()
     }
 
+    /// Redis's id for this client's own upstream connection, if it has one.
+    pub fn upstream_id(&self) -> Option<u64> {
+        Some(self.upstream_id.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// Records Redis's id for the client's own upstream connection (0: none).
+    pub fn set_upstream_id(&self, id: u64) {
+        self.upstream_id.store(id, Ordering::Relaxed);
+    }
+
     /// Redis's `catClientInfoString` (networking.c) for this client: the same fields in the
     /// same order, so tools that parse `CLIENT LIST` keep working. Fields that describe
     /// Redis's own buffers are redward's where it has them (`tot-mem`), 0 otherwise; `fd` is
@@ -175,6 +189,7 @@ impl Clients {
                 user: user.to_owned(),
                 ..Info::default()
             }),
+            upstream_id: AtomicU64::new(0),
         });
         lock(&self.live).insert(id, Arc::clone(&entry));
         Registration {

@@ -183,6 +183,16 @@ impl<'a> Request<'a> {
         self.inline
     }
 
+    /// A request built by redward (arguments `args` of `data`), not read from a client: it
+    /// counts as inline, so forwarding encodes its arguments afresh.
+    pub fn built(data: &'a [u8], args: &'a [Range<usize>]) -> Request<'a> {
+        Request {
+            data,
+            args,
+            inline: true,
+        }
+    }
+
     pub fn args(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         let data = self.data;
         self.args

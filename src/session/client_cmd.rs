@@ -109,11 +109,9 @@ const ACL_HERE: &[&[u8]] = &[
 ];
 
 /// The refusal of a request that must not reach Redis as sent: one redward answers itself
-/// (`AUTH`, `HELLO`, the `CLIENT` and `ACL` subcommands above), queued in MULTI; `CLIENT
-/// TRACKING ... REDIRECT <id>` and `CLIENT UNBLOCK <id>` anywhere, whose ids Redis would read
-/// as its own (redward's shared connections among them: an invalidation stream redirected to
-/// one would corrupt every client's replies on it). `None`: the request takes its usual path.
-pub(super) fn refused_as_sent(req: &Request<'_>, in_multi: bool) -> Option<Bytes> {
+/// (`AUTH`, `HELLO`, the `CLIENT` and `ACL` subcommands above), queued in MULTI. `None`: the
+/// request takes its usual path.
+pub(super) fn refused_in_multi(req: &Request<'_>) -> Option<Bytes> {
     let name = req.name();
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     let answered_here = |what: String| {
@@ -121,7 +119,7 @@ pub(super) fn refused_as_sent(req: &Request<'_>, in_multi: bool) -> Option<Bytes
             "-ERR redward answers {what} itself; send it outside MULTI\r\n"
         )))
     };
-    if in_multi && (is(b"auth") || is(b"hello")) {
+    if is(b"auth") || is(b"hello") {
         return answered_here(text(name).to_ascii_uppercase());
     }
     if req.argc() < 2 {
@@ -130,29 +128,71 @@ pub(super) fn refused_as_sent(req: &Request<'_>, in_multi: bool) -> Option<Bytes
     let sub = req.arg(1);
     let among = |list: &[&[u8]]| list.iter().any(|s| sub.eq_ignore_ascii_case(s));
     let upper = || text(sub).to_ascii_uppercase();
-    if is(b"acl") {
-        return if in_multi && among(ACL_HERE) {
-            answered_here(format!("ACL {}", upper()))
-        } else {
-            None
-        };
+    if is(b"acl") && among(ACL_HERE) {
+        return answered_here(format!("ACL {}", upper()));
     }
-    if !is(b"client") {
-        return None;
-    }
-    let redirect = sub.eq_ignore_ascii_case(b"tracking")
-        && (2..req.argc()).any(|i| req.arg(i).eq_ignore_ascii_case(b"redirect"));
-    if redirect || sub.eq_ignore_ascii_case(b"unblock") {
-        return Some(Bytes::from(format!(
-            "-ERR redward does not support CLIENT {}{}: client ids are redward's, not the server's\r\n",
-            upper(),
-            if redirect { " REDIRECT" } else { "" }
-        )));
-    }
-    if in_multi && among(CLIENT_HERE) {
+    if is(b"client") && among(CLIENT_HERE) {
         return answered_here(format!("CLIENT {}", upper()));
     }
     None
+}
+
+/// An id no Redis connection has (Redis numbers them from 1 up, one at a time): what an id
+/// that names none of redward's clients becomes, so Redis gives its own reply for a client
+/// that does not exist.
+const NO_SUCH_CLIENT: &[u8] = b"9223372036854775807";
+
+/// `CLIENT UNBLOCK <id>` and `CLIENT TRACKING ... REDIRECT <id>` name a client by redward's
+/// id; Redis would read it as one of its own connections (redward's shared ones among them:
+/// an invalidation stream redirected to one would corrupt every client's replies on it).
+/// Returns the arguments to send instead: each such id becomes Redis's id for the named
+/// client's own upstream connection, or [`NO_SUCH_CLIENT`] when the client is not redward's
+/// or has no connection of its own (a client on shared connections is neither blocked nor a
+/// subscriber). `None`: nothing to translate (Redis's own errors for a malformed request
+/// come from Redis). Options are read as `clientCommand` (networking.c) reads them.
+pub(super) fn with_upstream_ids(
+    req: &Request<'_>,
+    clients: &crate::clients::Clients,
+) -> Option<Vec<Vec<u8>>> {
+    if req.argc() < 3 || !req.name().eq_ignore_ascii_case(b"client") {
+        return None;
+    }
+    let sub = req.arg(1);
+    let mut at = Vec::new();
+    if sub.eq_ignore_ascii_case(b"unblock") && matches!(req.argc(), 3 | 4) {
+        at.push(2);
+    } else if sub.eq_ignore_ascii_case(b"tracking") {
+        let mut j = 3;
+        while j < req.argc() {
+            let opt = req.arg(j);
+            let more = j + 1 < req.argc();
+            if opt.eq_ignore_ascii_case(b"redirect") && more {
+                at.push(j + 1);
+                j += 2;
+            } else if opt.eq_ignore_ascii_case(b"prefix") && more {
+                j += 2;
+            } else {
+                j += 1;
+            }
+        }
+    }
+    let mut args: Vec<Vec<u8>> = req.args().map(<[u8]>::to_vec).collect();
+    let mut changed = false;
+    for i in at {
+        let Some(id) = crate::resp::request::string2ll(req.arg(i)) else {
+            continue; // not an integer: Redis's own error, naming no connection
+        };
+        let upstream = u64::try_from(id)
+            .ok()
+            .and_then(|id| clients.get(id))
+            .and_then(|e| e.upstream_id());
+        if let Some(slot) = args.get_mut(i) {
+            *slot =
+                upstream.map_or_else(|| NO_SUCH_CLIENT.to_vec(), |u| u.to_string().into_bytes());
+            changed = true;
+        }
+    }
+    changed.then_some(args)
 }
 
 fn text(arg: &[u8]) -> String {

@@ -160,8 +160,8 @@ impl State {
             self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
             return Outcome::Done;
         }
-        if self.client.in_multi || name.eq_ignore_ascii_case(b"client") {
-            if let Some(reply) = client_cmd::refused_as_sent(req, self.client.in_multi) {
+        if self.client.in_multi {
+            if let Some(reply) = client_cmd::refused_in_multi(req) {
                 self.counts.refused += 1;
                 self.reject(reply);
                 return Outcome::Done;
@@ -252,6 +252,18 @@ impl State {
                     ) => {}
             _ => return Outcome::NeedUpstream,
         }
+        if name.eq_ignore_ascii_case(b"client") {
+            if let Some(args) = client_cmd::with_upstream_ids(req, &self.shared.clients) {
+                // The ids redward gave, as Redis knows the connections they name.
+                let mut data = Vec::new();
+                let mut ranges = Vec::with_capacity(args.len());
+                for a in &args {
+                    ranges.push(data.len()..data.len() + a.len());
+                    data.extend_from_slice(a);
+                }
+                return self.forward_to(conn, &Request::built(&data, &ranges), &[]);
+            }
+        }
         let outcome = self.forward_to(conn, req, raw);
         if let Some(hook) = self.cluster_reply(req) {
             self.slots.set_rewrite_last(hook);
@@ -334,7 +346,7 @@ impl State {
     /// client asked not to get, its own included. Redis is never out of step with redward
     /// about which replies exist, even when a later command is answered locally.
     pub(super) fn client_reply(&mut self, mode: &[u8]) {
-        // Inside MULTI it was refused (`client_cmd::refused_as_sent`): Redis would switch modes
+        // Inside MULTI it was refused (`client_cmd::refused_in_multi`): Redis would switch modes
         // inside EXEC, where replies can no longer be matched to requests.
         if mode.eq_ignore_ascii_case(b"on") {
             self.client.reply_mode = ReplyMode::default();

@@ -208,6 +208,7 @@ impl State {
                     }
                 }
                 (None, _) if !swallow => self.out.cout.extend_from_slice(bytes),
+                (None, Some(info)) if info.kind == b':' => self.note_upstream_id(bytes),
                 (None, _) => {}
                 // The reply hook: this reply is held until complete, then replaced whole.
                 (Some(_), None) => {
@@ -256,6 +257,26 @@ impl State {
             *soft_since = None;
         }
         Ok(())
+    }
+
+    /// A swallowed integer reply: if it answers redward's own `CLIENT ID`, Redis's id for
+    /// this client's own connection, which the registry keeps (`Hook::UpstreamId`).
+    fn note_upstream_id(&self, reply: &[u8]) {
+        let ours = matches!(
+            self.slots.front(),
+            Some(Slot::Upstream {
+                hook: Hook::UpstreamId,
+                ..
+            })
+        );
+        let id = reply
+            .strip_prefix(b":")
+            .and_then(|r| r.strip_suffix(b"\r\n"))
+            .and_then(crate::resp::request::string2ll)
+            .and_then(|id| u64::try_from(id).ok());
+        if let (true, Some(id)) = (ours, id) {
+            self.registration.entry.set_upstream_id(id);
+        }
     }
 
     /// Accounts one complete top-level frame from Redis against the slots.
@@ -366,6 +387,7 @@ impl State {
             Hook::PubSub => {
                 self.client.pubsub_pending = self.client.pubsub_pending.saturating_sub(1)
             }
+            Hook::UpstreamId => {} // recorded as it passed (`take_replies`)
         }
         Ok(())
     }

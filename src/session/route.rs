@@ -131,6 +131,13 @@ impl State {
                 self.shared.metrics.upstream_own.inc();
                 self.epoch = epoch;
                 *conn = Conn::Dedicated(stream);
+                // Redis's id for it, so other clients can name this one by redward's id
+                // (`CLIENT UNBLOCK`, `CLIENT TRACKING ... REDIRECT`): one more request in the
+                // same write as the one that needed the connection.
+                self.registration.entry.set_upstream_id(0);
+                let mut ask = Vec::with_capacity(24);
+                encode_command(&mut ask, [&b"CLIENT"[..], b"ID"].into_iter());
+                self.send_own(&ask, Hook::UpstreamId, false);
                 true
             }
             Err(e) => {

@@ -46,6 +46,9 @@ pub enum Hook {
     /// (P|S)(UN)SUBSCRIBE: until its confirmations are in, whether the client is a subscriber
     /// is not known.
     PubSub,
+    /// redward's own `CLIENT ID` on a new connection of the client's own: swallowed, and its
+    /// integer recorded in the registry ([`crate::clients::Entry::set_upstream_id`]).
+    UpstreamId,
 }
 
 #[derive(Debug)]
