@@ -58,8 +58,35 @@ pub struct Info {
     /// Commands queued in MULTI, or -1 outside one (Redis's `multi=` field).
     pub multi: i64,
     pub monitor: bool,
-    /// Bytes this client's buffers hold.
+    /// What Redis keeps in its client flags, as far as redward follows it.
+    pub flags: Flags,
+    /// `CLIENT TRACKING ... REDIRECT`: redward's id of the client invalidations go to (-1:
+    /// none; 0: tracking without redirection).
+    pub redir: i64,
+    /// Bytes this client's buffers hold: all of them (`tot-mem`, what
+    /// `limits.max_client_memory` counts), requests read and not yet taken (`qbuf`), replies
+    /// not yet written (`omem`).
     pub mem: usize,
+    pub qbuf: usize,
+    pub omem: usize,
+}
+
+/// The client flags `CLIENT LIST` shows (`catClientInfoString` in networking.c), besides
+/// MONITOR (`O`), subscriptions (`P`) and MULTI (`x`), which other fields give.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `b`: waiting for the reply to a blocking command.
+    pub blocked: bool,
+    /// `t`, `B`: `CLIENT TRACKING on` (with `BCAST`).
+    pub tracking: bool,
+    pub bcast: bool,
+    /// `c`: QUIT: closing once its replies are written.
+    pub closing: bool,
+    /// `r`: `READONLY` (cluster replicas).
+    pub readonly: bool,
+    /// `e`, `T`: `CLIENT NO-EVICT on`, `CLIENT NO-TOUCH on` (Redis 7.2+, Valkey).
+    pub no_evict: bool,
+    pub no_touch: bool,
 }
 
 impl Default for Info {
@@ -78,7 +105,11 @@ impl Default for Info {
             ssub: 0,
             multi: -1,
             monitor: false,
+            flags: Flags::default(),
+            redir: -1,
             mem: 0,
+            qbuf: 0,
+            omem: 0,
         }
     }
 }
@@ -127,22 +158,31 @@ impl Entry {
     /// behind knows `CLIENT SETINFO` (Redis 7.2+, Valkey), as they do there.
     pub fn line(&self, now: Instant, with_lib: bool) -> String {
         let i = self.info();
-        let mut flags = String::new();
-        if i.sub + i.psub + i.ssub > 0 {
-            flags.push('P');
-        }
-        if i.multi >= 0 {
-            flags.push('x');
-        }
-        if i.monitor {
-            flags.push('O');
-        }
-        if flags.is_empty() {
-            flags.push('N');
-        }
+        let f = i.flags;
+        // Redis's order (`catClientInfoString`, 7.0.15 and later).
+        let flags: String = [
+            (i.monitor, 'O'),
+            (i.sub + i.psub + i.ssub > 0, 'P'),
+            (i.multi >= 0, 'x'),
+            (f.blocked, 'b'),
+            (f.tracking, 't'),
+            (f.tracking && f.bcast, 'B'),
+            (f.closing, 'c'),
+            (f.readonly, 'r'),
+            (f.no_evict, 'e'),
+            (f.no_touch, 'T'),
+        ]
+        .into_iter()
+        .filter_map(|(on, c)| on.then_some(c))
+        .collect();
+        let flags = if flags.is_empty() {
+            "N".to_owned()
+        } else {
+            flags
+        };
         let laddr = self.laddr.map_or_else(String::new, |a| a.to_string());
         let mut line = format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem={} events=r cmd={} user={} redir=-1 resp={}",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user={} redir={} resp={}",
             self.id,
             self.addr,
             laddr,
@@ -155,9 +195,12 @@ impl Entry {
             i.psub,
             i.ssub,
             i.multi,
+            i.qbuf,
+            i.omem,
             i.mem,
             i.cmd.fullname(),
             i.user,
+            i.redir,
             i.resp,
         );
         if with_lib {

@@ -481,40 +481,48 @@ impl State {
         Outcome::Done
     }
 
-    /// Tells the registry what changed: the last command and when, every turn that ran
-    /// commands (a copy, no allocation); name, user, database and the rest when they changed.
+    /// Tells the registry what changed: the last command and when, and the client's state
+    /// (flags, MULTI, buffers), every time (copies, no allocation); name, user, database and
+    /// the rest when they changed.
     pub(super) fn publish(&mut self) {
         let now = self.now().into_std();
         let c = &mut self.client;
-        let cmd = c.last_cmd;
+        let scalars = |i: &mut crate::clients::Info, c: &super::state::ClientState| {
+            i.cmd = c.last_cmd;
+            i.last = now;
+            i.multi = if c.in_multi {
+                i64::try_from(c.multi_queued).unwrap_or(i64::MAX)
+            } else {
+                -1
+            };
+            i.monitor = c.monitor;
+            i.flags = crate::clients::Flags {
+                blocked: c.blocking > 0,
+                ..c.flags
+            };
+            i.redir = c.redir;
+            (i.qbuf, i.omem, i.mem) = c.buffers;
+            (i.sub, i.psub, i.ssub) = c.subs.counts();
+        };
         if !std::mem::take(&mut c.changed) {
-            self.registration.entry.publish(|i| {
-                i.cmd = cmd;
-                i.last = now;
-            });
+            let c = &*c;
+            self.registration.entry.publish(|i| scalars(i, c));
             return;
         }
         let user = self
             .login
             .as_ref()
             .map_or_else(String::new, |l| l.user().name.clone());
-        let (sub, psub, ssub) = c.subs.counts();
-        let info = crate::clients::Info {
+        let mut info = crate::clients::Info {
             name: c.name.clone(),
             user,
             db: c.db,
             resp: if c.resp3 { 3 } else { 2 },
             lib_name: c.lib_name.clone(),
             lib_ver: c.lib_ver.clone(),
-            cmd,
-            last: now,
-            sub,
-            psub,
-            ssub,
-            multi: if c.in_multi { 0 } else { -1 },
-            monitor: c.monitor,
-            mem: 0,
+            ..crate::clients::Info::default()
         };
+        scalars(&mut info, c);
         self.registration.entry.publish(|i| *i = info);
     }
 }

@@ -25,6 +25,9 @@ pub(super) struct Deadlines {
     /// What applied when the timer was armed (see [`Deadlines::arm`]).
     login_applies: bool,
     idle_applies: bool,
+    /// When the registry is owed this client's state (`State::report_commands`): not a
+    /// deadline that ends anything, only a turn of the loop.
+    publish: Option<Instant>,
 }
 
 /// What the session is doing this turn, as far as its deadlines care.
@@ -56,7 +59,13 @@ impl Deadlines {
             armed: None,
             login_applies: false,
             idle_applies: false,
+            publish: None,
         }
+    }
+
+    /// Wants a turn of the loop at `at` (or none), to publish the client's state.
+    pub(super) fn publish_at(&mut self, at: Option<Instant>) {
+        self.publish = at;
     }
 
     /// The client sent something: the idle timeout starts again. (`now` is called only if
@@ -86,6 +95,7 @@ impl Deadlines {
             self.login_applies.then_some(self.login),
             self.idle_applies.then_some(self.idle),
             self.write,
+            self.publish,
         ]
         .into_iter()
         .flatten()

@@ -205,6 +205,8 @@ impl State {
             return self.do_hello(req, raw, conn);
         }
         if name.eq_ignore_ascii_case(b"quit") {
+            self.client.flags.closing = true;
+            self.client.changed = true;
             self.local(Bytes::from_static(replies::OK));
             self.close_after_replies();
             return Outcome::Done;
@@ -315,11 +317,61 @@ impl State {
         if conn == ConnKind::Shared {
             self.out.shared_unsent += 1;
         }
-        let (expect, hook) = self.expectation(req);
+        let queued = self.client.in_multi;
+        let (expect, mut hook) = self.expectation(req);
+        if hook == Hook::None && conn == ConnKind::Dedicated && !queued {
+            // Blocking commands and flag changes run on a connection of the client's own.
+            hook = self.state_hook(req);
+        }
         self.forward(req, raw);
         let forward = !self.suppressed();
         self.expect(expect, hook, forward);
         Outcome::Done
+    }
+
+    /// The hook that follows what `CLIENT LIST` shows of a request on the client's own
+    /// connection: a blocking command (`b` until its reply), or a change of flags once Redis
+    /// accepts it (`CLIENT TRACKING`, `NO-EVICT`, `NO-TOUCH`, `READONLY`, `READWRITE`).
+    fn state_hook(&mut self, req: &Request<'_>) -> Hook {
+        let name = req.name();
+        let argc = req.argc();
+        let is = |i: usize, s: &[u8]| req.arg(i).eq_ignore_ascii_case(s);
+        let on_off = |i: usize| {
+            if is(i, b"on") {
+                Some(true)
+            } else if is(i, b"off") {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        if commands::lookup(name).is_some_and(|s| s.flags & commands::FLAG_BLOCKING != 0) {
+            self.client.blocking += 1;
+            return Hook::Blocking;
+        }
+        if argc == 1 && (is(0, b"readonly") || is(0, b"readwrite")) {
+            return Hook::Sets(FlagChange::ReadOnly(is(0, b"readonly")));
+        }
+        if !is(0, b"client") || argc < 3 {
+            return Hook::None;
+        }
+        let change = if is(1, b"tracking") {
+            let redir = (3..argc)
+                .find(|&i| is(i, b"redirect"))
+                .and_then(|i| crate::resp::request::string2ll(req.arg(i + 1)));
+            on_off(2).map(|on| FlagChange::Tracking {
+                on,
+                bcast: (3..argc).any(|i| is(i, b"bcast")),
+                redir: redir.unwrap_or(0),
+            })
+        } else if is(1, b"no-evict") && argc == 3 {
+            on_off(2).map(FlagChange::NoEvict)
+        } else if is(1, b"no-touch") && argc == 3 {
+            on_off(2).map(FlagChange::NoTouch)
+        } else {
+            None
+        };
+        change.map_or(Hook::None, Hook::Sets)
     }
 
     /// A RESP2 connection with subscriptions: Redis allows it only (P|S)(UN)SUBSCRIBE, PING,

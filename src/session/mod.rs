@@ -77,7 +77,7 @@ use crate::upstream::{Setup, UpstreamStream};
 pub use error::SessionError;
 pub use offline::Offline;
 pub use reply_hook::Rewrite;
-pub use slots::{Expect, Family, Hook, Slot, Slots};
+pub use slots::{Expect, Family, FlagChange, Hook, Slot, Slots};
 
 use deadlines::{Deadlines, Waiting};
 use io::{poll_io, replicate, Conn, ConnKind, Inbound, IoEvent, Want};
@@ -199,7 +199,9 @@ where
             break Ok(());
         }
         inb.shrink_if_idle(st.slots.is_empty());
-        account.report(inb.capacity() + st.out.capacity() + st.client.held());
+        let held = inb.capacity() + st.out.capacity() + st.client.held();
+        account.report(held);
+        st.client.buffers = (inb.cin.len(), st.out.cout.len(), held);
 
         // 4. Wait for the next thing to do.
         let want = Want {
@@ -215,6 +217,7 @@ where
             idle: st.slots.is_empty() && !st.streaming(),
             to_write: want.write_client,
         };
+        deadlines.publish_at(st.publish_owed.then(|| st.published + state::PUBLISH_EVERY));
         deadlines.arm(|| st.now(), waiting);
         inb.reserve(want, &conn);
         let io = std::future::poll_fn(|cx| {

@@ -259,6 +259,22 @@ impl State {
         Ok(())
     }
 
+    /// A flag change Redis accepted, for `CLIENT LIST`.
+    fn apply(&mut self, change: FlagChange) {
+        let f = &mut self.client.flags;
+        match change {
+            FlagChange::Tracking { on, bcast, redir } => {
+                f.tracking = on;
+                f.bcast = on && bcast;
+                self.client.redir = if on { redir } else { -1 };
+            }
+            FlagChange::NoEvict(on) => f.no_evict = on,
+            FlagChange::NoTouch(on) => f.no_touch = on,
+            FlagChange::ReadOnly(on) => f.readonly = on,
+        }
+        self.publish_owed = true;
+    }
+
     /// A swallowed integer reply: if it answers redward's own `CLIENT ID`, Redis's id for
     /// this client's own connection, which the registry keeps (`Hook::UpstreamId`).
     fn note_upstream_id(&self, reply: &[u8]) {
@@ -299,6 +315,7 @@ impl State {
         if let Some(kind) = pubsub {
             if confirmation_family(kind).is_some() {
                 self.client.subs.observe(kind, info.count);
+                self.publish_owed = true;
             }
         }
         let confirms_front = |slots: &Slots, fam: Option<Family>| match (slots.front(), fam) {
@@ -372,6 +389,11 @@ impl State {
                     self.client.resp3 = false;
                     self.client.monitor = false;
                     self.client.subs = Subscriptions::default();
+                    // `clearClientConnectionState` (networking.c): tracking, no-evict,
+                    // no-touch and READONLY are off again.
+                    self.client.flags = crate::clients::Flags::default();
+                    self.client.redir = -1;
+                    self.client.changed = true;
                 }
             }
             Hook::Monitor => {
@@ -388,6 +410,15 @@ impl State {
                 self.client.pubsub_pending = self.client.pubsub_pending.saturating_sub(1)
             }
             Hook::UpstreamId => {} // recorded as it passed (`take_replies`)
+            Hook::Blocking => {
+                self.client.blocking = self.client.blocking.saturating_sub(1);
+                self.publish_owed = true;
+            }
+            Hook::Sets(change) => {
+                if !info.is_error() {
+                    self.apply(change);
+                }
+            }
         }
         Ok(())
     }

@@ -49,6 +49,26 @@ pub enum Hook {
     /// redward's own `CLIENT ID` on a new connection of the client's own: swallowed, and its
     /// integer recorded in the registry ([`crate::clients::Entry::set_upstream_id`]).
     UpstreamId,
+    /// A blocking command (`BLPOP`, `XREAD BLOCK`, `WAIT`, ...): the client shows `b` in
+    /// `CLIENT LIST` until its reply is in.
+    Blocking,
+    /// A command that changes a client flag `CLIENT LIST` shows, once Redis says `+OK`.
+    Sets(FlagChange),
+}
+
+/// What a `CLIENT TRACKING`, `CLIENT NO-EVICT`, `CLIENT NO-TOUCH`, `READONLY` or `READWRITE`
+/// changes in the client's flags when Redis accepts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagChange {
+    /// On (with `BCAST`, redirected to redward's client `redir`, 0 for none) or off.
+    Tracking {
+        on: bool,
+        bcast: bool,
+        redir: i64,
+    },
+    NoEvict(bool),
+    NoTouch(bool),
+    ReadOnly(bool),
 }
 
 #[derive(Debug)]

@@ -50,6 +50,14 @@ pub(super) struct ClientState {
     pub(super) last_cmd: LastCommand,
     /// Something `CLIENT LIST` shows besides the last command changed.
     pub(super) changed: bool,
+    /// The flags `CLIENT LIST` shows, as far as redward follows them (`Flags::blocked` is
+    /// derived from `blocking`), and `CLIENT TRACKING`'s redirection (-1: not tracking).
+    pub(super) flags: crate::clients::Flags,
+    pub(super) redir: i64,
+    /// Blocking commands forwarded whose replies are not in yet.
+    pub(super) blocking: u32,
+    /// Buffer sizes as of the last turn, for `CLIENT LIST` (`qbuf`, `omem`, `tot-mem`).
+    pub(super) buffers: (usize, usize, usize),
 }
 
 impl ClientState {
@@ -137,6 +145,9 @@ pub(super) struct State {
     pub(super) charge: Option<crate::memory::Charge>,
     /// When the registry was last told about this client.
     pub(super) published: Instant,
+    /// Something the registry shows changed since then (a command ran, a reply came in):
+    /// published at the next turn [`PUBLISH_EVERY`] after the last, a timer makes sure of it.
+    pub(super) publish_owed: bool,
     /// For a Sentinel-followed master: fires when the master this client's own connection
     /// goes to is no longer the master. The client is closed then, as Redis closes clients
     /// of a demoted master (its transaction, watches and subscriptions are gone).
@@ -145,8 +156,8 @@ pub(super) struct State {
     pub(super) node: Option<Arc<crate::upstream::Connector>>,
 }
 
-/// How stale `CLIENT LIST`'s `cmd` and `idle` may be for a busy client.
-const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How stale `CLIENT LIST` may be for a busy client.
+pub(super) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl State {
     pub(super) fn new(shared: Arc<Shared>, addrs: Addrs, login: Option<LoggedIn>) -> Self {
@@ -156,6 +167,7 @@ impl State {
         let registration = shared.clients.register(addrs.peer, addrs.local, user);
         let client = ClientState {
             id: registration.entry.id,
+            redir: -1,
             ..ClientState::default()
         };
         let peer = addrs.peer;
@@ -174,6 +186,7 @@ impl State {
             registration,
             charge: None,
             published: Instant::now(),
+            publish_owed: false,
             epoch: None,
             node: addrs_node,
         }
@@ -188,13 +201,20 @@ impl State {
     /// about a turn that ran commands.
     pub(super) fn report_commands(&mut self) {
         let forwarded = self.counts.forwarded - self.counts.reported_forwarded;
-        // The registry shows the last command and idle seconds: a busy client publishes them
-        // every 100 ms at most (one uncontended lock), a change of name or state at once.
+        // The registry shows the last command, idle seconds and the client's state: a busy
+        // client publishes them every 100 ms at most (one uncontended lock), a change of name
+        // or database at once. What a turn leaves unpublished is owed, and the main loop's
+        // timer brings a turn 100 ms after the last publish (so a client that blocks right
+        // after a publish still shows `b` within 100 ms).
+        if forwarded > 0 || self.counts.unreported_local > 0 {
+            self.publish_owed = true;
+        }
         if self.client.changed
-            || ((forwarded > 0 || self.counts.unreported_local > 0)
+            || (self.publish_owed
                 && self.now().saturating_duration_since(self.published) >= PUBLISH_EVERY)
         {
             self.published = self.now();
+            self.publish_owed = false;
             self.publish();
         }
         if forwarded > 0 {
