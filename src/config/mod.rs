@@ -278,6 +278,9 @@ pub struct RawSentinel {
     /// TLS to the Sentinels (`tls-port` on them).
     #[serde(default)]
     pub tls: Option<RawUpstreamTls>,
+    /// Sentinels that must agree on the master (default: a majority of `addresses`).
+    #[serde(default)]
+    pub quorum: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -178,12 +178,28 @@ fn sentinel(raw: super::RawSentinel, base: &Path) -> Result<SentinelConfig, Conf
             .server_name
             .unwrap_or_else(|| addresses.first().map(|a| a.0.clone()).unwrap_or_default()),
     });
+    // A single rogue or compromised Sentinel must not choose the master (and collect the
+    // credential): by default a majority has to agree.
+    let quorum = match raw.quorum {
+        None => addresses.len() / 2 + 1,
+        Some(q) if q == 0 || q > addresses.len() => {
+            return Err(ConfigError::invalid(
+                "upstream.sentinel.quorum",
+                format!(
+                    "{q}: must be 1 to the number of addresses ({})",
+                    addresses.len()
+                ),
+            ))
+        }
+        Some(q) => q,
+    };
     Ok(SentinelConfig {
         master: raw.master,
         addresses,
         username: raw.username,
         password,
         tls,
+        quorum,
     })
 }
 

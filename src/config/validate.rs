@@ -277,6 +277,10 @@ pub struct SentinelConfig {
     pub password: Option<Secret>,
     /// TLS to the Sentinels; `server_name` defaults to the first Sentinel's host.
     pub tls: Option<UpstreamTls>,
+    /// How many Sentinels must name the same master before redward believes it (and sends
+    /// it the upstream credential): `upstream.sentinel.quorum`, default a majority of
+    /// `addresses`.
+    pub quorum: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -245,6 +245,22 @@ impl Connector {
                 }
             }
         };
+        // The Sentinel client guidelines: confirm the role before sending anything, and so
+        // before the credential where the server answers ROLE without a login; a server that
+        // wants the login first (`-NOAUTH`) gets it, then ROLE (a quorum of Sentinels named
+        // this address: `sentinel.rs`).
+        let confirm = self.target.confirms_role();
+        let mut confirmed = false;
+        if confirm && self.auth_request().is_some() {
+            match role(&mut stream).await.map_err(connect_err)? {
+                Role::Master => confirmed = true,
+                Role::LoginFirst => {}
+                Role::Other => {
+                    self.target.not_master("ROLE did not say master");
+                    return Err(UpstreamError::NotMaster(addr.to_owned()));
+                }
+            }
+        }
         if let Some(auth) = self.auth_request() {
             stream.write_all(auth).await.map_err(connect_err)?;
             stream.flush().await.map_err(connect_err)?;
@@ -259,17 +275,9 @@ impl Connector {
                 }
             }
         }
-        if self.target.confirms_role() {
-            // The Sentinel client guidelines: confirm before sending anything.
-            stream
-                .write_all(b"*1\r\n$4\r\nROLE\r\n")
-                .await
-                .map_err(connect_err)?;
-            stream.flush().await.map_err(connect_err)?;
-            if !is_master(&mut stream).await.map_err(connect_err)? {
-                self.target.not_master("ROLE did not say master");
-                return Err(UpstreamError::NotMaster(addr.to_owned()));
-            }
+        if confirm && !confirmed && role(&mut stream).await.map_err(connect_err)? != Role::Master {
+            self.target.not_master("ROLE did not say master");
+            return Err(UpstreamError::NotMaster(addr.to_owned()));
         }
         let (setup, replies) = self.setup.requests();
         {
@@ -347,10 +355,31 @@ async fn read_reply(
 }
 
 /// Reads `ROLE`'s reply: whether its first element is `master`.
-async fn is_master(stream: &mut UpstreamStream) -> io::Result<bool> {
+/// What `ROLE` said of a server.
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    Master,
+    /// `-NOAUTH`: it answers nothing before a login.
+    LoginFirst,
+    /// A replica, a Sentinel, or anything else.
+    Other,
+}
+
+/// Sends `ROLE` and reads what it says.
+async fn role(stream: &mut UpstreamStream) -> io::Result<Role> {
+    stream.write_all(b"*1\r\n$4\r\nROLE\r\n").await?;
+    stream.flush().await?;
     let mut buf = BytesMut::with_capacity(256);
-    let (_, info) = read_reply(stream, &mut buf, 64 * 1024).await?;
-    Ok(info.kind == b'*' && info.head.as_bytes() == Some(&b"master"[..]))
+    let (len, info) = read_reply(stream, &mut buf, 64 * 1024).await?;
+    Ok(
+        if info.kind == b'*' && info.head.as_bytes() == Some(&b"master"[..]) {
+            Role::Master
+        } else if info.is_error() && buf.get(..len).is_some_and(|r| r.starts_with(b"-NOAUTH")) {
+            Role::LoginFirst
+        } else {
+            Role::Other
+        },
+    )
 }
 
 enum SetupFailure {

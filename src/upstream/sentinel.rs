@@ -1,9 +1,15 @@
 //! Following the master a set of Sentinels name, as Redis's Sentinel client guidelines say
-//! (<https://redis.io/docs/latest/develop/reference/sentinel-clients/>):
-//! - ask the Sentinels in turn `SENTINEL get-master-addr-by-name <master>`, and move the one
-//!   that answered to the front of the list;
-//! - confirm with `ROLE` on the address before sending anything (`Connector::connect`);
-//! - subscribe to `+switch-master` on a Sentinel, with a periodic re-check as a backstop;
+//! (<https://redis.io/docs/latest/develop/reference/sentinel-clients/>), and no further than
+//! a quorum of them agrees, so that one rogue or compromised Sentinel can neither move
+//! redward nor collect its credential:
+//! - ask every Sentinel `SENTINEL get-master-addr-by-name <master>` at once, and believe an
+//!   address only when `upstream.sentinel.quorum` of them (default a majority) name it;
+//! - confirm with `ROLE` on the address before sending anything, before the credential where
+//!   the server answers ROLE without a login (`Connector::connect`);
+//! - subscribe to the failover events on every Sentinel, and take `+switch-master` and
+//!   `+promoted-slave` as a reason to ask the quorum again, never as the answer; a
+//!   `+failover-state-send-slaveof-noone` holds writes back at most once a minute, for at
+//!   most [`HOLD_LIMIT`], whoever sends it; a periodic re-check is the backstop;
 //! - treat `-READONLY` from the upstream as a sign to ask again ([`Sentinel::suspect`]: only
 //!   a sign, since a client's script can produce the same text).
 //!
@@ -40,6 +46,13 @@ const CHANNELS: [&str; 3] = [
 ];
 /// Largest reply read from a Sentinel.
 const MAX_REPLY: usize = 64 * 1024;
+/// A failover event starts a hold at most this often: one Sentinel repeating the event
+/// cannot keep every client's writes held back.
+const HOLD_REPEAT: Duration = Duration::from_secs(60);
+/// After a `+switch-master` or `+promoted-slave`, the quorum is asked this often until it
+/// names the new master or [`HOLD_LIMIT`] passes (the other Sentinels learn of a switch
+/// within a second or two).
+const HINT_RETRY: Duration = Duration::from_millis(250);
 
 /// The master a set of Sentinels name, as redward follows it.
 pub struct Sentinel {
@@ -65,6 +78,12 @@ pub struct Sentinel {
     /// A failover is under way: until this instant (or the promoted replica is known), no
     /// connection is opened, so no write is acknowledged by a master about to be demoted.
     hold: Mutex<Option<std::time::Instant>>,
+    /// When the last hold began ([`HOLD_REPEAT`]).
+    held_at: Mutex<Option<std::time::Instant>>,
+    /// Sentinels that must name the same master.
+    quorum: usize,
+    /// A re-ask prompted by a Sentinel's message is running: messages meanwhile add nothing.
+    hinted: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Sentinel {
@@ -121,6 +140,9 @@ impl Sentinel {
             failovers: AtomicU64::new(0),
             suspected: AtomicU64::new(0),
             hold: Mutex::new(None),
+            held_at: Mutex::new(None),
+            quorum: cfg.quorum.max(1),
+            hinted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -218,7 +240,16 @@ impl Sentinel {
     /// acknowledges from here on are lost when it is demoted), and open no connection until
     /// the promoted replica is known.
     fn hold(&self) {
-        *lock(&self.hold) = Some(std::time::Instant::now() + HOLD_LIMIT);
+        let now = std::time::Instant::now();
+        {
+            let mut held_at = lock(&self.held_at);
+            if held_at.is_some_and(|at| now.saturating_duration_since(at) < HOLD_REPEAT) {
+                debug!(master = %self.master, "failover event within a minute of the last hold; not holding again");
+                return;
+            }
+            *held_at = Some(now);
+        }
+        *lock(&self.hold) = Some(now + HOLD_LIMIT);
         if let Some(old) = self.current.swap(None) {
             warn!(master = %self.master, old = %old, "Sentinel failover under way; holding connections until the promoted replica is known");
             self.end_epoch();
@@ -244,32 +275,65 @@ impl Sentinel {
         }
     }
 
-    /// Asks the Sentinels in turn for the master's address.
+    /// Asks every Sentinel at once for the master's address, and returns the one a quorum
+    /// names. Sentinels that do not answer, or name another address, count against it: with
+    /// no quorum there is no master (clients get the retryable error), never a guess.
     async fn ask(&self) -> Result<UpstreamAddr, UpstreamError> {
         let sentinels = lock(&self.sentinels).clone();
-        for (i, (host, port)) in sentinels.iter().enumerate() {
-            match tokio::time::timeout(self.timeout, self.ask_one(host, *port)).await {
-                Ok(Ok(Some(addr))) => {
-                    if i > 0 {
-                        // The guidelines: the Sentinel that answered is asked first next time.
-                        let mut list = lock(&self.sentinels);
-                        if let Some(pos) = list.iter().position(|s| s.0 == *host && s.1 == *port) {
-                            let s = list.remove(pos);
-                            list.insert(0, s);
-                        }
+        let asks = sentinels.iter().map(|(host, port)| {
+            Box::pin(async move {
+                match tokio::time::timeout(self.timeout, self.ask_one(host, *port)).await {
+                    Ok(Ok(addr)) => addr,
+                    Ok(Err(e)) => {
+                        debug!(sentinel = %format!("{host}:{port}"), error = %e, "Sentinel unreachable");
+                        None
                     }
-                    return Ok(addr);
+                    Err(_) => {
+                        debug!(sentinel = %format!("{host}:{port}"), "Sentinel timed out");
+                        None
+                    }
                 }
-                Ok(Ok(None)) => {
-                    debug!(sentinel = %format!("{host}:{port}"), "Sentinel does not know the master")
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
+        });
+        let answers = join_all(asks.collect()).await;
+        match agreed(&answers, self.quorum) {
+            Some(addr) => Ok(addr),
+            None => {
+                if answers.iter().flatten().next().is_some() {
+                    warn!(master = %self.master, quorum = self.quorum, answers = ?answers, "the Sentinels do not agree on the master; no quorum, no master");
                 }
-                Ok(Err(e)) => {
-                    debug!(sentinel = %format!("{host}:{port}"), error = %e, "Sentinel unreachable")
-                }
-                Err(_) => debug!(sentinel = %format!("{host}:{port}"), "Sentinel timed out"),
+                Err(UpstreamError::NoMaster(self.master.clone()))
             }
         }
-        Err(UpstreamError::NoMaster(self.master.clone()))
+    }
+
+    /// A Sentinel said the master changed (`+switch-master`, `+promoted-slave`): ask the
+    /// quorum, now and every [`HINT_RETRY`] until it names a master other than the one in use
+    /// or [`HOLD_LIMIT`] passes, and switch only to what the quorum names. One re-ask runs at
+    /// a time, so a flood of messages costs no more than one.
+    async fn hinted(&self) {
+        if self.hinted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let until = tokio::time::Instant::now() + HOLD_LIMIT;
+        loop {
+            if let Ok(addr) = self.ask().await {
+                // The master in use (or, during a hold, the one held back from). While the
+                // quorum still names it, the other Sentinels have not caught up: a hold stays.
+                let in_use = self
+                    .current()
+                    .or_else(|| self.last.load_full().map(|a| (*a).clone()));
+                if in_use.as_ref() != Some(&addr) {
+                    self.switch_to(&addr);
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(HINT_RETRY).await;
+        }
+        self.hinted.store(false, Ordering::Release);
     }
 
     async fn open(&self, host: &str, port: u16) -> std::io::Result<(UpstreamStream, BytesMut)> {
@@ -378,7 +442,11 @@ impl Sentinel {
             let frame = read_frame(&mut s, &mut buf).await?;
             match self.event(&frame) {
                 Some(Event::Promoting) => self.hold(),
-                Some(Event::Master(addr)) => self.switch_to(&addr),
+                // What one Sentinel says is a reason to ask the quorum, not the answer.
+                Some(Event::Master(addr)) => {
+                    debug!(sentinel = %format!("{host}:{port}"), named = %addr, "a Sentinel names a new master; asking the quorum");
+                    self.hinted().await;
+                }
                 None => {}
             }
         }
@@ -437,6 +505,49 @@ enum Event {
     Promoting,
     /// This is the master now.
     Master(UpstreamAddr),
+}
+
+/// The address at least `quorum` of the `answers` name, if any (the most named, should a
+/// small quorum let two through).
+fn agreed(answers: &[Option<UpstreamAddr>], quorum: usize) -> Option<UpstreamAddr> {
+    let mut tally: Vec<(&UpstreamAddr, usize)> = Vec::new();
+    for a in answers.iter().flatten() {
+        match tally.iter_mut().find(|(t, _)| *t == a) {
+            Some((_, n)) => *n += 1,
+            None => tally.push((a, 1)),
+        }
+    }
+    tally
+        .into_iter()
+        .filter(|(_, n)| *n >= quorum)
+        .max_by_key(|(_, n)| *n)
+        .map(|(a, _)| a.clone())
+}
+
+/// Runs the futures together and returns their outputs in order (the Sentinels are asked
+/// at once: one that does not answer costs its timeout once, not once per Sentinel).
+async fn join_all<'a, T>(
+    mut futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>>,
+) -> Vec<T> {
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// Reads one RESP2 frame (at most [`MAX_REPLY`]).

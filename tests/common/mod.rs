@@ -5,7 +5,9 @@
 
 pub mod acl_gen;
 pub mod cluster;
+pub mod fake;
 pub mod process;
+pub mod sentinel;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
