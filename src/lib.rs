@@ -240,13 +240,8 @@ impl Server {
                     .first()
                     .map(|(_, s)| Arc::clone(s))
                     .ok_or(StartError::NoListener)?;
-                let cluster = cluster::Cluster::discover(
-                    c,
-                    settings,
-                    connector.clone(),
-                    metrics.cluster_nodes.clone(),
-                )
-                .await?;
+                let cluster =
+                    cluster::Cluster::discover(c, settings, connector.clone(), &metrics).await?;
                 for (port, node) in cluster.listeners() {
                     tracing::info!(port, %node, "cluster node listener");
                 }

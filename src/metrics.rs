@@ -70,6 +70,8 @@ pub struct Metrics {
     pub cluster_nodes: Gauge,
     /// `-MOVED`/`-ASK` replies rewritten to name redward's listeners.
     pub cluster_redirections: Counter,
+    /// Node addresses outside `node_listeners.allow`, not dialled.
+    pub cluster_nodes_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,11 +207,18 @@ impl Metrics {
             "MOVED and ASK replies rewritten to name redward's node listeners",
             cluster_redirections.clone(),
         );
+        let cluster_nodes_refused = Counter::default();
+        registry.register(
+            "cluster_nodes_refused",
+            "Cluster node addresses outside upstream.cluster.node_listeners.allow, not dialled",
+            cluster_nodes_refused.clone(),
+        );
         Metrics {
             upstream_failovers,
             upstream_master,
             cluster_nodes,
             cluster_redirections,
+            cluster_nodes_refused,
             connections_open,
             connections_accepted,
             refused_not_allowed: r("not_allowed"),

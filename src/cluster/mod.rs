@@ -12,8 +12,12 @@
 //! (The sidecar shape, `upstream.cluster_announce`, is a fixed map: `announce::Fixed`.)
 //!
 //! A node that leaves keeps its listener and port (its sessions then fail to connect), so a
-//! port never names two nodes in one process's life.
+//! port never names two nodes in one process's life. A node is known by its id: one the
+//! cluster announces at a new address keeps its listener, which then dials the new address,
+//! if that address is admitted at all (`admit.rs`: only within `node_listeners.allow`, for
+//! the cluster's description is what a client with `CONFIG SET` can change).
 
+mod admit;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -118,6 +122,12 @@ struct NodeListeners {
     refresh: tokio::sync::Notify,
     /// `redward_cluster_nodes`.
     gauge: prometheus_client::metrics::gauge::Gauge,
+    /// `redward_cluster_nodes_refused_total`: node addresses outside the allowed networks.
+    refused: prometheus_client::metrics::counter::Counter,
+    /// Which node addresses may be dialled.
+    admission: admit::Admission,
+    /// Where each node listener (by its port) dials now.
+    targets: Mutex<HashMap<u16, Arc<admit::NodeTarget>>>,
 }
 
 struct Running {
@@ -142,7 +152,7 @@ impl Cluster {
         cfg: &ClusterConfig,
         settings: Arc<ArcSwap<ListenerSettings>>,
         connector: Connector,
-        gauge: prometheus_client::metrics::gauge::Gauge,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let cluster = Arc::new(Cluster {
             host: Arc::from(cfg.announce_host.as_str()),
@@ -158,12 +168,18 @@ impl Cluster {
                 pending: Mutex::new(Vec::new()),
                 running: OnceLock::new(),
                 refresh: tokio::sync::Notify::new(),
-                gauge,
+                gauge: metrics.cluster_nodes.clone(),
+                refused: metrics.cluster_nodes_refused.clone(),
+                admission: admit::Admission::new(cfg.allow.clone(), cfg.seeds.clone()),
+                targets: Mutex::new(HashMap::new()),
             },
             entry: ArcSwap::default(),
         });
         match cluster.read_topology().await {
-            Ok(nodes) => cluster.learn(&nodes)?,
+            Ok(nodes) => {
+                let nets = cluster.nodes.admission.networks().await;
+                cluster.learn(&nodes, &nets)?;
+            }
             Err(e) => warn!(error = %e, "cluster: no seed answered yet; asking again every second"),
         }
         Ok(cluster)
@@ -219,7 +235,8 @@ impl Cluster {
             }
             match self.read_topology().await {
                 Ok(found) => {
-                    if let Err(e) = self.learn(&found) {
+                    let nets = nodes.admission.networks().await;
+                    if let Err(e) = self.learn(&found, &nets) {
                         warn!(error = %e, "cluster: a node got no listener");
                     }
                 }
@@ -260,12 +277,14 @@ impl Cluster {
         Err(last)
     }
 
-    /// Gives every node a listener (if it has none) and records the names it goes by.
-    fn learn(&self, found: &[Node]) -> Result<(), ClusterError> {
+    /// Gives every admitted node a listener (if it has none: a node known by its id keeps
+    /// its own, which follows it to a new address) and records the names it goes by.
+    fn learn(&self, found: &[Node], nets: &[ipnet::IpNet]) -> Result<(), ClusterError> {
         let tls = self.nodes.connector.uses_tls();
         // First a listener for every node (each new one recorded as it opens), then every
         // name they go by, in one new map: a refresh that changes nothing copies nothing.
         let mut named = Vec::with_capacity(found.len());
+        let mut moved = Vec::new();
         for n in found {
             let port = match (tls, n.tls_port) {
                 (true, Some(p)) if p != 0 => p,
@@ -274,11 +293,33 @@ impl Cluster {
             if port == 0 {
                 continue; // a node still in its handshake
             }
-            let ep = self
-                .open(&n.ip, port)
-                .ok_or_else(|| ClusterError::NoPortLeft {
-                    node: format!("{}:{port}", n.ip),
-                })?;
+            if !self.nodes.admission.allows(nets, &n.ip) {
+                self.nodes.refused.inc();
+                if let crate::throttle::Verdict::Log { suppressed } =
+                    self.nodes.admission.lines.event()
+                {
+                    warn!(node = %n.id, address = %format!("{}:{port}", n.ip), not_logged_before = suppressed, "cluster: a node's address is outside node_listeners.allow; not dialled");
+                }
+                continue;
+            }
+            let known = self.known.load();
+            let at = (n.ip.as_bytes().to_vec(), port);
+            let ep = match known.by_id.get(n.id.as_bytes()) {
+                Some(ep) if !known.by_addr.contains_key(&at) => {
+                    // A known node at a new address: its listener follows it.
+                    if let Some(t) = lock(&self.nodes.targets).get(&ep.port) {
+                        info!(node = %n.id, address = %format!("{}:{port}", n.ip), port = ep.port, "cluster: a node moved; its listener follows");
+                        t.moved(&n.ip, port);
+                    }
+                    moved.push(ep.clone());
+                    ep.clone()
+                }
+                _ => self
+                    .open(&n.ip, port)
+                    .ok_or_else(|| ClusterError::NoPortLeft {
+                        node: format!("{}:{port}", n.ip),
+                    })?,
+            };
             named.push((n, port, ep));
         }
         let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,6 +346,8 @@ impl Cluster {
             return Ok(());
         }
         let mut known = Known::clone(&current);
+        // A moved node's old addresses no longer name it (another node may come there).
+        known.by_addr.retain(|_, ep| !moved.contains(ep));
         for (n, port, ep) in named {
             known.by_id.insert(n.id.as_bytes().to_vec(), ep.clone());
             for k in keys(n, port) {
@@ -328,11 +371,6 @@ impl Cluster {
         {
             return Some(ep.clone());
         }
-        let target = Target::Fixed(UpstreamAddr::Tcp {
-            host: host.to_owned(),
-            port,
-        });
-        let connector = Arc::new(nodes.connector.to_target(target));
         let mut next = nodes.next.lock().unwrap_or_else(|e| e.into_inner());
         let (tcp, ours) = loop {
             let p = u16::try_from(*next).ok().filter(|p| *p <= nodes.last)?;
@@ -342,6 +380,9 @@ impl Cluster {
                 Err(e) => debug!(port = p, error = %e, "cluster: node listener port taken"),
             }
         };
+        let target = Arc::new(admit::NodeTarget::new(ours, host, port));
+        lock(&nodes.targets).insert(ours, Arc::clone(&target));
+        let connector = Arc::new(nodes.connector.to_target(Target::Chosen(target)));
         let listener = Listener::new(tcp, Arc::clone(&nodes.settings))
             .ok()?
             .for_node(connector);
@@ -371,6 +412,10 @@ impl Cluster {
         self.known.store(Arc::new(known));
         Some(ep)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl crate::upstream::Chooser for Cluster {

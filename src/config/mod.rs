@@ -260,6 +260,10 @@ pub struct RawNodeListeners {
     pub ports: String,
     /// The host written into MOVED/ASK and CLUSTER replies.
     pub announce_host: String,
+    /// Networks a node's address must be in before redward dials it (CIDR); default: the
+    /// seeds' networks.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

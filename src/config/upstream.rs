@@ -110,11 +110,31 @@ fn cluster(raw: super::RawCluster, base: &Path) -> Result<ClusterConfig, ConfigE
             "a host name or IPv4 address clients can reach",
         ));
     }
+    let mut allow = Vec::new();
+    for (i, cidr) in n.allow.iter().flatten().enumerate() {
+        let net = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ConfigError::invalid(
+                    format!("upstream.cluster.node_listeners.allow[{i}]"),
+                    format!("`{cidr}` is not a network (10.0.0.0/8) or an address"),
+                )
+            })?;
+        allow.push(net);
+    }
+    if n.allow.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ConfigError::invalid(
+            "upstream.cluster.node_listeners.allow",
+            "list at least one network, or leave it out for the seeds' networks",
+        ));
+    }
     Ok(ClusterConfig {
         seeds,
         bind,
         ports: (first, last),
         announce_host: n.announce_host,
+        allow,
     })
 }
 

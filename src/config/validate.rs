@@ -263,6 +263,9 @@ pub struct ClusterConfig {
     pub ports: (u16, u16),
     /// `node_listeners.announce_host`.
     pub announce_host: String,
+    /// `node_listeners.allow`: the networks node addresses must be in; empty: the seeds'
+    /// networks (`cluster::allowed_networks`).
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 /// `upstream.sentinel`.

@@ -432,10 +432,15 @@ impl ProxyBuilder {
 
     /// In front of a cluster whose nodes include these seeds, with node listeners on
     /// `ports` (first-last) announced as 127.0.0.1.
-    pub fn cluster(mut self, seeds: &[u16], ports: (u16, u16)) -> Self {
+    pub fn cluster(self, seeds: &[u16], ports: (u16, u16)) -> Self {
+        self.cluster_with(seeds, ports, "")
+    }
+
+    /// Like [`ProxyBuilder::cluster`], with more `node_listeners` keys (`, allow: [...]`).
+    pub fn cluster_with(mut self, seeds: &[u16], ports: (u16, u16), more: &str) -> Self {
         let addrs: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
         self.sentinel = Some(format!(
-            "cluster: {{ seeds: [{}], node_listeners: {{ bind: \"127.0.0.1\", ports: \"{}-{}\", announce_host: \"127.0.0.1\" }} }}",
+            "cluster: {{ seeds: [{}], node_listeners: {{ bind: \"127.0.0.1\", ports: \"{}-{}\", announce_host: \"127.0.0.1\"{more} }} }}",
             addrs.join(", "),
             ports.0,
             ports.1
