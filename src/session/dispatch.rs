@@ -64,28 +64,8 @@ impl State {
         let Some(user) = self.login.as_ref().map(|l| Arc::clone(l.user())) else {
             return self.dispatch_unauthenticated(req, raw, conn);
         };
-        // The command rate is charged first, for every command: one the ACL denies, or one
-        // Redis does not know, costs a token too, or refusals would be a free way to make
-        // redward burn CPU and write the audit trail.
-        if let Some(rate) = self
-            .live
-            .command_rates
-            .get(&user.name)
-            .filter(|_| !self.flow.retrying)
-        {
-            // This instance's share first, then the user's rate across instances (when shared).
-            let shared_ok = || {
-                let Some(rates) = self.shared.shared_rates.get() else {
-                    return true;
-                };
-                rates.budget(&user.name).is_none_or(|b| b.admit(rates))
-            };
-            if rate.check().is_err() || !shared_ok() {
-                self.counts.refused += 1;
-                self.shared.metrics.commands_rate_limited.inc();
-                self.reject(Bytes::from_static(replies::COMMAND_RATE_EXCEEDED));
-                return Outcome::Done;
-            }
+        if !self.charge_command_rate(&user) {
+            return Outcome::Done;
         }
         // Redis's order (`processCommand`): existence, arity, then the ACL check. A user with
         // every permission takes the fast path: Redis makes the same checks with the same
@@ -93,41 +73,14 @@ impl State {
         let is_acl = name.eq_ignore_ascii_case(b"acl");
         // Resolved once here when the ACL check needs it; the shared-connection decision
         // below reuses it.
-        let mut resolved = None;
-        if !user.unrestricted || is_acl {
-            let spec = match commands::resolve(req) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    // Unknown to redward means refused: it cannot be checked.
-                    self.reject(Bytes::from(e.reply(req)));
-                    return Outcome::Done;
-                }
-            };
-            resolved = Some(spec);
-            if let Err(d) = acl::check(&user, spec, req) {
-                self.counts.refused += 1;
-                self.shared.metrics.commands_denied.inc();
-                match d {
-                    Denied::Command => self.shared.metrics.acl_denied_command.inc(),
-                    Denied::Key { .. } => self.shared.metrics.acl_denied_key.inc(),
-                    Denied::Channel { .. } => self.shared.metrics.acl_denied_channel.inc(),
-                };
-                self.audit_denied(&user, spec, req, d);
-                // Redis refuses DEBUG and MODULE as protected commands before its ACL check
-                // (`processCommand`, with the default enable-*-command no): same text here.
-                let reply = match protected_refusal(spec.name) {
-                    Some(text) => Bytes::from_static(text),
-                    None => Bytes::from(d.reply_as(&user.name, spec, req)),
-                };
-                self.reject(reply);
-                return Outcome::Done;
+        let resolved = if !user.unrestricted || is_acl {
+            match self.check_acl(&user, req) {
+                Some(spec) => Some(spec),
+                None => return Outcome::Done,
             }
-            if let Some(refusal) = acl::sort_refusal(&user, spec, req) {
-                // Redis refuses these inside SORT itself (not a NOPERM, not in ACL LOG).
-                self.local(Bytes::from_static(refusal));
-                return Outcome::Done;
-            }
-        }
+        } else {
+            None
+        };
         if self.shared.shared_limits.get().is_some() && crate::shared_limits::mentions_reserved(req)
         {
             // The names shared limits keep in Redis are no client's, whatever its ACL.
@@ -194,56 +147,8 @@ impl State {
             self.local(Bytes::from_static(replies::EXECABORT));
             return Outcome::Done;
         }
-        if name.eq_ignore_ascii_case(b"auth") {
-            match commands::resolve(req) {
-                Ok(_) => self.do_auth(req),
-                Err(e) => self.local(Bytes::from(e.reply(req))),
-            }
-            return Outcome::Done;
-        }
-        if name.eq_ignore_ascii_case(b"hello") {
-            return self.do_hello(req, raw, conn);
-        }
-        if name.eq_ignore_ascii_case(b"quit") {
-            self.client.flags.closing = true;
-            self.client.changed = true;
-            self.local(Bytes::from_static(replies::OK));
-            self.close_after_replies();
-            return Outcome::Done;
-        }
-        if name.eq_ignore_ascii_case(b"reset") && req.argc() == 1 {
-            return self.do_reset(raw, conn);
-        }
-        if name.eq_ignore_ascii_case(b"client")
-            && req.argc() == 3
-            && req.arg(1).eq_ignore_ascii_case(b"reply")
-        {
-            self.client_reply(req.arg(2));
-            return Outcome::Done;
-        }
-        if name.eq_ignore_ascii_case(b"client") {
-            if let Some(outcome) = self.client_command(req) {
-                return outcome;
-            }
-        }
-        if conn == ConnKind::Shared && !self.flow.prefer_own && name.eq_ignore_ascii_case(b"select")
-        {
-            if let Some(outcome) = self.select_shared(req, raw) {
-                return outcome;
-            }
-        }
-        if (name.eq_ignore_ascii_case(b"sync") || name.eq_ignore_ascii_case(b"psync"))
-            && conn == ConnKind::Dedicated
-            && !self.client.in_multi
-        {
-            // Every earlier reply goes to the client first; then the bytes are Redis's.
-            if self.slots.upstream_pending() > 0 {
-                return Outcome::WaitForReplies;
-            }
-            self.release_front();
-            self.forward(req, raw);
-            self.flow.handover = true;
-            return Outcome::Done;
+        if let Some(outcome) = self.answer_locally(req, raw, conn) {
+            return outcome;
         }
         match conn {
             ConnKind::Dedicated => {}
@@ -256,14 +161,7 @@ impl State {
         }
         if name.eq_ignore_ascii_case(b"client") {
             if let Some(args) = client_cmd::with_upstream_ids(req, &self.shared.clients) {
-                // The ids redward gave, as Redis knows the connections they name.
-                let mut data = Vec::new();
-                let mut ranges = Vec::with_capacity(args.len());
-                for a in &args {
-                    ranges.push(data.len()..data.len() + a.len());
-                    data.extend_from_slice(a);
-                }
-                return self.forward_to(conn, &Request::built(&data, &ranges), &[]);
+                return self.forward_args(conn, &args);
             }
         }
         let outcome = self.forward_to(conn, req, raw);
@@ -271,6 +169,147 @@ impl State {
             self.slots.set_rewrite_last(hook);
         }
         outcome
+    }
+
+    /// The commands redward answers itself, or hands over itself (AUTH, HELLO, QUIT, RESET,
+    /// CLIENT REPLY and the CLIENT subcommands of `client_cmd.rs`, SELECT on a shared
+    /// connection, SYNC/PSYNC's handover). `None`: the request goes to Redis as usual.
+    fn answer_locally(&mut self, req: &Request<'_>, raw: &[u8], conn: ConnKind) -> Option<Outcome> {
+        let name = req.name();
+        if name.eq_ignore_ascii_case(b"auth") {
+            match commands::resolve(req) {
+                Ok(_) => self.do_auth(req),
+                Err(e) => self.local(Bytes::from(e.reply(req))),
+            }
+            return Some(Outcome::Done);
+        }
+        if name.eq_ignore_ascii_case(b"hello") {
+            return Some(self.do_hello(req, raw, conn));
+        }
+        if name.eq_ignore_ascii_case(b"quit") {
+            self.client.flags.closing = true;
+            self.client.changed = true;
+            self.local(Bytes::from_static(replies::OK));
+            self.close_after_replies();
+            return Some(Outcome::Done);
+        }
+        if name.eq_ignore_ascii_case(b"reset") && req.argc() == 1 {
+            return Some(self.do_reset(raw, conn));
+        }
+        if name.eq_ignore_ascii_case(b"client")
+            && req.argc() == 3
+            && req.arg(1).eq_ignore_ascii_case(b"reply")
+        {
+            self.client_reply(req.arg(2));
+            return Some(Outcome::Done);
+        }
+        if name.eq_ignore_ascii_case(b"client") {
+            if let Some(outcome) = self.client_command(req) {
+                return Some(outcome);
+            }
+        }
+        if conn == ConnKind::Shared && !self.flow.prefer_own && name.eq_ignore_ascii_case(b"select")
+        {
+            if let Some(outcome) = self.select_shared(req, raw) {
+                return Some(outcome);
+            }
+        }
+        if (name.eq_ignore_ascii_case(b"sync") || name.eq_ignore_ascii_case(b"psync"))
+            && conn == ConnKind::Dedicated
+            && !self.client.in_multi
+        {
+            // Every earlier reply goes to the client first; then the bytes are Redis's.
+            if self.slots.upstream_pending() > 0 {
+                return Some(Outcome::WaitForReplies);
+            }
+            self.release_front();
+            self.forward(req, raw);
+            self.flow.handover = true;
+            return Some(Outcome::Done);
+        }
+        None
+    }
+
+    /// The ACL check in Redis's order (existence and arity, then permissions), with Redis's
+    /// texts, the audit trail and the metrics. `Some(spec)`: allowed (the spec is reused by
+    /// later steps); `None`: refused, and answered.
+    fn check_acl(
+        &mut self,
+        user: &User,
+        req: &Request<'_>,
+    ) -> Option<&'static commands::CommandSpec> {
+        let spec = match commands::resolve(req) {
+            Ok(spec) => spec,
+            Err(e) => {
+                // Unknown to redward means refused: it cannot be checked.
+                self.reject(Bytes::from(e.reply(req)));
+                return None;
+            }
+        };
+        if let Err(d) = acl::check(user, spec, req) {
+            self.counts.refused += 1;
+            self.shared.metrics.commands_denied.inc();
+            match d {
+                Denied::Command => self.shared.metrics.acl_denied_command.inc(),
+                Denied::Key { .. } => self.shared.metrics.acl_denied_key.inc(),
+                Denied::Channel { .. } => self.shared.metrics.acl_denied_channel.inc(),
+            };
+            self.audit_denied(user, spec, req, d);
+            // Redis refuses DEBUG and MODULE as protected commands before its ACL check
+            // (`processCommand`, with the default enable-*-command no): same text here.
+            let reply = match protected_refusal(spec.name) {
+                Some(text) => Bytes::from_static(text),
+                None => Bytes::from(d.reply_as(&user.name, spec, req)),
+            };
+            self.reject(reply);
+            return None;
+        }
+        if let Some(refusal) = acl::sort_refusal(user, spec, req) {
+            // Redis refuses these inside SORT itself (not a NOPERM, not in ACL LOG).
+            self.local(Bytes::from_static(refusal));
+            return None;
+        }
+        Some(spec)
+    }
+
+    /// The command rate, charged first for every command: one the ACL denies, or one Redis
+    /// does not know, costs a token too, or refusals would be a free way to make redward burn
+    /// CPU and write the audit trail. This instance's share first, then the user's rate across
+    /// instances (when shared). `false`: refused, and answered.
+    fn charge_command_rate(&mut self, user: &User) -> bool {
+        let Some(rate) = self
+            .live
+            .command_rates
+            .get(&user.name)
+            .filter(|_| !self.flow.retrying)
+        else {
+            return true;
+        };
+        let shared_ok = || {
+            let Some(rates) = self.shared.shared_rates.get() else {
+                return true;
+            };
+            rates.budget(&user.name).is_none_or(|b| b.admit(rates))
+        };
+        if rate.check().is_ok() && shared_ok() {
+            return true;
+        }
+        self.counts.refused += 1;
+        self.shared.metrics.commands_rate_limited.inc();
+        self.reject(Bytes::from_static(replies::COMMAND_RATE_EXCEEDED));
+        false
+    }
+
+    /// Forwards a request redward rewrote (`args`), encoded afresh: the ids of `CLIENT
+    /// UNBLOCK` / `TRACKING ... REDIRECT` as Redis knows the connections they name.
+    fn forward_args(&mut self, conn: ConnKind, args: &[Vec<u8>]) -> Outcome {
+        let mut data = Vec::new();
+        let mut ranges = Vec::with_capacity(args.len());
+        for a in args {
+            ranges.push(data.len()..data.len() + a.len());
+            data.extend_from_slice(a);
+        }
+        self.forward_to(conn, &Request::built(&data, &ranges), &[])
     }
 
     /// For a `CLUSTER` request whose reply names nodes, behind a cluster: the hook that
