@@ -152,8 +152,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         None => match &cfg.upstream.cluster {
             Some(c) => format!(
                 "a Redis Cluster found from seeds {} (CLUSTER SHARDS, re-read every 5 s); a \
-                 listener per node on {}:{}-{}, announced as {}; entry listeners go to the node \
-                 that last answered",
+                 listener per node on {}:{}-{}, announced as {}; node addresses dialled only \
+                 within {}; entry listeners go to the node that last answered",
                 c.seeds
                     .iter()
                     .map(|(h, p)| format!("{h}:{p}"))
@@ -162,7 +162,16 @@ fn check(path: &std::path::Path) -> ExitCode {
                 c.bind,
                 c.ports.0,
                 c.ports.1,
-                c.announce_host
+                c.announce_host,
+                if c.allow.is_empty() {
+                    "the seeds' own addresses".to_owned()
+                } else {
+                    c.allow
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             ),
             None if !cfg.upstream.cluster_announce.is_empty() => format!(
                 "{} (a cluster node; MOVED/ASK and CLUSTER replies name {})",

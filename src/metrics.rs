@@ -72,6 +72,11 @@ pub struct Metrics {
     pub cluster_redirections: Counter,
     /// Node addresses outside `node_listeners.allow`, not dialled.
     pub cluster_nodes_refused: Counter,
+    /// Node listeners opened, and closed after their node left the topology.
+    pub cluster_nodes_added: Counter,
+    pub cluster_nodes_removed: Counter,
+    /// Node listener connections closed because the server did not confirm the node's id.
+    pub cluster_node_unconfirmed: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -213,12 +218,33 @@ impl Metrics {
             "Cluster node addresses outside upstream.cluster.node_listeners.allow, not dialled",
             cluster_nodes_refused.clone(),
         );
+        let cluster_nodes_added = Counter::default();
+        registry.register(
+            "cluster_nodes_added",
+            "Cluster node listeners opened (a node appeared at an admitted address)",
+            cluster_nodes_added.clone(),
+        );
+        let cluster_nodes_removed = Counter::default();
+        registry.register(
+            "cluster_nodes_removed",
+            "Cluster node listeners closed (their node left the topology for the grace period)",
+            cluster_nodes_removed.clone(),
+        );
+        let cluster_node_unconfirmed = Counter::default();
+        registry.register(
+            "cluster_node_unconfirmed",
+            "Node listener connections closed unused: the server did not confirm the node's id (CLUSTER MYID)",
+            cluster_node_unconfirmed.clone(),
+        );
         Metrics {
             upstream_failovers,
             upstream_master,
             cluster_nodes,
             cluster_redirections,
             cluster_nodes_refused,
+            cluster_nodes_added,
+            cluster_nodes_removed,
+            cluster_node_unconfirmed,
             connections_open,
             connections_accepted,
             refused_not_allowed: r("not_allowed"),

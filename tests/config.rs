@@ -347,6 +347,45 @@ fn upstream_cluster_is_exclusive_and_checked_field_by_field() {
 }
 
 #[test]
+fn cluster_node_listeners_allow_takes_networks_and_refuses_anything_else() {
+    let certs = Certs::new();
+    let base = valid(&certs, "127.0.0.1:0");
+    let with_allow = |allow: &str| {
+        base.replace(
+            "  address: \"127.0.0.1:1\"\n",
+            &format!(
+                "  cluster: {{ seeds: [\"127.0.0.1:30001\"], node_listeners: {{ bind: \"127.0.0.1\", ports: \"7101-7199\", announce_host: h, allow: {allow} }} }}\n"
+            ),
+        )
+    };
+    assert_refused(
+        &with_allow("[\"10.0.0.0/24\", \"10.0.0.0/99\"]"),
+        &["upstream.cluster.node_listeners.allow[1]"],
+    );
+    assert_refused(
+        &with_allow("[\"redis.example.com\"]"),
+        &["upstream.cluster.node_listeners.allow[0]"],
+    );
+    assert_refused(
+        &with_allow("[]"),
+        &["upstream.cluster.node_listeners.allow"],
+    );
+    // Networks, and a bare address as its host route.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redward.yaml");
+    std::fs::write(&path, with_allow("[\"10.0.0.0/24\", \"fd00::7\"]")).unwrap();
+    let cfg = redward::config::load(&path).expect("valid");
+    let allow = cfg.upstream.cluster.expect("cluster").allow;
+    assert_eq!(
+        allow,
+        vec![
+            "10.0.0.0/24".parse().unwrap(),
+            "fd00::7/128".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
 fn upstream_address_and_sentinel_are_exclusive_and_sentinel_is_checked() {
     let certs = Certs::new();
     let base = valid(&certs, "127.0.0.1:0");

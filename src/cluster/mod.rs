@@ -11,18 +11,19 @@
 //!
 //! (The sidecar shape, `upstream.cluster_announce`, is a fixed map: `announce::Fixed`.)
 //!
-//! A node that leaves keeps its listener and port (its sessions then fail to connect), so a
-//! port never names two nodes in one process's life. A node is known by its id: one the
-//! cluster announces at a new address keeps its listener, which then dials the new address,
-//! if that address is admitted at all (`admit.rs`: only within `node_listeners.allow`, for
-//! the cluster's description is what a client with `CONFIG SET` can change).
+//! A node is known by its id and keeps its listener and port while it exists, whatever
+//! address it announces; only admitted addresses are dialled, and every connection confirms
+//! the node's id (`admit.rs`: the cluster's description is what a client with `CONFIG SET`
+//! can change). A node missing from the topology for a grace period loses its listener, and
+//! its port waits out a quarantine before another node gets it (`nodes.rs`, `ports.rs`).
 
 mod admit;
+mod nodes;
+mod ports;
 pub mod topology;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,10 +31,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::config::{ClusterConfig, UpstreamAddr};
-use crate::listener::{Listener, ListenerSettings};
+use crate::listener::ListenerSettings;
 use crate::resp::encode_command;
 use crate::shared::Shared;
 use crate::upstream::{Connector, Target};
@@ -75,27 +76,45 @@ pub enum TopologyError {
 
 /// How often the topology is read again when nothing asks sooner.
 const REFRESH: Duration = Duration::from_secs(5);
+/// The least time between two readings: anyone can ask for one (a reply naming an unknown
+/// node), and each is a login on a node.
+const MIN_GAP: Duration = Duration::from_secs(1);
 /// The most a topology reply may hold (a thousand-node cluster's SHARDS is well under this).
 const MAX_TOPOLOGY: usize = 16 * 1024 * 1024;
 
 /// What redward knows of the cluster's nodes: the endpoint announced for each, by id and by
-/// every address the cluster writes for it.
-#[derive(Debug, Default, Clone)]
+/// every address the cluster writes for it. Rebuilt at each reading (`nodes.rs`), stored
+/// only when it changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Known {
     by_id: HashMap<Vec<u8>, Endpoint>,
     by_addr: HashMap<(Vec<u8>, u16), Endpoint>,
 }
 
+/// One description of the cluster, and the id of the node that gave it (`CLUSTER MYID`).
+struct Reading {
+    nodes: Vec<Node>,
+    by: Option<String>,
+}
+
+/// Where the entry listeners go: the node that last described the cluster, a seed (as
+/// configured) or a node with a listener (whose id the entry's connections then confirm).
+#[derive(Debug, Clone)]
+enum Entry {
+    Seed(UpstreamAddr),
+    Node(Arc<admit::NodeTarget>),
+}
+
 /// The cluster behind redward, and the endpoints announced for its nodes.
 pub struct Cluster {
     host: Arc<str>,
-    /// Read on every rewrite without a lock; replaced whole under `update`.
+    seeds: Vec<(String, u16)>,
+    /// Read on every rewrite without a lock; replaced whole by a reading.
     known: ArcSwap<Known>,
-    update: Mutex<()>,
-    nodes: NodeListeners,
-    /// The node the entry listeners go to: the one that last described the cluster
-    /// (`Target::Chosen`), so the entry point outlives any one node, its first seed included.
-    entry: ArcSwap<Option<UpstreamAddr>>,
+    nodes: nodes::NodeListeners,
+    /// The node the entry listeners go to (`Target::Chosen`), so the entry point outlives
+    /// any one node, its first seed included.
+    entry: ArcSwap<Option<Entry>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -106,40 +125,10 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Listeners opened per node (`upstream.cluster.node_listeners`).
-struct NodeListeners {
-    seeds: Vec<(String, u16)>,
-    bind: IpAddr,
-    /// The next port to try, and the last of the range.
-    next: Mutex<u32>,
-    last: u16,
-    settings: Arc<ArcSwap<ListenerSettings>>,
-    connector: Connector,
-    /// Listeners bound before the server runs, started by [`Cluster::run`].
-    pending: Mutex<Vec<Listener>>,
-    running: OnceLock<Running>,
-    /// Wakes the refresh task early (a reply named an unknown node).
-    refresh: tokio::sync::Notify,
-    /// `redward_cluster_nodes`.
-    gauge: prometheus_client::metrics::gauge::Gauge,
-    /// `redward_cluster_nodes_refused_total`: node addresses outside the allowed networks.
-    refused: prometheus_client::metrics::counter::Counter,
-    /// Which node addresses may be dialled.
-    admission: admit::Admission,
-    /// Where each node listener (by its port) dials now.
-    targets: Mutex<HashMap<u16, Arc<admit::NodeTarget>>>,
-}
-
-struct Running {
-    shared: Weak<Shared>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-}
-
 impl Cluster {
-    /// `upstream.cluster`: discovers the nodes from the seeds and binds a listener for each.
-    /// `settings` are the first listener's, shared (a reload of them applies to every node
-    /// listener too).
+    /// `upstream.cluster`: discovers the nodes from the seeds and binds a listener for each
+    /// node at an admitted address. `settings` are the first listener's, shared (a reload
+    /// of them applies to every node listener too).
     ///
     /// No seed answering is not fatal (Redis may start after redward, as a sidecar's often
     /// does): redward starts with no node, its entry refuses with Redis's retryable error and
@@ -156,30 +145,13 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let cluster = Arc::new(Cluster {
             host: Arc::from(cfg.announce_host.as_str()),
+            seeds: cfg.seeds.clone(),
             known: ArcSwap::default(),
-            update: Mutex::new(()),
-            nodes: NodeListeners {
-                seeds: cfg.seeds.clone(),
-                bind: cfg.bind,
-                next: Mutex::new(u32::from(cfg.ports.0)),
-                last: cfg.ports.1,
-                settings,
-                connector,
-                pending: Mutex::new(Vec::new()),
-                running: OnceLock::new(),
-                refresh: tokio::sync::Notify::new(),
-                gauge: metrics.cluster_nodes.clone(),
-                refused: metrics.cluster_nodes_refused.clone(),
-                admission: admit::Admission::new(cfg.allow.clone(), cfg.seeds.clone()),
-                targets: Mutex::new(HashMap::new()),
-            },
+            nodes: nodes::NodeListeners::new(cfg, settings, connector, metrics),
             entry: ArcSwap::default(),
         });
         match cluster.read_topology().await {
-            Ok(nodes) => {
-                let nets = cluster.nodes.admission.networks().await;
-                cluster.learn(&nodes, &nets)?;
-            }
+            Ok(reading) => cluster.learn(&reading).await?,
             Err(e) => warn!(error = %e, "cluster: no seed answered yet; asking again every second"),
         }
         Ok(cluster)
@@ -192,35 +164,18 @@ impl Cluster {
         stop: CancellationToken,
         tasks: TaskTracker,
     ) {
-        let nodes = &self.nodes;
-        let _ = nodes.running.set(Running {
-            shared: Arc::downgrade(shared),
-            stop: stop.clone(),
-            tasks: tasks.clone(),
-        });
-        let pending = std::mem::take(&mut *nodes.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        for l in pending {
-            tasks.spawn(l.accept_loop(Arc::clone(shared), stop.clone(), tasks.clone()));
-        }
+        self.nodes.run(shared, stop.clone(), tasks);
         let me = Arc::clone(self);
         tokio::spawn(async move { me.refresh_loop(stop).await });
     }
 
-    /// The ports of the node listeners and the nodes they serve (for logs and tests).
+    /// The ports of the node listeners and the addresses they dial (for logs and tests).
     pub fn listeners(&self) -> Vec<(u16, String)> {
-        let known = self.known.load();
-        let mut out: Vec<(u16, String)> = known
-            .by_addr
-            .iter()
-            .map(|((h, p), ep)| (ep.port, format!("{}:{p}", String::from_utf8_lossy(h))))
-            .collect();
-        out.sort();
-        out.dedup_by_key(|(p, _)| *p);
-        out
+        self.nodes.listeners()
     }
 
     async fn refresh_loop(self: Arc<Self>, stop: CancellationToken) {
-        let nodes = &self.nodes;
+        let mut last = tokio::time::Instant::now();
         loop {
             // Until some node has answered, every second; then every REFRESH.
             let wait = if self.entry.load().is_some() {
@@ -231,12 +186,16 @@ impl Cluster {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
-                () = nodes.refresh.notified() => {}
+                () = self.nodes.refresh.notified() => {}
             }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(last + MIN_GAP) => {}
+            }
+            last = tokio::time::Instant::now();
             match self.read_topology().await {
-                Ok(found) => {
-                    let nets = nodes.admission.networks().await;
-                    if let Err(e) = self.learn(&found, &nets) {
+                Ok(reading) => {
+                    if let Err(e) = self.learn(&reading).await {
                         warn!(error = %e, "cluster: a node got no listener");
                     }
                 }
@@ -245,186 +204,119 @@ impl Cluster {
         }
     }
 
-    /// Asks the seeds and the known nodes in turn, until one describes the cluster.
-    async fn read_topology(&self) -> Result<Vec<Node>, ClusterError> {
-        let nodes = &self.nodes;
-        let mut candidates = nodes.seeds.clone();
-        for (h, p) in self.known.load().by_addr.keys() {
-            let h = String::from_utf8_lossy(h).into_owned();
-            if !candidates.contains(&(h.clone(), *p)) {
-                candidates.push((h, *p));
-            }
-        }
+    /// Asks the seeds, then the nodes with a listener, in turn, until one describes the
+    /// cluster. A node is asked at the address its listener dials (admitted), and confirms
+    /// its id first: never at a name the topology merely mentions.
+    async fn read_topology(&self) -> Result<Reading, ClusterError> {
+        let mut candidates: Vec<Entry> = self
+            .seeds
+            .iter()
+            .map(|(host, port)| {
+                Entry::Seed(UpstreamAddr::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                })
+            })
+            .collect();
+        candidates.extend(self.nodes.targets().into_iter().map(Entry::Node));
         let mut last = ClusterError::NoTopology {
             addr: String::from("-"),
             why: TopologyError::Empty,
         };
-        for (host, port) in candidates {
-            let why = match ask(&nodes.connector, &host, port).await {
-                Ok(found) if !found.is_empty() => {
-                    self.entry
-                        .store(Arc::new(Some(UpstreamAddr::Tcp { host, port })));
-                    return Ok(found);
+        for entry in candidates {
+            let target = match &entry {
+                Entry::Seed(addr) => Target::Fixed(addr.clone()),
+                Entry::Node(t) => Target::Chosen(Arc::clone(t) as _),
+            };
+            let connector = self.nodes.connector().to_target(target);
+            let why = match ask(&connector).await {
+                Ok(reading) if !reading.nodes.is_empty() => {
+                    self.entry.store(Arc::new(Some(entry)));
+                    return Ok(reading);
                 }
                 Ok(_) => TopologyError::Empty,
                 Err(e) => e,
             };
             last = ClusterError::NoTopology {
-                addr: format!("{host}:{port}"),
+                addr: connector.target().to_string(),
                 why,
             };
         }
         Err(last)
     }
 
-    /// Gives every admitted node a listener (if it has none: a node known by its id keeps
-    /// its own, which follows it to a new address) and records the names it goes by.
-    fn learn(&self, found: &[Node], nets: &[ipnet::IpNet]) -> Result<(), ClusterError> {
-        let tls = self.nodes.connector.uses_tls();
-        // First a listener for every node (each new one recorded as it opens), then every
-        // name they go by, in one new map: a refresh that changes nothing copies nothing.
-        let mut named = Vec::with_capacity(found.len());
-        let mut moved = Vec::new();
+    /// One reading: each node's address admitted (or not), then the listeners and names
+    /// brought up to date (`nodes.rs`).
+    async fn learn(&self, reading: &Reading) -> Result<(), ClusterError> {
+        let found = &reading.nodes;
+        let admission = &self.nodes.admission;
+        let nets = admission.networks().await;
+        let mut admitted = Vec::with_capacity(found.len());
         for n in found {
-            let port = match (tls, n.tls_port) {
-                (true, Some(p)) if p != 0 => p,
-                _ => n.port,
-            };
-            if port == 0 {
-                continue; // a node still in its handshake
-            }
-            if !self.nodes.admission.allows(nets, &n.ip) {
-                self.nodes.refused.inc();
-                if let crate::throttle::Verdict::Log { suppressed } =
-                    self.nodes.admission.lines.event()
-                {
-                    warn!(node = %n.id, address = %format!("{}:{port}", n.ip), not_logged_before = suppressed, "cluster: a node's address is outside node_listeners.allow; not dialled");
-                }
-                continue;
-            }
-            let known = self.known.load();
-            let at = (n.ip.as_bytes().to_vec(), port);
-            let ep = match known.by_id.get(n.id.as_bytes()) {
-                Some(ep) if !known.by_addr.contains_key(&at) => {
-                    // A known node at a new address: its listener follows it.
-                    if let Some(t) = lock(&self.nodes.targets).get(&ep.port) {
-                        info!(node = %n.id, address = %format!("{}:{port}", n.ip), port = ep.port, "cluster: a node moved; its listener follows");
-                        t.moved(&n.ip, port);
-                    }
-                    moved.push(ep.clone());
-                    ep.clone()
-                }
-                _ => self
-                    .open(&n.ip, port)
-                    .ok_or_else(|| ClusterError::NoPortLeft {
-                        node: format!("{}:{port}", n.ip),
-                    })?,
-            };
-            named.push((n, port, ep));
+            admitted.push(if self.nodes.port_of(n) == 0 {
+                Err(admit::Refusal::Unresolved(String::new()))
+            } else {
+                admission.admit(&nets, &n.ip).await
+            });
         }
-        let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.known.load();
-        let missing = |k: &(Vec<u8>, u16)| !current.by_addr.contains_key(k);
-        let keys = |n: &Node, port: u16| {
-            // Under the port redward dials (the one MOVED names: `tls-port` on a TLS
-            // cluster) and, if different and known, the plaintext one, by every name.
-            let ports = [port, n.port];
-            ports
-                .into_iter()
-                .filter(|p| *p != 0)
-                .flat_map(move |p| {
-                    std::iter::once(&n.ip)
-                        .chain(&n.aliases)
-                        .map(move |name| (name.as_bytes().to_vec(), p))
-                })
-                .collect::<Vec<_>>()
-        };
-        let changed = named.iter().any(|(n, port, ep)| {
-            current.by_id.get(n.id.as_bytes()) != Some(ep) || keys(n, *port).iter().any(missing)
-        });
-        if !changed {
-            return Ok(());
+        let gone = self.confirm_absent(reading).await;
+        let (known, failed) = self.nodes.learn(found, &admitted, &gone, &self.host);
+        if **self.known.load() != known {
+            self.known.store(Arc::new(known));
         }
-        let mut known = Known::clone(&current);
-        // A moved node's old addresses no longer name it (another node may come there).
-        known.by_addr.retain(|_, ep| !moved.contains(ep));
-        for (n, port, ep) in named {
-            known.by_id.insert(n.id.as_bytes().to_vec(), ep.clone());
-            for k in keys(n, port) {
-                known.by_addr.entry(k).or_insert_with(|| ep.clone());
-            }
-        }
-        self.known.store(Arc::new(known));
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
-    /// The endpoint for the node at `host:port`, opening a listener for it if it has none
-    /// (dynamic shape only). `None` when no port is left.
-    fn open(&self, host: &str, port: u16) -> Option<Endpoint> {
-        let nodes = &self.nodes;
-        let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ep) = self
-            .known
-            .load()
-            .by_addr
-            .get(&(host.as_bytes().to_vec(), port))
-        {
-            return Some(ep.clone());
+    /// The served nodes `reading` lacks that another node's view lacks too. One node's view
+    /// is not enough to close listeners: a seed taken out of the cluster (reset, still
+    /// running) describes a cluster of itself alone. No other node to ask: none is gone.
+    async fn confirm_absent(&self, reading: &Reading) -> std::collections::HashSet<String> {
+        let (absent, witness) = self.nodes.absent(&reading.nodes, reading.by.as_deref());
+        if absent.is_empty() {
+            return std::collections::HashSet::new();
         }
-        let mut next = nodes.next.lock().unwrap_or_else(|e| e.into_inner());
-        let (tcp, ours) = loop {
-            let p = u16::try_from(*next).ok().filter(|p| *p <= nodes.last)?;
-            *next += 1;
-            match crate::bind(SocketAddr::new(nodes.bind, p)) {
-                Ok(tcp) => break (tcp, p),
-                Err(e) => debug!(port = p, error = %e, "cluster: node listener port taken"),
-            }
+        let Some(witness) = witness else {
+            return std::collections::HashSet::new();
         };
-        let target = Arc::new(admit::NodeTarget::new(ours, host, port));
-        lock(&nodes.targets).insert(ours, Arc::clone(&target));
-        let connector = Arc::new(nodes.connector.to_target(Target::Chosen(target)));
-        let listener = Listener::new(tcp, Arc::clone(&nodes.settings))
-            .ok()?
-            .for_node(connector);
-        info!(node = %format!("{host}:{port}"), port = ours, "cluster: listening for a node");
-        nodes.gauge.inc();
-        match nodes.running.get() {
-            Some(r) => {
-                if let Some(shared) = r.shared.upgrade() {
-                    r.tasks
-                        .spawn(listener.accept_loop(shared, r.stop.clone(), r.tasks.clone()));
-                }
+        let connector = self
+            .nodes
+            .connector()
+            .to_target(Target::Chosen(witness as _));
+        match ask(&connector).await {
+            Ok(second) => {
+                let there: std::collections::HashSet<String> = second
+                    .nodes
+                    .iter()
+                    .filter_map(|n| self.nodes.key_of(n))
+                    .collect();
+                absent.into_iter().filter(|k| !there.contains(k)).collect()
             }
-            None => nodes
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(listener),
+            Err(e) => {
+                warn!(error = %e, "cluster: no second view of the nodes missing from the topology");
+                std::collections::HashSet::new()
+            }
         }
-        let ep = Endpoint {
-            host: Arc::clone(&self.host),
-            port: ours,
-        };
-        let mut known = Known::clone(&self.known.load());
-        known
-            .by_addr
-            .insert((host.as_bytes().to_vec(), port), ep.clone());
-        self.known.store(Arc::new(known));
-        Some(ep)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl crate::upstream::Chooser for Cluster {
     fn choose(&self) -> Option<UpstreamAddr> {
-        Option::clone(&self.entry.load())
+        match &**self.entry.load() {
+            Some(Entry::Seed(addr)) => Some(addr.clone()),
+            Some(Entry::Node(t)) => t.addr(),
+            None => None,
+        }
     }
 
     fn name(&self) -> &str {
         "cluster entry"
+    }
+
+    fn node_id(&self) -> Option<Arc<str>> {
+        match &**self.entry.load() {
+            Some(Entry::Node(t)) => crate::upstream::Chooser::node_id(&**t),
+            _ => None,
+        }
     }
 }
 
@@ -467,13 +359,9 @@ impl Announce for Cluster {
     }
 }
 
-/// `CLUSTER SHARDS` from one node (`CLUSTER SLOTS` if it has no SHARDS).
-async fn ask(connector: &Connector, host: &str, port: u16) -> Result<Vec<Node>, TopologyError> {
-    let target = Target::Fixed(UpstreamAddr::Tcp {
-        host: host.to_owned(),
-        port,
-    });
-    let connector = connector.to_target(target);
+/// `CLUSTER SHARDS` from one node (`CLUSTER SLOTS` if it has no SHARDS), through
+/// `connector`, and the node's own id (`CLUSTER MYID`, if it answers).
+async fn ask(connector: &Connector) -> Result<Reading, TopologyError> {
     let timeout = connector.connect_timeout();
     let run = async {
         let mut s = connector.connect().await?;
@@ -496,7 +384,18 @@ async fn ask(connector: &Connector, host: &str, port: u16) -> Result<Vec<Node>, 
                 }
                 continue;
             }
-            return parse(&frame).ok_or(TopologyError::Unexpected(sub));
+            let nodes = parse(&frame).ok_or(TopologyError::Unexpected(sub))?;
+            let mut req = Vec::new();
+            encode_command(&mut req, [&b"CLUSTER"[..], b"MYID"].into_iter());
+            s.write_all(&req).await?;
+            s.flush().await?;
+            let by = match crate::net_io::read_frame(&mut s, &mut buf, 4096).await? {
+                frame @ redis_protocol::resp2::types::OwnedFrame::BulkString(_) => {
+                    crate::commands::discover::text(&frame)
+                }
+                _ => None,
+            };
+            return Ok(Reading { nodes, by });
         }
         Err(TopologyError::Empty)
     };

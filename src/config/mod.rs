@@ -260,8 +260,8 @@ pub struct RawNodeListeners {
     pub ports: String,
     /// The host written into MOVED/ASK and CLUSTER replies.
     pub announce_host: String,
-    /// Networks a node's address must be in before redward dials it (CIDR); default: the
-    /// seeds' networks.
+    /// Networks a node's address must be in before redward dials it (CIDR, or an address);
+    /// default: the seeds' own addresses (`cluster/admit.rs`).
     #[serde(default)]
     pub allow: Option<Vec<String>>,
 }

@@ -126,7 +126,7 @@ fn cluster(raw: super::RawCluster, base: &Path) -> Result<ClusterConfig, ConfigE
     if n.allow.as_ref().is_some_and(Vec::is_empty) {
         return Err(ConfigError::invalid(
             "upstream.cluster.node_listeners.allow",
-            "list at least one network, or leave it out for the seeds' networks",
+            "list at least one network, or leave it out for the seeds' own addresses",
         ));
     }
     Ok(ClusterConfig {

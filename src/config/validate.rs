@@ -264,7 +264,7 @@ pub struct ClusterConfig {
     /// `node_listeners.announce_host`.
     pub announce_host: String,
     /// `node_listeners.allow`: the networks node addresses must be in; empty: the seeds'
-    /// networks (`cluster::allowed_networks`).
+    /// own addresses, each a host route (`cluster/admit.rs`).
     pub allow: Vec<ipnet::IpNet>,
 }
 

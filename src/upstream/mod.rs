@@ -57,6 +57,15 @@ pub enum UpstreamError {
     /// A chosen target (a cluster's entry) has no address yet.
     #[error("{what}: no node known")]
     NoAddress { what: String },
+    /// A cluster node listener's connection reached a server that did not confirm the
+    /// node's id; closed before any client request (and before the credential, where the
+    /// server answered without a login).
+    #[error("{addr} did not confirm it is cluster node {id} (CLUSTER MYID: {said})")]
+    NotTheNode {
+        addr: String,
+        id: String,
+        said: String,
+    },
 }
 
 impl UpstreamError {
@@ -261,6 +270,13 @@ impl Connector {
                 }
             }
         }
+        // A cluster node listener's node: its id confirmed before the credential where the
+        // node answers without a login, after the login otherwise (`cluster/admit.rs`).
+        let node = self.target.node_id();
+        let mut node_confirmed = false;
+        if let (Some(id), Some(_)) = (&node, self.auth_request()) {
+            node_confirmed = self.confirm_node(&mut stream, id, addr, true).await?;
+        }
         if let Some(auth) = self.auth_request() {
             stream.write_all(auth).await.map_err(connect_err)?;
             stream.flush().await.map_err(connect_err)?;
@@ -274,6 +290,9 @@ impl Connector {
                     ))
                 }
             }
+        }
+        if let (Some(id), false) = (&node, node_confirmed) {
+            self.confirm_node(&mut stream, id, addr, false).await?;
         }
         if confirm && !confirmed && role(&mut stream).await.map_err(connect_err)? != Role::Master {
             self.target.not_master("ROLE did not say master");
@@ -291,6 +310,52 @@ impl Connector {
                 })?;
         }
         Ok(stream)
+    }
+}
+
+impl Connector {
+    /// Asks `CLUSTER MYID` (`cluster.c`: the node's own 40-hex name). `Ok(true)`: it is `id`;
+    /// `Ok(false)`: the node answers nothing before a login (`-NOAUTH`) and `before_login`;
+    /// [`UpstreamError::NotTheNode`] for any other answer.
+    async fn confirm_node(
+        &self,
+        stream: &mut UpstreamStream,
+        id: &str,
+        addr: &str,
+        before_login: bool,
+    ) -> Result<bool, UpstreamError> {
+        let io = |source| UpstreamError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        stream
+            .write_all(b"*2\r\n$7\r\nCLUSTER\r\n$4\r\nMYID\r\n")
+            .await
+            .map_err(io)?;
+        stream.flush().await.map_err(io)?;
+        let mut buf = BytesMut::with_capacity(128);
+        let (len, info) = read_reply(stream, &mut buf, 4096).await.map_err(io)?;
+        let reply = buf.get(..len).unwrap_or(&[]);
+        if before_login && info.is_error() && reply.starts_with(b"-NOAUTH") {
+            return Ok(false);
+        }
+        // `$40\r\n<id>\r\n` (a bulk string in RESP2 and RESP3 alike).
+        let said = reply
+            .strip_prefix(b"$")
+            .and_then(|r| r.iter().position(|&b| b == b'\n').map(|i| &r[i + 1..]))
+            .and_then(|r| r.strip_suffix(b"\r\n"));
+        if said == Some(id.as_bytes()) {
+            return Ok(true);
+        }
+        self.target.not_the_node();
+        let shown = said.unwrap_or(reply);
+        Err(UpstreamError::NotTheNode {
+            addr: addr.to_owned(),
+            id: id.to_owned(),
+            said: String::from_utf8_lossy(&shown[..shown.len().min(64)])
+                .escape_debug()
+                .to_string(),
+        })
     }
 }
 

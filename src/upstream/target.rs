@@ -34,6 +34,17 @@ pub trait Chooser: Send + Sync + std::fmt::Debug {
     fn choose(&self) -> Option<UpstreamAddr>;
     /// A stable name, for pools and messages.
     fn name(&self) -> &str;
+    /// A cluster node's id, which every new connection confirms (`CLUSTER MYID`) before it
+    /// is used, and before the credential where the node answers without a login.
+    fn node_id(&self) -> Option<Arc<str>> {
+        None
+    }
+    /// Fires when the chosen address changes or goes (see [`Target::epoch`]).
+    fn epoch(&self) -> Option<tokio_util::sync::CancellationToken> {
+        None
+    }
+    /// A new connection did not confirm [`Chooser::node_id`].
+    fn not_the_node(&self) {}
 }
 
 impl PartialEq for Target {
@@ -78,8 +89,24 @@ impl Target {
     /// before connecting, and drop the connection when it fires.
     pub fn epoch(&self) -> Option<tokio_util::sync::CancellationToken> {
         match self {
-            Target::Fixed(_) | Target::Chosen(_) => None,
+            Target::Fixed(_) => None,
             Target::Sentinel(s) => Some(s.epoch()),
+            Target::Chosen(c) => c.epoch(),
+        }
+    }
+
+    /// The cluster node id a new connection must confirm, if any.
+    pub fn node_id(&self) -> Option<Arc<str>> {
+        match self {
+            Target::Chosen(c) => c.node_id(),
+            Target::Fixed(_) | Target::Sentinel(_) => None,
+        }
+    }
+
+    /// A new connection's `CLUSTER MYID` did not confirm [`Target::node_id`].
+    pub fn not_the_node(&self) {
+        if let Target::Chosen(c) = self {
+            c.not_the_node();
         }
     }
 

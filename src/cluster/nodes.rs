@@ -1,0 +1,445 @@
+//! The listener per node, kept by node id (`node_listeners`): opened when a node at an
+//! admitted address appears, kept (and its port with it) while the node exists whatever
+//! address it announces, closed when the node has been missing from the topology for
+//! [`GRACE`] and [`MISSED_READINGS`] readings in a row. Its port then waits out a quarantine
+//! before another node may get it (`ports.rs`).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::admit::{Admission, NodeTarget, Refusal};
+use super::ports::Ports;
+use super::topology::Node;
+use super::{ClusterError, Endpoint, Known};
+use crate::config::{ClusterConfig, UpstreamAddr};
+use crate::listener::{Listener, ListenerSettings};
+use crate::shared::Shared;
+use crate::upstream::{Connector, Target};
+
+/// How long a node may be missing from the topology before its listener closes...
+const GRACE: Duration = Duration::from_secs(15);
+/// ...and in how many readings in a row (readings can come sooner than every 5 s: a reply
+/// naming an unknown node asks for one, and anyone can send such a reply).
+const MISSED_READINGS: u32 = 3;
+/// How long a freed port waits before another node may get it.
+const QUARANTINE: Duration = Duration::from_secs(60);
+
+/// The counters and the gauge of node listeners (`metrics.rs`).
+struct Meters {
+    /// `redward_cluster_nodes`.
+    listening: Gauge,
+    /// `redward_cluster_nodes_refused_total`.
+    refused: Counter,
+    /// `redward_cluster_nodes_added_total`, `redward_cluster_nodes_removed_total`.
+    added: Counter,
+    removed: Counter,
+    /// `redward_cluster_node_unconfirmed_total`.
+    unconfirmed: Counter,
+}
+
+/// One node with a listener.
+struct Served {
+    /// The node's id (empty for a node known only by its address).
+    id: String,
+    port: u16,
+    target: Arc<NodeTarget>,
+    /// The listener's stop, which also drains its sessions: a child of `root`.
+    stop: CancellationToken,
+    /// Every `(name, port)` the cluster last wrote for it, and the address it is dialled at.
+    names: Vec<(Vec<u8>, u16)>,
+    /// Its announced address was refused at the last reading (the listener dials the last
+    /// admitted one).
+    refused: bool,
+    /// Since when, and in how many readings in a row, the topology has lacked it.
+    missing: Option<(Instant, u32)>,
+}
+
+struct State {
+    /// By node id (by `host:port` for a node without one).
+    served: HashMap<String, Served>,
+    ports: Ports,
+}
+
+/// Listeners opened per node (`upstream.cluster.node_listeners`).
+pub(super) struct NodeListeners {
+    bind: IpAddr,
+    settings: Arc<ArcSwap<ListenerSettings>>,
+    connector: Connector,
+    /// Listeners bound before the server runs, started by [`NodeListeners::run`].
+    pending: Mutex<Vec<(Listener, CancellationToken)>>,
+    running: OnceLock<Running>,
+    /// The parent of every listener's stop: cancelled when the server stops.
+    root: CancellationToken,
+    /// Wakes the refresh task early (a reply named an unknown node, or a node listener's
+    /// connection found another node).
+    pub(super) refresh: Arc<tokio::sync::Notify>,
+    /// Which node addresses may be dialled.
+    pub(super) admission: Admission,
+    meters: Meters,
+    state: Mutex<State>,
+}
+
+struct Running {
+    shared: Weak<Shared>,
+    tasks: TaskTracker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Text a node wrote, for a log line: at most 64 characters, escaped.
+fn shown(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string()
+}
+
+impl NodeListeners {
+    pub(super) fn new(
+        cfg: &ClusterConfig,
+        settings: Arc<ArcSwap<ListenerSettings>>,
+        connector: Connector,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let admission = Admission::new(
+            cfg.allow.clone(),
+            cfg.seeds.clone(),
+            connector.connect_timeout(),
+        );
+        NodeListeners {
+            bind: cfg.bind,
+            settings,
+            connector,
+            pending: Mutex::new(Vec::new()),
+            running: OnceLock::new(),
+            root: CancellationToken::new(),
+            refresh: Arc::new(tokio::sync::Notify::new()),
+            admission,
+            meters: Meters {
+                listening: metrics.cluster_nodes.clone(),
+                refused: metrics.cluster_nodes_refused.clone(),
+                added: metrics.cluster_nodes_added.clone(),
+                removed: metrics.cluster_nodes_removed.clone(),
+                unconfirmed: metrics.cluster_node_unconfirmed.clone(),
+            },
+            state: Mutex::new(State {
+                served: HashMap::new(),
+                ports: Ports::new(cfg.ports, QUARANTINE),
+            }),
+        }
+    }
+
+    /// Starts the listeners bound so far; from now on new ones start at once. Every
+    /// listener stops with `stop`.
+    pub(super) fn run(&self, shared: &Arc<Shared>, stop: CancellationToken, tasks: TaskTracker) {
+        let _ = self.running.set(Running {
+            shared: Arc::downgrade(shared),
+            tasks: tasks.clone(),
+        });
+        let root = self.root.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            root.cancel();
+        });
+        for (l, stop) in std::mem::take(&mut *lock(&self.pending)) {
+            tasks.spawn(l.accept_loop(Arc::clone(shared), stop, tasks.clone()));
+        }
+    }
+
+    /// The upstream settings node connections are opened with.
+    pub(super) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// The port redward dials a node at: its `tls-port` on a TLS cluster.
+    pub(super) fn port_of(&self, n: &Node) -> u16 {
+        match (self.connector.uses_tls(), n.tls_port) {
+            (true, Some(p)) if p != 0 => p,
+            _ => n.port,
+        }
+    }
+
+    /// What a node is served under: its id, or `ip:port` for a node without one; `None` for
+    /// a node still in its handshake (no port yet).
+    pub(super) fn key_of(&self, n: &Node) -> Option<String> {
+        let port = self.port_of(n);
+        if port == 0 {
+            return None;
+        }
+        Some(if n.id.is_empty() {
+            format!("{}:{port}", n.ip)
+        } else {
+            n.id.clone()
+        })
+    }
+
+    /// The served nodes `found` lacks, and a served node it has (other than node `by`, the
+    /// one that gave it) to ask whether they are gone.
+    pub(super) fn absent(
+        &self,
+        found: &[Node],
+        by: Option<&str>,
+    ) -> (Vec<String>, Option<Arc<NodeTarget>>) {
+        let present: HashSet<String> = found.iter().filter_map(|n| self.key_of(n)).collect();
+        let state = lock(&self.state);
+        let mut absent = Vec::new();
+        let mut witness = None;
+        for (key, s) in &state.served {
+            if !present.contains(key) {
+                absent.push(key.clone());
+            } else if by.is_none_or(|by| by != key)
+                && s.target.addr().is_some()
+                && witness.as_ref().is_none_or(|(p, _)| s.port < *p)
+            {
+                witness = Some((s.port, Arc::clone(&s.target)));
+            }
+        }
+        (absent, witness.map(|(_, t)| t))
+    }
+
+    /// The served nodes' targets, to ask for the topology (each confirms its node's id).
+    pub(super) fn targets(&self) -> Vec<Arc<NodeTarget>> {
+        let state = lock(&self.state);
+        let mut out: Vec<(u16, Arc<NodeTarget>)> = state
+            .served
+            .values()
+            .map(|s| (s.port, Arc::clone(&s.target)))
+            .collect();
+        out.sort_by_key(|(p, _)| *p);
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// The listeners' ports and the addresses they dial (for logs and tests).
+    pub(super) fn listeners(&self) -> Vec<(u16, String)> {
+        let state = lock(&self.state);
+        let mut out: Vec<(u16, String)> = state
+            .served
+            .values()
+            .map(|s| {
+                let at = s.target.addr().map_or_else(String::new, |a| a.to_string());
+                (s.port, at)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// One reading of the topology, with each node's admitted address (or why it has none):
+    /// listeners opened, followed, kept or closed, and what replies call each node. `gone`:
+    /// the served nodes this reading lacks that a second view lacks too; only these count
+    /// toward closing a listener. The error returned is [`ClusterError::NoPortLeft`] for the
+    /// first node that got no port (the others are still served).
+    pub(super) fn learn(
+        &self,
+        found: &[Node],
+        admitted: &[Result<IpAddr, Refusal>],
+        gone: &HashSet<String>,
+        host: &Arc<str>,
+    ) -> (Known, Option<ClusterError>) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let mut failed = None;
+        for (n, admitted) in found.iter().zip(admitted) {
+            let Some(key) = self.key_of(n) else {
+                continue; // a node still in its handshake
+            };
+            let port = self.port_of(n);
+            if !state.served.contains_key(&key) {
+                match admitted {
+                    Ok(ip) => {
+                        if let Err(e) = self.open(&mut state, &key, n, (*ip, port), now) {
+                            failed.get_or_insert(e);
+                            continue;
+                        }
+                    }
+                    Err(why) => {
+                        self.refused(n, port, why, false);
+                        continue;
+                    }
+                }
+            }
+            let Some(s) = state.served.get_mut(&key) else {
+                continue;
+            };
+            s.missing = None;
+            s.refused = admitted.is_err();
+            match admitted {
+                Ok(ip) => {
+                    if s.target.follow(*ip, port) {
+                        info!(node = %key, address = %format!("{ip}:{port}"), port = s.port, "cluster: a node moved; its listener follows it");
+                    }
+                }
+                Err(why) => self.refused(n, port, why, true),
+            }
+            s.names = names(n, port, s.target.addr());
+        }
+        self.forget_missing(&mut state, gone, now);
+        (known(&state, host), failed)
+    }
+
+    /// Nodes two views lacked: counted, and closed once missing long enough. (A node only
+    /// one view lacked keeps its count as it was.)
+    fn forget_missing(&self, state: &mut State, absent: &HashSet<String>, now: Instant) {
+        let mut gone = Vec::new();
+        for (key, s) in &mut state.served {
+            if !absent.contains(key) {
+                continue;
+            }
+            let (since, readings) = s.missing.get_or_insert((now, 0));
+            *readings += 1;
+            if now.saturating_duration_since(*since) >= GRACE && *readings >= MISSED_READINGS {
+                gone.push(key.clone());
+            }
+        }
+        for key in gone {
+            let Some(s) = state.served.remove(&key) else {
+                continue;
+            };
+            // The listener stops accepting and its port closes; its sessions drain (a
+            // request in flight is answered, then the connection closes); their upstream
+            // connections end (the target's epoch), so none waits on the node.
+            s.stop.cancel();
+            s.target.remove();
+            state.ports.release(s.port, now);
+            self.meters.listening.dec();
+            self.meters.removed.inc();
+            info!(node = %key, port = s.port, quarantine_s = QUARANTINE.as_secs(), "cluster: a node left the topology; its listener is closed");
+        }
+    }
+
+    /// A listener for a new node at its admitted `addr`, on the next free port.
+    fn open(
+        &self,
+        state: &mut State,
+        key: &str,
+        n: &Node,
+        addr: (IpAddr, u16),
+        now: Instant,
+    ) -> Result<(), ClusterError> {
+        let (listener, ours) = loop {
+            let p = state
+                .ports
+                .take(now)
+                .ok_or_else(|| ClusterError::NoPortLeft {
+                    node: format!("{}:{}", shown(&n.ip), addr.1),
+                })?;
+            let bound = crate::bind(SocketAddr::new(self.bind, p))
+                .and_then(|tcp| Listener::new(tcp, Arc::clone(&self.settings)));
+            match bound {
+                Ok(l) => break (l, p),
+                Err(e) => {
+                    debug!(port = p, error = %e, "cluster: node listener port taken");
+                    state.ports.release(p, now);
+                }
+            }
+        };
+        let target = Arc::new(NodeTarget::new(
+            ours,
+            &n.id,
+            addr,
+            Arc::clone(&self.refresh),
+            self.meters.unconfirmed.clone(),
+        ));
+        let connector = Arc::new(self.connector.to_target(Target::Chosen(
+            Arc::clone(&target) as Arc<dyn crate::upstream::Chooser>
+        )));
+        let listener = listener.for_node(connector);
+        let stop = self.root.child_token();
+        match self.running.get() {
+            Some(r) => {
+                if let Some(shared) = r.shared.upgrade() {
+                    r.tasks
+                        .spawn(listener.accept_loop(shared, stop.clone(), r.tasks.clone()));
+                }
+            }
+            None => lock(&self.pending).push((listener, stop.clone())),
+        }
+        info!(node = %key, address = %format!("{}:{}", addr.0, addr.1), port = ours, "cluster: listening for a node");
+        self.meters.listening.inc();
+        self.meters.added.inc();
+        state.served.insert(
+            key.to_owned(),
+            Served {
+                id: n.id.clone(),
+                port: ours,
+                target,
+                stop,
+                names: Vec::new(),
+                refused: false,
+                missing: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A node address not admitted: counted, and logged a few times per burst (whoever can
+    /// change a node's announced address can cause this).
+    fn refused(&self, n: &Node, port: u16, why: &Refusal, has_listener: bool) {
+        self.meters.refused.inc();
+        if let crate::throttle::Verdict::Log { suppressed } = self.admission.lines.event() {
+            let address = format!("{}:{port}", shown(&n.ip));
+            let node = shown(&n.id);
+            if has_listener {
+                warn!(%node, %address, reason = %why, not_logged_before = suppressed, "cluster: a node announces an address that is not admitted; its listener keeps dialling the last admitted one");
+            } else {
+                warn!(%node, %address, reason = %why, not_logged_before = suppressed, "cluster: a node's address is not admitted; no listener, never dialled");
+            }
+        }
+    }
+}
+
+/// Every `(name, port)` replies may call a node by: its `ip` and other names (`endpoint`,
+/// `hostname`) at the port redward dials (the one `MOVED` names: `tls-port` on a TLS
+/// cluster) and its plaintext one, and the address its listener dials.
+fn names(n: &Node, port: u16, dialled: Option<UpstreamAddr>) -> Vec<(Vec<u8>, u16)> {
+    let mut out: Vec<(Vec<u8>, u16)> = Vec::new();
+    let hosts = std::iter::once(&n.ip).chain(&n.aliases);
+    for name in hosts {
+        for p in [port, n.port] {
+            let k = (name.as_bytes().to_vec(), p);
+            if p != 0 && !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    if let Some(UpstreamAddr::Tcp { host, port }) = dialled {
+        let k = (host.into_bytes(), port);
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// What replies call each served node. Where two nodes claim one name (a node pointed at
+/// another's address), a node present at an admitted address wins, then one whose new
+/// address was refused, then one missing from the last reading.
+fn known(state: &State, host: &Arc<str>) -> Known {
+    let mut served: Vec<&Served> = state.served.values().collect();
+    served.sort_by_key(|s| (s.missing.is_some(), s.refused, s.port));
+    let mut k = Known::default();
+    for s in served {
+        let ep = Endpoint {
+            host: Arc::clone(host),
+            port: s.port,
+        };
+        if !s.id.is_empty() {
+            k.by_id.insert(s.id.as_bytes().to_vec(), ep.clone());
+        }
+        for name in &s.names {
+            k.by_addr.entry(name.clone()).or_insert_with(|| ep.clone());
+        }
+    }
+    k
+}
