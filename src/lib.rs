@@ -91,6 +91,9 @@ pub enum StartError {
     /// `upstream.cluster` needs a listener whose settings the node listeners take.
     #[error("listen: upstream.cluster needs at least one listener")]
     NoListener,
+    /// `upstream.identity: per_user`: Redis refused the upstream users.
+    #[error(transparent)]
+    Identity(#[from] upstream::provision::ProvisionError),
     #[error("listen[{index}].address {addr}: {source}")]
     Bind {
         index: usize,
@@ -231,6 +234,20 @@ impl Server {
             listeners.push(listener);
         }
         let metrics = Arc::new(metrics::Metrics::new());
+        // `upstream.identity: per_user`: every connection made from here on (node listeners'
+        // included) can log in as a redward user's own upstream user; the users' rules are
+        // written once the server behind is known (`describe` follows its flavor).
+        let identities = (cfg.upstream.identity == config::IdentityMode::PerUser).then(|| {
+            Arc::new(upstream::Identities::new(
+                cfg.upstream.username.as_deref(),
+                cfg.upstream.password.as_ref().map(config::Secret::expose),
+                [],
+            ))
+        });
+        let connector = match &identities {
+            Some(ids) => connector.with_identities(Arc::clone(ids)),
+            None => connector,
+        };
         // A cluster behind: its nodes, a listener for each (with the first listener's
         // settings), and the entry listeners sent to whichever node answers (`cluster.rs`).
         let mut connector = connector;
@@ -255,6 +272,10 @@ impl Server {
         // down when redward starts: then the generated Redis 7.0 table is used, and that is
         // logged; every later upstream (re)connect may learn again.
         learn::learn_and_log(&connector, cfg.upstream.connect_timeout).await;
+        if let Some(ids) = &identities {
+            ids.update(cfg.users.iter());
+            upstream::provision::at_start(&connector).await?;
+        }
         let admin = match cfg.admin_address {
             Some(addr) => Some((
                 admin::bind(addr)
@@ -346,7 +367,11 @@ impl Server {
             .state_db()
             .filter(|_| self.shared_state_upstream)
         {
-            let state = upstream::Setup { resp3: false, db };
+            let state = upstream::Setup {
+                resp3: false,
+                db,
+                user: None,
+            };
             let limits = shared_limits::SharedLimits::start(
                 self.shared.connector.with_setup(state),
                 Arc::clone(&self.shared.limiter),

@@ -127,6 +127,17 @@ impl Pools {
     }
 }
 
+impl Pools {
+    /// Stops the pools of upstream users that are gone (`upstream.identity: per_user`): Redis
+    /// closed their connections (`ACL DELUSER`), and no session will ask for them again.
+    pub fn retire(&self, tags: &[crate::upstream::identity::Tag]) {
+        if tags.is_empty() {
+            return;
+        }
+        lock(&self.by_key).retain(|(_, setup), _| setup.user.is_none_or(|t| !tags.contains(&t)));
+    }
+}
+
 /// The shared connections to one target, and which one the next client gets.
 #[derive(Debug)]
 pub struct Pool {

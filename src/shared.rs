@@ -144,6 +144,15 @@ impl Shared {
     pub fn publish(&self, cfg: &Config, generation: u64) {
         self.limiter.update(cfg.connection_limits);
         self.memory.set_limit(cfg.limits.max_client_memory);
+        // The upstream users follow the users, before any session sees the new ones.
+        if let Some(ids) = self.connector.identities() {
+            let changes = ids.update(cfg.users.iter());
+            if let Some(pools) = &self.pools {
+                let gone: Vec<_> = changes.removed.iter().map(|(tag, _)| *tag).collect();
+                pools.retire(&gone);
+            }
+            crate::upstream::provision::apply(&self.connector, ids, changes);
+        }
         self.live
             .store(Arc::new(Live::from_config(cfg, generation)));
         // Published after the new configuration, so a session that sees the new number also

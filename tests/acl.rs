@@ -183,7 +183,12 @@ async fn acl_commands_answer_from_redwards_users_like_redis() {
     for (n, r) in users {
         builder = builder.user(n, r);
     }
-    let proxy = builder.start(&redis).await;
+    // The direct server must hold exactly redward's users for `ACL USERS` to compare: no
+    // upstream users of redward's own there (`tests/identity.rs` covers those).
+    let proxy = builder
+        .upstream_option("identity: shared")
+        .start(&redis)
+        .await;
     let script = login(
         APP_USER,
         APP_PASSWORD,

@@ -74,6 +74,53 @@ fn describe_selector(sel: &Selector) -> String {
     out
 }
 
+/// A user's permissions as `ACL SETUSER` arguments, one rule per argument: the root
+/// selector's keys, channels and commands, then each `(...)` selector as one argument. No
+/// flags and no passwords: this is what an upstream user with the same rights is given
+/// (`upstream/identity.rs`), and Redis re-reads categories against its own command table.
+pub fn permission_rules(user: &User) -> Vec<String> {
+    let mut out = selector_rules(&user.root);
+    for sel in &user.selectors {
+        out.push(format!("({})", selector_rules(sel).join(" ")));
+    }
+    out
+}
+
+/// One selector's rules as separate arguments, in `describe_selector`'s order.
+fn selector_rules(sel: &Selector) -> Vec<String> {
+    let mut out = Vec::new();
+    if sel.all_keys {
+        out.push("~*".to_owned());
+    } else {
+        for p in &sel.patterns {
+            let prefix = match p.flags {
+                // `~*` would set ALLKEYS, after which Redis refuses any other pattern: a
+                // read-write `*` that is not ALLKEYS (`%R~* %W~*`) is spelled `%RW~*`.
+                f if f == KEY_READ | KEY_WRITE && p.pattern != b"*" => "~",
+                f if f == KEY_READ | KEY_WRITE => "%RW~",
+                KEY_READ => "%R~",
+                _ => "%W~",
+            };
+            out.push(format!("{prefix}{}", String::from_utf8_lossy(&p.pattern)));
+        }
+    }
+    if sel.all_channels {
+        out.push("&*".to_owned());
+    } else {
+        out.push("resetchannels".to_owned());
+        for c in &sel.channels {
+            out.push(format!("&{}", String::from_utf8_lossy(c)));
+        }
+    }
+    out.extend(
+        describe_selector_commands(sel)
+            .split(' ')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned),
+    );
+    out
+}
+
 /// Every command and subcommand of the table, containers before their subcommands.
 fn all_specs() -> impl Iterator<Item = &'static CommandSpec> {
     commands::commands()

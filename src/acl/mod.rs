@@ -31,7 +31,7 @@ mod sort;
 mod tests;
 
 pub use check::{check, dryrun, Denied};
-pub use describe::{describe, describe_selector_commands};
+pub use describe::{describe, describe_selector_commands, permission_rules};
 pub use glob::stringmatch;
 pub use keys::{command_keys, KeyRef};
 pub use rules::{

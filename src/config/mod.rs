@@ -16,8 +16,8 @@ use serde::{Deserialize, Deserializer};
 
 pub use validate::{
     AnnouncePair, ClientAuth, ClientCerts, ClientIdentity, ClientTls, ClusterConfig, Config,
-    ListenerConfig, LogColor, LogFormat, ProtocolLimits, ProxyProtocol, Secret, SentinelConfig,
-    UpstreamAddr, UpstreamConfig, UpstreamTls, Users,
+    IdentityMode, ListenerConfig, LogColor, LogFormat, ProtocolLimits, ProxyProtocol, Secret,
+    SentinelConfig, UpstreamAddr, UpstreamConfig, UpstreamTls, Users,
 };
 
 /// A configuration that cannot be used. Its `Display` is the one line redward prints before
@@ -241,6 +241,9 @@ pub struct RawUpstream {
     /// client gets its own, as a plain TCP proxy would).
     #[serde(default)]
     pub shared_connections: Option<usize>,
+    /// `per_user` (the default) or `shared`: as whom Redis sees each client's commands.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

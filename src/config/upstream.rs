@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use super::validate::{
-    expand_env, resolve, ClusterConfig, Secret, SentinelConfig, UpstreamAddr, UpstreamConfig,
-    UpstreamTls, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHARED_CONNECTIONS, MAX_SHARED_CONNECTIONS,
+    expand_env, resolve, ClusterConfig, IdentityMode, Secret, SentinelConfig, UpstreamAddr,
+    UpstreamConfig, UpstreamTls, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHARED_CONNECTIONS,
+    MAX_SHARED_CONNECTIONS,
 };
 use super::ConfigError;
 
@@ -310,7 +311,18 @@ pub(super) fn upstream(
             })
         }
     };
+    let identity = match raw.identity.as_deref() {
+        None | Some("per_user") => IdentityMode::PerUser,
+        Some("shared") => IdentityMode::Shared,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "upstream.identity",
+                format!("`{other}`: expected per_user or shared"),
+            ))
+        }
+    };
     Ok(UpstreamConfig {
+        identity,
         addr,
         sentinel,
         username,

@@ -247,6 +247,20 @@ pub struct UpstreamConfig {
     pub cluster: Option<ClusterConfig>,
     /// `upstream.cluster_announce`: node `host:port` -> announced `host:port` (sidecar shape).
     pub cluster_announce: Vec<AnnouncePair>,
+    /// `upstream.identity`: as whom Redis sees each client's commands.
+    pub identity: IdentityMode,
+}
+
+/// `upstream.identity` (`upstream/identity.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// Each redward user has a Redis user of its own with the same rules, so Redis itself
+    /// confines what its scripts and functions run.
+    #[default]
+    PerUser,
+    /// One upstream user for all (redward's own); scripts are refused to every user narrower
+    /// than `+@all ~* &*`.
+    Shared,
 }
 
 /// A node's `(host, port)` and the `(host, port)` announced for it.

@@ -71,6 +71,19 @@ pub fn push_c_string(out: &mut Vec<u8>, s: &[u8], max: usize) {
     }
 }
 
+/// `upstream.identity: per_user`, and the client's user has no upstream user (a reload
+/// removed it while a request was on its way): never sent as redward's own user instead.
+pub const IDENTITY_GONE: &[u8] =
+    b"-ERR redward: this user is gone from redward's configuration; log in again\r\n";
+
+/// `upstream.identity: shared`, and a script or function from a user narrower than
+/// `+@all ~* &*`: it would run as redward's own upstream user, so it is refused.
+pub const SCRIPTS_NEED_PER_USER: &[u8] = b"-NOPERM this user may not run scripts or functions: redward's upstream.identity is shared, so they would run with redward's own rights (set upstream.identity: per_user)\r\n";
+
+/// `AUTH default <anything>`: back to Redis's `default` user on a connection redward opened
+/// without a credential (so `default` is `nopass` there, and any password is accepted).
+pub const AUTH_DEFAULT_NOPASS: &[u8] = b"*3\r\n$4\r\nAUTH\r\n$7\r\ndefault\r\n$7\r\nredward\r\n";
+
 /// `CONFIG SET requirepass` while redward logs in to Redis as `default`: refused, or every
 /// later upstream connection would fail.
 pub const OWN_CREDENTIAL: &[u8] = b"-ERR redward: requirepass is the password redward logs in to Redis with; change it in Redis's configuration and in redward's upstream settings together\r\n";

@@ -17,6 +17,21 @@ pub(super) fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
 
 /// Commands redward answers itself that Redis refuses in a RESP2 subscriber's context (the
 /// others reach Redis, which refuses them with its own text).
+/// EVAL, EVALSHA, FCALL and their `_RO` forms: what runs `redis.call` with the connection's
+/// upstream user's rights.
+fn runs_a_script(name: &[u8]) -> bool {
+    [
+        &b"eval"[..],
+        b"evalsha",
+        b"eval_ro",
+        b"evalsha_ro",
+        b"fcall",
+        b"fcall_ro",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+}
+
 pub(super) fn answered_here(req: &Request<'_>, is_acl: bool) -> bool {
     let name = req.name();
     is_acl
@@ -81,6 +96,14 @@ impl State {
         } else {
             None
         };
+        if !user.unrestricted && self.shared.connector.identities().is_none() && runs_a_script(name)
+        {
+            // `upstream.identity: shared`: a script would run with redward's own rights.
+            self.counts.refused += 1;
+            self.shared.metrics.commands_denied.inc();
+            self.reject(Bytes::from_static(replies::SCRIPTS_NEED_PER_USER));
+            return Outcome::Done;
+        }
         if self.shared.shared_limits.get().is_some() && crate::shared_limits::mentions_reserved(req)
         {
             // The names shared limits keep in Redis are no client's, whatever its ACL.
@@ -157,7 +180,16 @@ impl State {
                     && !route::needs_own_connection(
                         resolved.or_else(|| commands::lookup(name)),
                     ) => {}
-            _ => return Outcome::NeedUpstream,
+            _ => {
+                // The connection opened for it is set up as the user's identity.
+                if let Some(outcome) = self.follow_identity(&user, ConnKind::None) {
+                    return outcome;
+                }
+                return Outcome::NeedUpstream;
+            }
+        }
+        if let Some(outcome) = self.follow_identity(&user, conn) {
+            return outcome;
         }
         if name.eq_ignore_ascii_case(b"client") {
             if let Some(args) = client_cmd::with_upstream_ids(req, &self.shared.clients) {

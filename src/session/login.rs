@@ -184,6 +184,9 @@ impl State {
         if let Some(auth) = shared.connector.auth_request() {
             self.send_own(auth, Hook::UpstreamAuth, false);
         }
+        // Logged in upstream as redward again: the next forwarded request logs the
+        // connection in as the client's identity (`identity.rs`).
+        self.client.setup.user = None;
         Outcome::Done
     }
 }

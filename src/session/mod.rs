@@ -36,6 +36,7 @@ mod client_cmd;
 mod deadlines;
 mod dispatch;
 mod error;
+mod identity;
 mod io;
 mod login;
 mod offline;

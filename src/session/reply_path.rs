@@ -207,6 +207,17 @@ impl State {
                         self.out.cout.extend_from_slice(bytes);
                     }
                 }
+                (None, Some(info))
+                    if !swallow && info.is_error() && self.client.setup.user.is_some() =>
+                {
+                    // Redis 7.2+ and Valkey name the upstream user: the client sees its own.
+                    let own = self.login.as_ref().and_then(|l| {
+                        crate::upstream::identity::own_name_in_error(bytes, &l.user().name)
+                    });
+                    self.out
+                        .cout
+                        .extend_from_slice(own.as_deref().unwrap_or(bytes));
+                }
                 (None, _) if !swallow => self.out.cout.extend_from_slice(bytes),
                 (None, Some(info)) if info.kind == b':' => self.note_upstream_id(bytes),
                 (None, _) => {}

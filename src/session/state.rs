@@ -154,6 +154,9 @@ pub(super) struct State {
     pub(super) epoch: Option<tokio_util::sync::CancellationToken>,
     /// On a cluster node's listener, the node this client's requests go to.
     pub(super) node: Option<Arc<crate::upstream::Connector>>,
+    /// `upstream.identity: per_user`: the identity of the user last looked up, kept while
+    /// the login is that same user (`identity.rs`).
+    pub(super) identity: Option<(Arc<crate::acl::User>, crate::upstream::identity::Tag)>,
 }
 
 /// How stale `CLIENT LIST` may be for a busy client.
@@ -189,6 +192,7 @@ impl State {
             publish_owed: false,
             epoch: None,
             node: addrs_node,
+            identity: None,
         }
     }
 

@@ -165,7 +165,8 @@ fn name_database_and_protocol_live_in_redward_for_a_client_on_shared_connections
         outcomes,
         [Outcome::Reattach(Setup {
             resp3: false,
-            db: 3
+            db: 3,
+            user: None
         })]
     );
     let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["SELECT", "16"]));
@@ -173,7 +174,14 @@ fn name_database_and_protocol_live_in_redward_for_a_client_on_shared_connections
     assert_eq!(sent(&mut st), "-ERR DB index is out of range\r\n");
     st.flow.retrying = false;
     let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["HELLO", "3"]));
-    assert_eq!(outcomes, [Outcome::Reattach(Setup { resp3: true, db: 0 })]);
+    assert_eq!(
+        outcomes,
+        [Outcome::Reattach(Setup {
+            resp3: true,
+            db: 0,
+            user: None
+        })]
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -22,8 +22,11 @@ use tokio_rustls::TlsConnector;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::tls::TlsError;
 
+pub mod identity;
+pub mod provision;
 mod sentinel;
 mod target;
+pub use identity::{Identities, Identity};
 pub use sentinel::Sentinel;
 pub use target::{Chooser, Credential, Target};
 
@@ -51,7 +54,11 @@ pub enum UpstreamError {
     /// The address a Sentinel named did not confirm with `ROLE` that it is the master.
     #[error("{0} is not the master (ROLE)")]
     NotMaster(String),
-    /// Redis refused the connection's set-up (`HELLO 3`, `SELECT db`); the text is Redis's.
+    /// The redward user a connection was for is gone (removed by a reload).
+    #[error("redward user's upstream identity is gone")]
+    IdentityGone,
+    /// Redis refused the connection's set-up (`HELLO 3`, `SELECT db`, the user's `ACL
+    /// SETUSER` or `AUTH`); the text is Redis's.
     #[error("upstream refused the connection set-up: {0}")]
     SetupRejected(String),
     /// A chosen target (a cluster's entry) has no address yet.
@@ -91,6 +98,9 @@ pub struct Setup {
     pub resp3: bool,
     /// `SELECT db` after login, unless 0.
     pub db: u32,
+    /// `upstream.identity: per_user`: after the set-up, `ACL SETUSER` and `AUTH` as this
+    /// redward user's upstream user (`identity.rs`); `None`: redward's own user.
+    pub user: Option<identity::Tag>,
 }
 
 impl Setup {
@@ -124,6 +134,8 @@ pub struct Connector {
     setup: Setup,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: std::time::Duration,
+    /// `upstream.identity: per_user`: the users a [`Setup::user`] names.
+    identities: Option<Arc<Identities>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -159,7 +171,21 @@ impl Connector {
             setup: Setup::default(),
             tls,
             connect_timeout: cfg.connect_timeout,
+            identities: None,
         })
+    }
+
+    /// The same connector, able to log connections in as redward users' upstream users.
+    pub fn with_identities(&self, identities: Arc<Identities>) -> Connector {
+        Connector {
+            identities: Some(identities),
+            ..self.clone()
+        }
+    }
+
+    /// The upstream users (`upstream.identity: per_user`), if redward keeps them.
+    pub fn identities(&self) -> Option<&Arc<Identities>> {
+        self.identities.as_ref()
     }
 
     /// The same credential and TLS settings, to another target (a cluster node a `MOVED`
@@ -309,7 +335,65 @@ impl Connector {
                     SetupFailure::Refused(text) => UpstreamError::SetupRejected(text),
                 })?;
         }
+        if let (Some(tag), Some(ids)) = (self.setup.user, &self.identities) {
+            let identity = ids.by_tag(tag).ok_or(UpstreamError::IdentityGone)?;
+            ids.saw(&self.target);
+            self.log_in_as(&mut stream, ids, &identity, addr).await?;
+        }
         Ok(stream)
+    }
+
+    /// Logs a set-up connection in as a redward user's upstream user (`identity.rs`): with
+    /// `AUTH` alone where this process gave that server the user's current rules, else
+    /// `ACL SETUSER` then `AUTH`. A server that lost the user (restarted) gets it again; one
+    /// busy with a script (`-BUSY` to SETUSER, which AUTH does not get) still logs in if the
+    /// user is there.
+    async fn log_in_as(
+        &self,
+        stream: &mut UpstreamStream,
+        ids: &Identities,
+        identity: &Identity,
+        addr: &str,
+    ) -> Result<(), UpstreamError> {
+        let io = |source| UpstreamError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let mut buf = BytesMut::with_capacity(256);
+        if ids.has_current(addr, identity) {
+            stream
+                .write_all(identity.auth_request())
+                .await
+                .map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            let (len, info) = read_reply(stream, &mut buf, 4096).await.map_err(io)?;
+            if !info.is_error() {
+                return Ok(());
+            }
+            buf.advance(len);
+            ids.set_current(addr, identity, false);
+        }
+        let mut both = identity.setuser_request().to_vec();
+        both.extend_from_slice(identity.auth_request());
+        stream.write_all(&both).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
+        let mut texts = [None, None];
+        for text in &mut texts {
+            let (len, info) = read_reply(stream, &mut buf, 4096).await.map_err(io)?;
+            let reply = buf.split_to(len);
+            if info.is_error() {
+                let t = reply.get(1..len.saturating_sub(2)).unwrap_or(&[]);
+                *text = Some(String::from_utf8_lossy(t).into_owned());
+            }
+        }
+        match texts {
+            [None, None] => {
+                ids.set_current(addr, identity, true);
+                Ok(())
+            }
+            [Some(busy), None] if busy.starts_with("BUSY") => Ok(()),
+            [Some(text), _] | [None, Some(text)] => Err(UpstreamError::SetupRejected(text)),
+        }
     }
 }
 
@@ -561,6 +645,55 @@ impl Connector {
                     return Err(UpstreamError::ClosedDuringAuth);
                 }
             }
+        };
+        match tokio::time::timeout(self.connect_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout {
+                addr: self.target.to_string(),
+            }),
+        }
+    }
+}
+
+impl Connector {
+    /// Sends redward's own `requests` (`n` of them, pipelined) on a fresh connection as
+    /// redward's own user, and returns each error reply's text (`None` for a success), in
+    /// order. Bounded by `connect_timeout` and 64 KiB a reply. For `ACL SETUSER`/`DELUSER` of
+    /// the upstream identities (`identity.rs`).
+    ///
+    /// # Errors
+    /// An [`UpstreamError`] when the server cannot be reached.
+    pub async fn admin_requests(
+        &self,
+        requests: &[u8],
+        n: usize,
+    ) -> Result<Vec<Option<String>>, UpstreamError> {
+        let admin = Connector {
+            setup: Setup::default(),
+            ..self.clone()
+        };
+        let addr = self.target.to_string();
+        let work = async {
+            let mut stream = admin.connect_inner().await?;
+            let io = |source| UpstreamError::Connect {
+                addr: addr.clone(),
+                source,
+            };
+            stream.write_all(requests).await.map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            let mut buf = BytesMut::with_capacity(512);
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let (len, info) = read_reply(&mut stream, &mut buf, 64 * 1024)
+                    .await
+                    .map_err(io)?;
+                let reply = buf.split_to(len);
+                out.push(info.is_error().then(|| {
+                    let text = reply.get(1..len.saturating_sub(2)).unwrap_or(&[]);
+                    String::from_utf8_lossy(text).into_owned()
+                }));
+            }
+            Ok(out)
         };
         match tokio::time::timeout(self.connect_timeout, work).await {
             Ok(r) => r,

@@ -1,0 +1,287 @@
+//! Promise: under `upstream.identity: per_user` (the default) Redis itself enforces each
+//! client's rules, so a narrow user's scripts and functions are confined as they would be
+//! against Redis's own ACLs, with Redis's own errors; under `shared`, scripting is refused to
+//! every user narrower than `+@all ~* &*`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const NARROW: &str = "narrow";
+const NARROW_PW: &str = "narrow-pw";
+const NARROW_RULES: &str = "~app:* &app:* +@all -@dangerous";
+
+fn narrow_rules() -> String {
+    format!("on >{NARROW_PW} {NARROW_RULES}")
+}
+
+/// Redis with the narrow user defined directly too: the oracle for every reply.
+fn redis_with_narrow(kind: ServerKind) -> Result<Redis, String> {
+    Redis::start_kind(
+        kind,
+        vec![
+            "user default off".to_owned(),
+            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+            format!("user {NARROW} {}", narrow_rules()),
+        ],
+    )
+}
+
+async fn login(c: &mut Raw, user: &str, pw: &str) {
+    c.send(&cmd(&["AUTH", user, pw])).await;
+    assert_eq!(c.replies(1).await, b"+OK\r\n");
+}
+
+/// Each request's reply, directly as `user` and through redward as `user`, normalized.
+async fn side_by_side(redis: &Redis, proxy: &Proxy, user: &str, pw: &str, reqs: &[Vec<u8>]) {
+    let mut direct = Raw::plain(&redis.addr()).await;
+    login(&mut direct, user, pw).await;
+    let mut via = proxy.raw().await;
+    login(&mut via, user, pw).await;
+    for req in reqs {
+        direct.send(req).await;
+        let d = normalize(&direct.replies(1).await);
+        via.send(req).await;
+        let v = normalize(&via.replies(1).await);
+        assert_eq!(v, d, "{}", String::from_utf8_lossy(req));
+    }
+}
+
+fn eval(script: &str, keys: &[&str]) -> Vec<u8> {
+    let n = keys.len().to_string();
+    let mut args = vec!["EVAL", script, &n];
+    args.extend_from_slice(keys);
+    cmd(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrow_users_scripts_get_redis_own_errors_outside_its_rules() {
+    for kind in ServerKind::ALL {
+        let redis = match redis_with_narrow(kind) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("skipping {}: {e}", kind.name());
+                continue;
+            }
+        };
+        let mut admin = redis.admin();
+        let _: () = redis::cmd("SET")
+            .arg("secret")
+            .arg("s3cr3t")
+            .query(&mut admin)
+            .expect("SET");
+        let proxy = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+        let reqs = [
+            eval("return redis.call('GET','secret')", &[]),
+            eval("return redis.call('SET','other','x')", &[]),
+            eval("return redis.call('FLUSHALL')", &[]),
+            eval("return redis.call('PUBLISH','news','x')", &[]),
+            eval("return redis.call('SET',KEYS[1],'v')", &["app:1"]),
+            eval("return redis.call('GET',KEYS[1])", &["app:1"]),
+            eval("return redis.pcall('GET','secret')", &[]),
+        ];
+        side_by_side(&redis, &proxy, NARROW, NARROW_PW, &reqs).await;
+        let got: Option<String> = redis::cmd("GET")
+            .arg("secret")
+            .query(&mut admin)
+            .expect("GET");
+        assert_eq!(got.as_deref(), Some("s3cr3t"), "{}", kind.name());
+        let other: Option<String> = redis::cmd("GET")
+            .arg("other")
+            .query(&mut admin)
+            .expect("GET");
+        assert_eq!(other, None, "{}", kind.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_runs_with_the_callers_rights_not_the_loaders() {
+    let redis = redis_with_narrow(ServerKind::Redis).expect("redis");
+    let proxy = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+    // Loaded by an all-powerful user, called by the narrow one.
+    let mut app = proxy.raw().await;
+    login(&mut app, APP_USER, APP_PASSWORD).await;
+    let lib = "#!lua name=lib\n\
+               redis.register_function('peek', function(keys, args) return redis.call('GET', args[1]) end)\n\
+               redis.register_function('wipe', function(keys, args) return redis.call('FLUSHALL') end)";
+    app.send(&cmd(&["FUNCTION", "LOAD", lib])).await;
+    assert_eq!(app.replies(1).await, b"$3\r\nlib\r\n");
+    app.send(&cmd(&["SET", "secret", "s3cr3t"])).await;
+    assert_eq!(app.replies(1).await, b"+OK\r\n");
+    app.send(&cmd(&["SET", "app:k", "mine"])).await;
+    assert_eq!(app.replies(1).await, b"+OK\r\n");
+    let reqs = [
+        cmd(&["FCALL", "peek", "0", "secret"]),
+        cmd(&["FCALL", "wipe", "0"]),
+        cmd(&["FCALL", "peek", "0", "app:k"]),
+    ];
+    side_by_side(&redis, &proxy, NARROW, NARROW_PW, &reqs).await;
+    let mut admin = redis.admin();
+    let got: Option<String> = redis::cmd("GET")
+        .arg("secret")
+        .query(&mut admin)
+        .expect("GET");
+    assert_eq!(got.as_deref(), Some("s3cr3t"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_own_client_list_and_acl_log_name_the_user() {
+    let redis = redis_with_narrow(ServerKind::Redis).expect("redis");
+    let proxy = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+    let mut c = proxy.raw().await;
+    login(&mut c, NARROW, NARROW_PW).await;
+    // BLPOP rides a connection of the client's own; a script is denied inside Redis.
+    c.send(&eval("return redis.call('GET','secret')", &[]))
+        .await;
+    let denied = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+    assert!(denied.starts_with('-'), "{denied}");
+    c.send(&cmd(&["BLPOP", "app:list", "0.2"])).await;
+    let _ = c.replies(1).await;
+    let mut admin = redis.admin();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut admin)
+        .expect("CLIENT LIST");
+    assert!(list.contains("user=redward:narrow"), "{list}");
+    let log: redis::Value = redis::cmd("ACL")
+        .arg("LOG")
+        .query(&mut admin)
+        .expect("ACL LOG");
+    let log = format!("{log:?}");
+    assert!(log.contains("redward:narrow"), "{log}");
+    // The upstream user's rules are the narrow user's, and it never has a client's password.
+    let rules: Vec<String> = redis::cmd("ACL")
+        .arg("LIST")
+        .query(&mut admin)
+        .expect("ACL LIST");
+    let mine = rules
+        .iter()
+        .find(|r| r.starts_with("user redward:narrow "))
+        .expect("upstream user");
+    assert!(
+        mine.contains("~app:*") && mine.contains("-@dangerous"),
+        "{mine}"
+    );
+    assert!(
+        !mine.contains(&redward::acl::hash_password(NARROW_PW.as_bytes())),
+        "{mine}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_identity_refuses_scripts_to_narrow_users_only() {
+    let redis = redis_with_narrow(ServerKind::Redis).expect("redis");
+    let proxy = proxy()
+        .user(NARROW, &narrow_rules())
+        .upstream_option("identity: shared")
+        .start(&redis)
+        .await;
+    let mut narrow = proxy.raw().await;
+    login(&mut narrow, NARROW, NARROW_PW).await;
+    for req in [
+        eval("return 1", &[]),
+        cmd(&["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"]),
+        cmd(&["EVAL_RO", "return 1", "0"]),
+        cmd(&["FCALL", "f", "0"]),
+        cmd(&["FCALL_RO", "f", "0"]),
+    ] {
+        narrow.send(&req).await;
+        let got = String::from_utf8_lossy(&narrow.replies(1).await).into_owned();
+        assert!(
+            got.starts_with("-NOPERM") && got.contains("upstream.identity"),
+            "{got}"
+        );
+    }
+    // Inline and inside MULTI alike.
+    narrow.send(b"EVAL \"return 1\" 0\r\n").await;
+    let got = String::from_utf8_lossy(&narrow.replies(1).await).into_owned();
+    assert!(got.starts_with("-NOPERM"), "{got}");
+    narrow
+        .send(b"MULTI\r\nEVAL \"return 1\" 0\r\nEXEC\r\n")
+        .await;
+    let got = String::from_utf8_lossy(&narrow.replies(3).await).into_owned();
+    assert!(
+        got.contains("-NOPERM") && got.contains("EXECABORT"),
+        "{got}"
+    );
+    let mut app = proxy.raw().await;
+    login(&mut app, APP_USER, APP_PASSWORD).await;
+    app.send(&eval("return 1", &[])).await;
+    assert_eq!(app.replies(1).await, b":1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_without_acl_permission_refuses_to_start_naming_the_field() {
+    let redis = Redis::start_with_acl(vec![
+        "user default off".to_owned(),
+        format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all -acl"),
+    ]);
+    let certs = Certs::new();
+    let text = proxy().config_text(&redis, &certs);
+    let path = certs.dir.path().join("redward.yaml");
+    std::fs::write(&path, &text).expect("write");
+    let cfg = redward::config::load(&path).expect("config");
+    let err = redward::Server::bind(&cfg)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("upstream.identity") && err.contains("+acl") && !err.contains('\n'),
+        "{err}"
+    );
+    assert!(!err.contains(UPSTREAM_PASSWORD), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_removed_by_reload_is_removed_upstream_and_a_changed_one_follows() {
+    let redis = Redis::start();
+    let proxy = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+    let mut c = proxy.raw().await;
+    login(&mut c, NARROW, NARROW_PW).await;
+    c.send(&eval("return redis.call('SET','wide:1','x')", &[]))
+        .await;
+    let got = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+    assert!(got.starts_with('-'), "{got}");
+    // Widened by a reload: the script may now write `wide:*`, on the live connection.
+    let text = std::fs::read_to_string(&proxy.config_path).expect("read");
+    let widened = text.replace("~app:* &app:*", "~app:* ~wide:* &app:*");
+    std::fs::write(&proxy.config_path, &widened).expect("write");
+    proxy.reloader.reload().expect("reload");
+    let mut admin = redis.admin();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        c.send(&eval("return redis.call('SET','wide:1','x')", &[]))
+            .await;
+        let got = c.replies(1).await;
+        if got == b"+OK\r\n" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Removed by a reload: gone from Redis too.
+    let without: String = widened
+        .lines()
+        .filter(|l| !l.contains(NARROW))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&proxy.config_path, &without).expect("write");
+    proxy.reloader.reload().expect("reload");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let users: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query(&mut admin)
+            .expect("ACL USERS");
+        if !users.iter().any(|u| u == "redward:narrow") {
+            assert!(users.iter().any(|u| u == "redward:app"), "{users:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{users:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
