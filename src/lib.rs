@@ -48,6 +48,7 @@ pub mod session;
 pub mod shared;
 pub mod shared_limits;
 pub mod shared_rates;
+pub mod shared_signing;
 pub mod shutdown;
 pub mod stunnel;
 pub mod throttle;
@@ -272,10 +273,6 @@ impl Server {
         // down when redward starts: then the generated Redis 7.0 table is used, and that is
         // logged; every later upstream (re)connect may learn again.
         learn::learn_and_log(&connector, cfg.upstream.connect_timeout).await;
-        if let Some(ids) = &identities {
-            ids.update(cfg.users.iter());
-            upstream::provision::at_start(&connector).await?;
-        }
         let admin = match cfg.admin_address {
             Some(addr) => Some((
                 admin::bind(addr)
@@ -310,6 +307,16 @@ impl Server {
             shared
                 .state_db
                 .store(db, std::sync::atomic::Ordering::Relaxed);
+            if let Some(ids) = &identities {
+                ids.confine(upstream::confine::Confine {
+                    state_db: db,
+                    databases: databases.unwrap_or(db + 1).max(db + 1),
+                });
+            }
+        }
+        if let Some(ids) = &identities {
+            ids.update(cfg.users.iter());
+            upstream::provision::at_start(&shared.connector).await?;
         }
         let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);
         Ok(Server {

@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::limits::Limiter;
 use crate::resp::encode_command;
+use crate::shared_signing::Signer;
 use crate::upstream::Connector;
 
 /// The key prefix and channel redward keeps for itself when `shared_state: upstream`.
@@ -61,13 +62,15 @@ impl SharedLimits {
     /// Starts the counting and listening tasks (until `stop`).
     pub fn start(connector: Connector, limiter: Arc<Limiter>, stop: CancellationToken) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let signer = Arc::new(tokio::sync::OnceCell::new());
         tokio::spawn(count(
             connector.clone(),
             Arc::clone(&limiter),
             rx,
+            Arc::clone(&signer),
             stop.clone(),
         ));
-        tokio::spawn(listen(connector, limiter, stop));
+        tokio::spawn(listen(connector, limiter, signer, stop));
         SharedLimits { failures: tx }
     }
 
@@ -98,6 +101,17 @@ const UNGUARDED: &[&str] = &[
     "replicaof",
     "slaveof",
     "debug",
+];
+
+/// The commands that run scripts and functions: with `upstream.identity: per_user`, Redis
+/// itself keeps them from the state (`upstream/confine.rs`).
+const SCRIPTS: &[&str] = &[
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
 ];
 
 /// Commands that name a database, which must not be the hidden one.
@@ -151,14 +165,19 @@ fn contains_prefix(arg: &[u8]) -> bool {
 
 /// Whether a request reaches a reserved key, channel or database (`state_db`, if the state
 /// is hidden in one); asked only of requests that [`mentions_reserved`] let through.
+///
+/// `scripts_confined`: the user's scripts and functions run as an upstream user whose own
+/// rules keep them from the state (`upstream/confine.rs`), so they are not refused here.
 pub fn reserved(
     spec: &crate::commands::CommandSpec,
     req: &crate::resp::Request<'_>,
     state_db: Option<u32>,
+    scripts_confined: bool,
 ) -> Option<Refusal> {
     use crate::acl::Denied;
     let base = spec.name.split('|').next().unwrap_or(spec.name);
-    if UNGUARDED.contains(&base) {
+    let confined_script = scripts_confined && SCRIPTS.contains(&base);
+    if UNGUARDED.contains(&base) && !confined_script {
         return Some(Refusal::Denied(Denied::Command));
     }
     if let Some(db) = state_db {
@@ -235,6 +254,7 @@ async fn count(
     connector: Connector,
     limiter: Arc<Limiter>,
     mut rx: mpsc::Receiver<IpAddr>,
+    signer: Arc<tokio::sync::OnceCell<Signer>>,
     stop: CancellationToken,
 ) {
     let mut conn = None;
@@ -246,6 +266,12 @@ async fn count(
         };
         let (limit, lockout) = limiter.auth_policy();
         let Some(limit) = limit else { continue };
+        let Some(signer) = signer_of(&signer, &connector, &mut conn, &mut buf).await else {
+            warn!(%ip, "shared failed-login count failed (no signing key yet); counted locally only");
+            conn = None;
+            continue;
+        };
+        let message = signer.sign(ip, std::time::SystemTime::now());
         let ip_text = ip.to_string();
         let mut req = Vec::new();
         let (counter, lock) = (
@@ -256,7 +282,7 @@ async fn count(
         encode_command(
             &mut req,
             [
-                "EVAL", SCRIPT, "2", &counter, &lock, &limit, &ms, CHANNEL, &ip_text,
+                "EVAL", SCRIPT, "2", &counter, &lock, &limit, &ms, CHANNEL, &message,
             ]
             .iter()
             .map(|a| a.as_bytes()),
@@ -293,10 +319,38 @@ pub(crate) async fn call(
     .flatten()
 }
 
-/// Locks out, here, the addresses any instance reports on the channel.
-async fn listen(connector: Connector, limiter: Arc<Limiter>, stop: CancellationToken) {
+/// The signing key, fetched once (`shared_signing.rs`).
+async fn signer_of<'a>(
+    cell: &'a tokio::sync::OnceCell<Signer>,
+    connector: &Connector,
+    conn: &mut Option<crate::upstream::UpstreamStream>,
+    buf: &mut BytesMut,
+) -> Option<&'a Signer> {
+    if let Some(s) = cell.get() {
+        return Some(s);
+    }
+    let s = crate::shared_signing::key(connector, conn, buf).await?;
+    Some(cell.get_or_init(|| async { s }).await)
+}
+
+/// Locks out, here, the addresses any instance reports on the channel, in messages signed
+/// with the shared key (`shared_signing.rs`); anything else on the channel is ignored.
+async fn listen(
+    connector: Connector,
+    limiter: Arc<Limiter>,
+    signer: Arc<tokio::sync::OnceCell<Signer>>,
+    stop: CancellationToken,
+) {
+    let forged = crate::throttle::Throttle::default();
     loop {
         let run = async {
+            let signer = {
+                let mut conn = None;
+                let mut buf = BytesMut::new();
+                signer_of(&signer, &connector, &mut conn, &mut buf)
+                    .await?
+                    .clone()
+            };
             let mut s = connector.connect().await.ok()?;
             let mut req = Vec::new();
             encode_command(
@@ -315,11 +369,18 @@ async fn listen(connector: Connector, limiter: Arc<Limiter>, stop: CancellationT
                         (parts.first(), parts.get(2))
                     {
                         if kind.as_slice() == b"message" {
-                            if let Some(ip) =
-                                std::str::from_utf8(ip).ok().and_then(|t| t.parse().ok())
-                            {
-                                debug!(%ip, "locked out by the shared failed-login count");
-                                limiter.lock(ip);
+                            match signer.verify(ip, std::time::SystemTime::now()) {
+                                Some(ip) => {
+                                    debug!(%ip, "locked out by the shared failed-login count");
+                                    limiter.lock(ip);
+                                }
+                                None => {
+                                    if let crate::throttle::Verdict::Log { suppressed } =
+                                        forged.event()
+                                    {
+                                        warn!(suppressed, "an unsigned or stale message on redward's lockout channel was ignored");
+                                    }
+                                }
                             }
                         }
                     }

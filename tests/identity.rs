@@ -285,3 +285,117 @@ async fn a_user_removed_by_reload_is_removed_upstream_and_a_changed_one_follows(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+const SHARED_STATE: &str = "limits:\n  shared_state: upstream\n  auth_failures_per_minute: 3\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_beside_shared_state_and_reach_none_of_it() {
+    let redis = Redis::start();
+    let proxy = proxy()
+        .user("odd", "on >oddpw ~*:x +@all")
+        .yaml(SHARED_STATE)
+        .start(&redis)
+        .await;
+    let canary = Canary::start(&proxy).await;
+    // Real state first: three failed logins from 127.0.0.9 lock it out.
+    for _ in 0..3 {
+        let mut c = Raw::tls_from(
+            std::net::SocketAddr::from(([127, 0, 0, 1], proxy.port())),
+            &proxy.certs.ca(),
+            Some("127.0.0.9"),
+        )
+        .await;
+        c.send(&cmd(&["AUTH", APP_USER, "wrong"])).await;
+        let _ = c.replies(1).await;
+    }
+    let mut state = redis.admin();
+    let _: () = redis::cmd("SELECT")
+        .arg(15)
+        .query(&mut state)
+        .expect("SELECT");
+    let before: Vec<String> = redis::cmd("KEYS")
+        .arg("redward:*")
+        .query(&mut state)
+        .expect("KEYS");
+    assert!(
+        before.iter().any(|k| k.starts_with("redward:lock:")),
+        "{before:?}"
+    );
+    // The app user has ~* &* +@all: its scripts run, and every way into the state fails.
+    let mut app = proxy.raw().await;
+    login(&mut app, APP_USER, APP_PASSWORD).await;
+    let attacks = [
+        "return redis.call('GET', 'redward:lock:127.0.0.9')",
+        "return redis.call('SET', 'redward:lock:127.0.0.1', '1')",
+        "return redis.call('DEL', 'redward:signing-key')",
+        "return redis.call('SELECT', '15')",
+        "return redis.call('SWAPDB', '0', '15')",
+        "return redis.call('FLUSHALL')",
+        "return redis.call('MOVE', 'redward:lock:127.0.0.9', '0')",
+        "return redis.call('COPY', 'app:x', 'redward:lock:127.0.0.2', 'DB', '15')",
+        "return redis.call('RENAME', 'app:x', 'redward:lock:127.0.0.2')",
+    ];
+    let _ = redis::cmd("SET")
+        .arg("app:x")
+        .arg("1")
+        .query::<()>(&mut redis.admin());
+    for script in attacks {
+        for req in [
+            eval(script, &[]),
+            format!("EVAL \"{script}\" 0\r\n").into_bytes(),
+        ] {
+            app.send(&req).await;
+            let got = String::from_utf8_lossy(&app.replies(1).await).into_owned();
+            assert!(got.starts_with('-'), "{script}: {got}");
+        }
+        // Inside MULTI too.
+        app.send(&[cmd(&["MULTI"]), eval(script, &[]), cmd(&["EXEC"])].concat())
+            .await;
+        let got = String::from_utf8_lossy(&app.replies(3).await).into_owned();
+        assert!(
+            got.starts_with("+OK\r\n+QUEUED\r\n*1\r\n-"),
+            "{script}: {got}"
+        );
+    }
+    // A function likewise (a library spelling the prefix out is refused as it loads, so
+    // this one builds the name at run time).
+    let lib = "#!lua name=evil\n\
+               redis.register_function('steal', function(k, a) return redis.call('GET', 'red' .. 'ward:lock:127.0.0.9') end)";
+    app.send(&cmd(&["FUNCTION", "LOAD", lib])).await;
+    assert_eq!(app.replies(1).await, b"$4\r\nevil\r\n");
+    app.send(&cmd(&["FCALL", "steal", "0"])).await;
+    let got = String::from_utf8_lossy(&app.replies(1).await).into_owned();
+    assert!(got.starts_with('-'), "{got}");
+    // Publishing on the channel from a script: delivered, and ignored (unsigned).
+    app.send(&eval(
+        "return redis.call('PUBLISH', 'redward:lockouts', '127.0.0.1')",
+        &[],
+    ))
+    .await;
+    let got = String::from_utf8_lossy(&app.replies(1).await).into_owned();
+    assert!(got.starts_with(':'), "{got}");
+    // Scripts within the user's keys work.
+    app.send(&eval("return redis.call('INCR', KEYS[1])", &["app:n"]))
+        .await;
+    assert_eq!(app.replies(1).await, b":1\r\n");
+    // A pattern Redis cannot be told to narrow keeps that user's scripts refused.
+    let mut odd = proxy.raw().await;
+    login(&mut odd, "odd", "oddpw").await;
+    odd.send(&eval("return 1", &[])).await;
+    let got = String::from_utf8_lossy(&odd.replies(1).await).into_owned();
+    assert!(got.starts_with("-NOPERM"), "{got}");
+    // The state is as it was, and 127.0.0.1 still logs in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after: Vec<String> = redis::cmd("KEYS")
+        .arg("redward:*")
+        .query(&mut state)
+        .expect("KEYS");
+    let mut a = after.clone();
+    let mut b = before.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    let mut c = proxy.raw().await;
+    login(&mut c, APP_USER, APP_PASSWORD).await;
+    canary.finish().await;
+}

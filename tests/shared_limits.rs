@@ -78,7 +78,13 @@ async fn failures_on_two_instances_lock_the_address_out_on_both_and_only_that_ad
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_reaches_the_shared_state_whatever_its_acl() {
     let redis = Redis::start();
-    let proxy = proxy().yaml(LIMITS).start(&redis).await;
+    // `upstream.identity: shared`: scripts are refused outright; under `per_user` they run,
+    // confined by Redis (`tests/identity.rs`).
+    let proxy = proxy()
+        .yaml(LIMITS)
+        .upstream_option("identity: shared")
+        .start(&redis)
+        .await;
     let mut c = connect_from(&proxy, "127.0.0.2").await;
     // The app user has ~* &* +@all.
     let attempts: [&[&str]; 20] = [

@@ -87,7 +87,7 @@ pub fn permission_rules(user: &User) -> Vec<String> {
 }
 
 /// One selector's rules as separate arguments, in `describe_selector`'s order.
-fn selector_rules(sel: &Selector) -> Vec<String> {
+pub fn selector_rules(sel: &Selector) -> Vec<String> {
     let mut out = Vec::new();
     if sel.all_keys {
         out.push("~*".to_owned());

@@ -30,8 +30,9 @@ mod sort;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use check::selector_allows;
 pub use check::{check, dryrun, Denied};
-pub use describe::{describe, describe_selector_commands, permission_rules};
+pub use describe::{describe, describe_selector_commands, permission_rules, selector_rules};
 pub use glob::stringmatch;
 pub use keys::{command_keys, KeyRef};
 pub use rules::{

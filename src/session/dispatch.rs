@@ -108,7 +108,10 @@ impl State {
         {
             // The names shared limits keep in Redis are no client's, whatever its ACL.
             if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
-                if let Some(r) = crate::shared_limits::reserved(spec, req, self.shared.state_db()) {
+                let confined = self.scripts_confined(&user);
+                if let Some(r) =
+                    crate::shared_limits::reserved(spec, req, self.shared.state_db(), confined)
+                {
                     self.counts.refused += 1;
                     self.shared.metrics.commands_denied.inc();
                     self.reject(Bytes::from(r.reply(&user.name, spec, req)));

@@ -44,6 +44,15 @@ impl State {
         }
     }
 
+    /// Whether `user`'s scripts and functions run as an upstream user that Redis keeps from
+    /// the shared state (`upstream/confine.rs`); `false` under `shared`.
+    pub(super) fn scripts_confined(&mut self, user: &Arc<User>) -> bool {
+        let Some(ids) = self.shared.connector.identities() else {
+            return false;
+        };
+        ids.of(&user.name).is_some_and(|id| id.scripts_confined)
+    }
+
     /// Makes the connection a request is about to ride (`conn`) log in upstream as `user`'s
     /// identity. `Some(outcome)`: the request waits for that (a move between pools) or was
     /// answered; `None`: forward it now.

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::acl::User;
 use crate::resp::encode_command;
 
+use super::confine::{confined_rules, Confine, Confined};
 use super::Target;
 
 /// The prefix of every upstream user redward manages.
@@ -56,6 +57,9 @@ pub struct Identity {
     version: [u8; 32],
     /// `AUTH redward:<name> <secret>`.
     auth: Vec<u8>,
+    /// Whether the rules keep this user's scripts and functions away from the shared state
+    /// (`confine.rs`): always, without `limits.shared_state: upstream`.
+    pub scripts_confined: bool,
 }
 
 impl std::fmt::Debug for Identity {
@@ -91,6 +95,8 @@ pub struct Identities {
     /// to a server that has the user's current rules logs in with `AUTH` alone (which Redis
     /// answers even while a script is busy; `ACL SETUSER` it does not).
     given: Mutex<HashMap<(String, Tag), [u8; 32]>>,
+    /// `limits.shared_state: upstream`: where the state is, to keep the users from it.
+    confine: Mutex<Option<Confine>>,
 }
 
 impl std::fmt::Debug for Identities {
@@ -134,9 +140,15 @@ impl Identities {
             by_tag: ArcSwap::from_pointee(HashMap::new()),
             seen: Mutex::new(HashSet::new()),
             given: Mutex::new(HashMap::new()),
+            confine: Mutex::new(None),
         };
         ids.update(users);
         ids
+    }
+
+    /// Keeps every upstream user from the shared state from the next [`Identities::update`].
+    pub fn confine(&self, c: Confine) {
+        *lock(&self.confine) = Some(c);
     }
 
     /// The identity of the redward user `name`, if it has one.
@@ -246,7 +258,22 @@ impl Identities {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        args.extend(crate::acl::permission_rules(user));
+        let confine = *lock(&self.confine);
+        let (rules, scripts_confined) = match confine.map(|c| confined_rules(user, &c)) {
+            None => (crate::acl::permission_rules(user), true),
+            Some(Confined::Rules(rules)) => (rules, true),
+            Some(Confined::Not { pattern }) => {
+                tracing::warn!(
+                    user = %user.name,
+                    pattern,
+                    "this key pattern may match redward's reserved keys and cannot be narrowed \
+                     for Redis: the user's scripts and functions stay refused while \
+                     limits.shared_state is upstream"
+                );
+                (crate::acl::permission_rules(user), false)
+            }
+        };
+        args.extend(rules);
         args.extend(BOOKKEEPING.iter().map(|s| (*s).to_owned()));
         let mut setuser = Vec::new();
         encode_command(&mut setuser, args.iter().map(String::as_bytes));
@@ -263,6 +290,7 @@ impl Identities {
             setuser,
             version,
             auth,
+            scripts_confined,
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::tls::TlsError;
 
+pub mod confine;
 pub mod identity;
 pub mod provision;
 mod sentinel;
@@ -226,6 +227,12 @@ impl Connector {
         self.credential
             .as_ref()
             .is_none_or(Credential::is_default_user)
+    }
+
+    /// A key derived from redward's own credential (`Credential::derive_key`); `None`
+    /// without one.
+    pub fn derive_key(&self, label: &[u8]) -> Option<[u8; 32]> {
+        self.credential.as_ref().map(|c| c.derive_key(label))
     }
 
     /// The AUTH request redward sends upstream, if it has a credential.

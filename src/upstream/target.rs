@@ -188,6 +188,17 @@ impl Credential {
         &self.request
     }
 
+    /// A key only holders of this credential can derive (SHA-256 of `label` and the AUTH
+    /// request), so every instance logging in the same way agrees on it.
+    pub fn derive_key(&self, label: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(label);
+        h.update(b"\0");
+        h.update(&self.request);
+        h.finalize().into()
+    }
+
     /// Whether this logs in as Redis's `default` user, whose password is `requirepass`.
     pub fn is_default_user(&self) -> bool {
         self.username.as_deref().is_none_or(|u| u == "default")
