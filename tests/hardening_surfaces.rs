@@ -70,11 +70,13 @@ async fn inline_escapes_do_not_reach_reserved_names() {
             && got.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"),
         "{got}"
     );
+    // From a script (confined by Redis under `upstream.identity: per_user`): the message may
+    // be delivered, and is ignored, unsigned (`shared_signing.rs`); checked below.
     attacker
         .send(b"EVAL \"return redis.call('PUBLISH','\\x72edward:lockouts','127.0.0.1')\" 0\r\n")
         .await;
     let got = String::from_utf8_lossy(&attacker.replies(1).await).into_owned();
-    assert!(got.starts_with("-NOPERM"), "{got}");
+    assert!(got.starts_with("-NOPERM") || got.starts_with(':'), "{got}");
     attacker
         .send(b"SET note \"\\x72edward:value\"\r\nGET note\r\n")
         .await;
