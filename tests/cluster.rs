@@ -63,6 +63,18 @@ async fn port_for(proxy: &Proxy, key: &str) -> u16 {
     }
 }
 
+/// The port of redward's listener for the node with this id (`CLUSTER NODES` through it).
+async fn listener_port_of(proxy: &Proxy, id: &str) -> u16 {
+    let mut c = login(proxy, proxy.port(), APP_USER, APP_PASSWORD).await;
+    c.send(&cmd(&["CLUSTER", "NODES"])).await;
+    let text = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+    text.lines()
+        .find(|l| l.contains(id))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|a| a.split('@').next()?.rsplit(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no listener for {id}: {text}"))
+}
+
 /// The node listener of the master serving `key`, and that of another master (from
 /// `CLUSTER KEYSLOT` and `CLUSTER NODES` through redward).
 async fn owner_and_other(proxy: &Proxy, key: &str) -> (u16, u16) {
@@ -564,6 +576,32 @@ async fn nodes_that_join_and_fail_over_are_followed() {
     assert!(nodes.iter().all(|p| (ports.0..=ports.1).contains(p)));
     let (ops, _, missing, _) = outcome(redis_py(&proxy, "rw", "300"));
     assert_eq!((ops, missing), (300, 0));
+    // The master that joined was given redward's upstream users before it served: the
+    // client's commands there ran as `redward:app` (`upstream.identity: per_user`), and a
+    // narrow user's script on its listener is confined by it.
+    let joined = &cluster.nodes[4];
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query(&mut joined.admin())
+        .expect("ACL USERS");
+    assert!(users.iter().any(|u| u == "redward:app"), "{users:?}");
+    let joined_port = listener_port_of(&proxy, &cluster.id(4)).await;
+    let mut limited = login(&proxy, joined_port, "limited", "limited-secret").await;
+    limited
+        .send(&cmd(&["EVAL", "return redis.call('DBSIZE')", "0"]))
+        .await;
+    let got = String::from_utf8_lossy(&limited.replies(1).await).into_owned();
+    assert!(got.starts_with(':'), "{got}");
+    limited
+        .send(&cmd(&["EVAL", "return redis.call('GET', 'other')", "0"]))
+        .await;
+    let got = String::from_utf8_lossy(&limited.replies(1).await).into_owned();
+    assert!(got.contains("user executing the script"), "{got}");
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query(&mut joined.admin())
+        .expect("ACL USERS");
+    assert!(users.iter().any(|u| u == "redward:limited"), "{users:?}");
 
     // READONLY on the replica's listener: reads there, per connection.
     let replica_port = {

@@ -30,6 +30,7 @@ fn info(redis: &Redis, section: &str) -> String {
 /// redward following `MASTER` through the Sentinels on `ports`, with its admin endpoint.
 async fn following(master: &Redis, ports: &[u16]) -> Proxy {
     proxy()
+        .user("narrow", "on >narrowpw ~app:* &app:* +@all -@dangerous")
         .sentinel(MASTER, ports)
         .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
         .start(master)
@@ -181,6 +182,25 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
     );
     // The last writes went to the promoted replica through redward's new connections.
     assert!(info(&replica, "replication").contains("role:master"));
+    // A narrow user's scripts are confined on the promoted master as on the old one: its
+    // upstream user was made there before it carried a command (`upstream.identity`).
+    let mut narrow = proxy.raw().await;
+    narrow.send(&cmd(&["AUTH", "narrow", "narrowpw"])).await;
+    assert_eq!(narrow.replies(1).await, b"+OK\r\n");
+    narrow
+        .send(&cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "app:1"]))
+        .await;
+    assert_eq!(narrow.replies(1).await, b"$-1\r\n");
+    narrow
+        .send(&cmd(&["EVAL", "return redis.call('GET', 'w:1')", "0"]))
+        .await;
+    let denied = String::from_utf8_lossy(&narrow.replies(1).await).into_owned();
+    assert!(denied.starts_with("-ERR") && denied.contains("script"), "{denied}");
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query(&mut replica.admin())
+        .expect("ACL USERS");
+    assert!(users.iter().any(|u| u == "redward:narrow"), "{users:?}");
     // The metrics say so: one failover, and which address is the master now.
     let admin = proxy.admin.expect("admin endpoint");
     let want = format!("upstream_master{{address=\"127.0.0.1:{replica_port}\"}} 1");
