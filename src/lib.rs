@@ -316,6 +316,9 @@ impl Server {
         }
         if let Some(ids) = &identities {
             ids.update(cfg.users.iter());
+            metrics
+                .upstream_users
+                .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
             upstream::provision::at_start(&shared.connector).await?;
         }
         let reloader = reload::Reloader::new(Arc::clone(&shared), slots, cfg);

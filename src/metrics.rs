@@ -20,6 +20,11 @@ struct Address {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamUser {
+    user: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: &'static str,
 }
@@ -72,6 +77,10 @@ pub struct Metrics {
     pub cluster_redirections: Counter,
     /// Node addresses outside `node_listeners.allow`, not dialled.
     pub cluster_nodes_refused: Counter,
+    /// `upstream.identity: per_user`: the Redis users redward keeps for its users.
+    pub upstream_users: Gauge,
+    /// Upstream connections open, by the Redis user they are logged in as.
+    upstream_user_connections: Family<UpstreamUser, Gauge>,
     /// Node listeners opened, and closed after their node left the topology.
     pub cluster_nodes_added: Counter,
     pub cluster_nodes_removed: Counter,
@@ -92,6 +101,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The gauge of upstream connections logged in as `user` (a `redward:<name>` user, or
+    /// redward's own: `None`).
+    pub fn user_connections(&self, user: Option<&str>) -> Gauge {
+        let user = user.map_or_else(
+            || "(redward)".to_owned(),
+            |u| format!("{}{u}", crate::upstream::identity::PREFIX),
+        );
+        self.upstream_user_connections
+            .get_or_create(&UpstreamUser { user })
+            .clone()
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("redward");
         let connections_open = Gauge::default();
@@ -212,6 +233,18 @@ impl Metrics {
             "MOVED and ASK replies rewritten to name redward's node listeners",
             cluster_redirections.clone(),
         );
+        let upstream_users = Gauge::default();
+        registry.register(
+            "upstream_users",
+            "Redis users redward keeps for its users (upstream.identity: per_user)",
+            upstream_users.clone(),
+        );
+        let upstream_user_connections = Family::<UpstreamUser, Gauge>::default();
+        registry.register(
+            "upstream_user_connections",
+            "Upstream connections open, by the Redis user they are logged in as",
+            upstream_user_connections.clone(),
+        );
         let cluster_nodes_refused = Counter::default();
         registry.register(
             "cluster_nodes_refused",
@@ -242,6 +275,8 @@ impl Metrics {
             cluster_nodes,
             cluster_redirections,
             cluster_nodes_refused,
+            upstream_users,
+            upstream_user_connections,
             cluster_nodes_added,
             cluster_nodes_removed,
             cluster_node_unconfirmed,

@@ -414,6 +414,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
     let mut needs_flush = false;
     // For a Sentinel-followed master: fires when the master changes (the connection goes).
     let mut epoch: Option<CancellationToken> = None;
+    let per_user = metrics.user_connections(connector.identity_name().as_deref());
     loop {
         if wbuf.is_empty() {
             let mut q = lock(&mux.queue);
@@ -441,6 +442,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
                     debug!("shared upstream connection opened");
                     crate::learn::after_connect(&connector);
                     metrics.upstream_shared.inc();
+                    per_user.inc();
                     conn = Some(stream);
                     scanner = ReplyScanner::new();
                     rbuf.clear();
@@ -482,6 +484,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             () = fired(epoch.as_ref()) => Event::MasterChanged,
             () = stop.cancelled() => {
                 metrics.upstream_shared.dec();
+                per_user.dec();
                 return;
             }
         };
@@ -507,6 +510,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             wbuf.clear();
             conn = None;
             metrics.upstream_shared.dec();
+            per_user.dec();
         }
     }
 }

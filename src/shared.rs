@@ -147,6 +147,9 @@ impl Shared {
         // The upstream users follow the users, before any session sees the new ones.
         if let Some(ids) = self.connector.identities() {
             let changes = ids.update(cfg.users.iter());
+            self.metrics
+                .upstream_users
+                .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
             if let Some(pools) = &self.pools {
                 let gone: Vec<_> = changes.removed.iter().map(|(tag, _)| *tag).collect();
                 pools.retire(&gone);

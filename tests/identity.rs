@@ -130,7 +130,11 @@ async fn a_function_runs_with_the_callers_rights_not_the_loaders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_own_client_list_and_acl_log_name_the_user() {
     let redis = redis_with_narrow(ServerKind::Redis).expect("redis");
-    let proxy = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+    let proxy = proxy()
+        .user(NARROW, &narrow_rules())
+        .yaml("admin:\n  address: \"127.0.0.1:0\"\n")
+        .start(&redis)
+        .await;
     let mut c = proxy.raw().await;
     login(&mut c, NARROW, NARROW_PW).await;
     // BLPOP rides a connection of the client's own; a script is denied inside Redis.
@@ -169,6 +173,26 @@ async fn redis_own_client_list_and_acl_log_name_the_user() {
         !mine.contains(&redward::acl::hash_password(NARROW_PW.as_bytes())),
         "{mine}"
     );
+    // redward's metrics count the upstream users and the connections of each.
+    let metrics = get_metrics(proxy.admin.expect("admin")).await;
+    assert!(metrics.contains("redward_upstream_users 2"), "{metrics}");
+    let narrow_conns = metrics
+        .lines()
+        .find(|l| l.starts_with("redward_upstream_user_connections{user=\"redward:narrow\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .unwrap_or(0);
+    assert!(narrow_conns >= 1, "{metrics}");
+}
+
+async fn get_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,4 +422,52 @@ async fn scripts_run_beside_shared_state_and_reach_none_of_it() {
     let mut c = proxy.raw().await;
     login(&mut c, APP_USER, APP_PASSWORD).await;
     canary.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_start_and_reload_in_turn_without_an_error() {
+    let redis = Redis::start();
+    let a = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+    let canary_a = Canary::start(&a).await;
+    let mut narrow_a = a.raw().await;
+    login(&mut narrow_a, NARROW, NARROW_PW).await;
+    // The second instance starts: it sets the same users (same secrets, from the same
+    // credential) while the first one's clients are busy.
+    let b = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+    let canary_b = Canary::start(&b).await;
+    let mut narrow_b = b.raw().await;
+    login(&mut narrow_b, NARROW, NARROW_PW).await;
+    let script = eval("return redis.call('INCR', KEYS[1])", &["app:n"]);
+    let mut n = 0;
+    for step in 0..4 {
+        // Each reloads in turn (a user added, then the same again).
+        let which = if step % 2 == 0 { &a } else { &b };
+        let text = std::fs::read_to_string(&which.config_path).expect("read");
+        let text = if text.contains("extra") {
+            text
+        } else {
+            text + "  - name: extra\n    rules: \"on >extrapw ~extra:* +@read\"\n"
+        };
+        std::fs::write(&which.config_path, &text).expect("write");
+        which.reloader.reload().expect("reload");
+        for c in [&mut narrow_a, &mut narrow_b] {
+            c.send(&script).await;
+            n += 1;
+            let got = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+            assert_eq!(got, format!(":{n}\r\n"));
+        }
+        // New connections on both, logged in as the narrow user, keep working too.
+        for p in [&a, &b] {
+            let mut c = p.raw().await;
+            login(&mut c, NARROW, NARROW_PW).await;
+            c.send(&script).await;
+            n += 1;
+            assert_eq!(
+                String::from_utf8_lossy(&c.replies(1).await),
+                format!(":{n}\r\n")
+            );
+        }
+    }
+    canary_a.finish().await;
+    canary_b.finish().await;
 }

@@ -188,14 +188,22 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
     narrow.send(&cmd(&["AUTH", "narrow", "narrowpw"])).await;
     assert_eq!(narrow.replies(1).await, b"+OK\r\n");
     narrow
-        .send(&cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "app:1"]))
+        .send(&cmd(&[
+            "EVAL",
+            "return redis.call('GET', KEYS[1])",
+            "1",
+            "app:1",
+        ]))
         .await;
     assert_eq!(narrow.replies(1).await, b"$-1\r\n");
     narrow
         .send(&cmd(&["EVAL", "return redis.call('GET', 'w:1')", "0"]))
         .await;
     let denied = String::from_utf8_lossy(&narrow.replies(1).await).into_owned();
-    assert!(denied.starts_with("-ERR") && denied.contains("script"), "{denied}");
+    assert!(
+        denied.starts_with("-ERR") && denied.contains("script"),
+        "{denied}"
+    );
     let users: Vec<String> = redis::cmd("ACL")
         .arg("USERS")
         .query(&mut replica.admin())

@@ -96,5 +96,14 @@ impl State {
             self.send_own(id.auth_request(), Hook::UpstreamAuth, false);
         }
         self.client.setup.user = tag;
+        if let Some(old) = self.own_gauge.take() {
+            old.dec();
+            let name = tag
+                .and_then(|t| shared.connector.identities()?.by_tag(t))
+                .map(|id| id.user.clone());
+            let gauge = shared.metrics.user_connections(name.as_deref());
+            gauge.inc();
+            self.own_gauge = Some(gauge);
+        }
     }
 }

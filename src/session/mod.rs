@@ -269,11 +269,17 @@ where
             )
             .await;
             st.shared.metrics.upstream_own.dec();
+            if let Some(g) = st.own_gauge.take() {
+                g.dec();
+            }
             return result;
         }
     }
     if matches!(conn, Conn::Dedicated(_)) {
         st.shared.metrics.upstream_own.dec();
+    }
+    if let Some(g) = st.own_gauge.take() {
+        g.dec();
     }
     if result.as_ref().is_err_and(|e| !e.says_goodbye()) {
         return result;

@@ -129,6 +129,12 @@ impl State {
                     self.shared.metrics.upstream_moves.inc();
                 }
                 self.shared.metrics.upstream_own.inc();
+                let gauge =
+                    (self.shared.metrics).user_connections(connector.identity_name().as_deref());
+                gauge.inc();
+                if let Some(old) = self.own_gauge.replace(gauge) {
+                    old.dec();
+                }
                 self.epoch = epoch;
                 *conn = Conn::Dedicated(stream);
                 // Redis's id for it, so other clients can name this one by redward's id

@@ -157,6 +157,8 @@ pub(super) struct State {
     /// `upstream.identity: per_user`: the identity of the user last looked up, kept while
     /// the login is that same user (`identity.rs`).
     pub(super) identity: Option<(Arc<crate::acl::User>, crate::upstream::identity::Tag)>,
+    /// The per-user gauge this client's own upstream connection counts in, while it has one.
+    pub(super) own_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 /// How stale `CLIENT LIST` may be for a busy client.
@@ -193,6 +195,7 @@ impl State {
             epoch: None,
             node: addrs_node,
             identity: None,
+            own_gauge: None,
         }
     }
 

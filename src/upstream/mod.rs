@@ -184,6 +184,13 @@ impl Connector {
         }
     }
 
+    /// The redward user whose upstream user connections from here log in as (`None`:
+    /// redward's own), for metrics.
+    pub fn identity_name(&self) -> Option<String> {
+        let ids = self.identities.as_ref()?;
+        Some(ids.by_tag(self.setup.user?)?.user.clone())
+    }
+
     /// The upstream users (`upstream.identity: per_user`), if redward keeps them.
     pub fn identities(&self) -> Option<&Arc<Identities>> {
         self.identities.as_ref()
