@@ -185,9 +185,19 @@ impl Sentinel {
                 None => {}
             }
         }
+        let began = self.hold_began();
         let addr = self.ask().await?;
+        if self.hold_began() != began {
+            // A failover began while the Sentinels were asked: their answer predates it.
+            return Err(UpstreamError::FailoverInProgress(self.master.clone()));
+        }
         self.switch_to(&addr);
         Ok(addr)
+    }
+
+    /// When the last hold began: an answer asked for before a hold began must not end it.
+    fn hold_began(&self) -> Option<std::time::Instant> {
+        *lock(&self.held_at)
     }
 
     /// A new connection's `ROLE` said it is not the master: forget it and end the epoch, so
@@ -417,8 +427,13 @@ impl Sentinel {
             // The backstop: a missed message, or a Sentinel that changed its mind.
             let holding = lock(&self.hold).is_some_and(|until| std::time::Instant::now() < until);
             if !holding {
+                let began = self.hold_began();
                 if let Ok(addr) = self.ask().await {
-                    self.switch_to(&addr);
+                    // A hold that began while the Sentinels were asked stands: their answer
+                    // predates the failover.
+                    if self.hold_began() == began {
+                        self.switch_to(&addr);
+                    }
                 }
             }
         }
