@@ -11,11 +11,14 @@
 //! - [`commands`]: Redis's command table (generated), existence and arity like Redis, and the
 //!   catalog in force (amended by the server behind). [`learn`]: asking that server.
 //! - [`auth`]: AUTH and HELLO against redward's users. [`acl`]: users and rules.
-//! - [`upstream`]: connections to a target Redis, authenticated with redward's own credential.
+//! - [`upstream`]: connections to a target Redis, authenticated with redward's own credential,
+//!   then (`upstream.identity: per_user`) as the client's own upstream user.
 //! - [`mux`]: shared upstream connections, a pool per target (many clients' requests in one
 //!   write).
 //! - [`limits`]: connection caps and rates, login lockout, command rates. [`memory`]: the
 //!   bound on what all clients together buffer. [`throttle`]: log lines an attacker can cause.
+//! - [`shared_limits`], [`shared_rates`], [`shared_signing`]: `limits.shared_state: upstream`
+//!   (lockouts, command rates, signed lockout messages) kept in the Redis behind.
 //! - [`proxy_header`]: the PROXY protocol header. [`reload`]: SIGHUP and file changes.
 //! - [`shutdown`]: the signal future.
 

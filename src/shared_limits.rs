@@ -36,7 +36,7 @@ use crate::shared_signing::Signer;
 use crate::upstream::Connector;
 
 /// The key prefix and channel redward keeps for itself when `shared_state: upstream`.
-pub const KEY_PREFIX: &[u8] = b"redward:";
+pub const KEY_PREFIX: &[u8] = crate::upstream::confine::RESERVED;
 pub const CHANNEL: &str = "redward:lockouts";
 /// Failed logins waiting to be counted in Redis; past this, counts are dropped (the local
 /// limit still applies), so a flood cannot grow memory.
@@ -329,7 +329,18 @@ async fn signer_of<'a>(
     if let Some(s) = cell.get() {
         return Some(s);
     }
-    let s = crate::shared_signing::key(connector, conn, buf).await?;
+    let s = match crate::shared_signing::from_credential(connector) {
+        Some(s) => s,
+        None => {
+            let req = crate::shared_signing::key_requests()?;
+            // The SET's reply, then the GET's.
+            call(connector, conn, buf, &req).await?;
+            let stored = crate::net_io::read_frame(conn.as_mut()?, buf, 4096)
+                .await
+                .ok()?;
+            crate::shared_signing::from_stored(&stored)?
+        }
+    };
     Some(cell.get_or_init(|| async { s }).await)
 }
 

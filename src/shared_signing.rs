@@ -12,13 +12,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use redis_protocol::resp2::types::OwnedFrame;
 use sha2::Sha256;
 
 use crate::resp::encode_command;
-use crate::upstream::{Connector, UpstreamStream};
+use crate::upstream::Connector;
 
 /// How far a message's time may be from ours.
 const WINDOW: Duration = Duration::from_secs(300);
@@ -75,33 +74,35 @@ impl Signer {
     }
 }
 
-/// The signing key: from the credential, else the one in Redis (stored if none is there).
-/// `None` while Redis cannot be asked; the caller tries again later.
-pub async fn key(
-    connector: &Connector,
-    conn: &mut Option<UpstreamStream>,
-    buf: &mut BytesMut,
-) -> Option<Signer> {
-    if let Some(key) = connector.derive_key(b"redward lockout signing v1") {
-        return Some(Signer::new(key));
-    }
+/// The signing key derived from redward's own credential; `None` without one (then the key
+/// is the one stored in Redis: [`key_requests`], [`from_stored`]).
+pub fn from_credential(connector: &Connector) -> Option<Signer> {
+    connector
+        .derive_key(b"redward lockout signing v1")
+        .map(Signer::new)
+}
+
+/// `SET redward:signing-key <fresh> NX` then `GET redward:signing-key`: the key the first
+/// instance stored, for every instance. `None` without randomness.
+pub fn key_requests() -> Option<Vec<u8>> {
     let mut fresh = [0u8; 32];
     rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut fresh)
         .ok()?;
-    let mut req = Vec::new();
     let fresh = hex::encode(fresh);
+    let mut req = Vec::new();
     encode_command(
         &mut req,
         ["SET", KEY_NAME, &fresh, "NX"].iter().map(|a| a.as_bytes()),
     );
     encode_command(&mut req, ["GET", KEY_NAME].iter().map(|a| a.as_bytes()));
-    crate::shared_limits::call(connector, conn, buf, &req).await?;
-    let stored = crate::net_io::read_frame(conn.as_mut()?, buf, 4096)
-        .await
-        .ok()?;
-    let OwnedFrame::BulkString(hexkey) = stored else {
+    Some(req)
+}
+
+/// The signer for the `GET`'s reply to [`key_requests`].
+pub fn from_stored(reply: &OwnedFrame) -> Option<Signer> {
+    let OwnedFrame::BulkString(hexkey) = reply else {
         return None;
     };
     let bytes = hex::decode(hexkey).ok()?;

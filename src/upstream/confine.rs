@@ -18,8 +18,9 @@
 
 use crate::acl::{Selector, User};
 
-/// The reserved key prefix (`shared_limits::KEY_PREFIX`).
-const RESERVED: &[u8] = crate::shared_limits::KEY_PREFIX;
+/// The reserved key prefix (`shared_limits::KEY_PREFIX` is this one: `shared_limits` sits
+/// above `upstream` and imports it, never the other way).
+pub const RESERVED: &[u8] = b"redward:";
 
 /// Where the shared state is, for confining.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
