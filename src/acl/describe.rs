@@ -86,7 +86,8 @@ pub fn permission_rules(user: &User) -> Vec<String> {
     out
 }
 
-/// One selector's rules as separate arguments, in `describe_selector`'s order.
+/// One selector's rules as separate arguments, in `describe_selector`'s order; command rules
+/// as they were given.
 pub fn selector_rules(sel: &Selector) -> Vec<String> {
     let mut out = Vec::new();
     if sel.all_keys {
@@ -112,8 +113,11 @@ pub fn selector_rules(sel: &Selector) -> Vec<String> {
             out.push(format!("&{}", String::from_utf8_lossy(c)));
         }
     }
+    // The command rules as given (Redis 7.2's form), never rebuilt from the bitmap: the
+    // server behind then reads each category and name against its own table, module
+    // commands included, which Redis 7.0's bitmap-based description would leave out.
     out.extend(
-        describe_selector_commands(sel)
+        describe_selector_commands_72(sel)
             .split(' ')
             .filter(|r| !r.is_empty())
             .map(str::to_owned),

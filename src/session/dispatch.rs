@@ -277,7 +277,7 @@ impl State {
             Ok(spec) => spec,
             Err(e) => {
                 // Unknown to redward means refused: it cannot be checked.
-                self.reject(Bytes::from(e.reply(req)));
+                self.refuse_before_run(req, Bytes::from(e.reply(req)));
                 return None;
             }
         };
@@ -296,7 +296,7 @@ impl State {
                 Some(text) => Bytes::from_static(text),
                 None => Bytes::from(d.reply_as(&user.name, spec, req)),
             };
-            self.reject(reply);
+            self.refuse_before_run(req, reply);
             return None;
         }
         if let Some(refusal) = acl::sort_refusal(user, spec, req) {
@@ -305,6 +305,28 @@ impl State {
             return None;
         }
         Some(spec)
+    }
+
+    /// Refuses a request before it runs, as Redis's `rejectCommand` does: an `EXEC` refused
+    /// (arity, ACL) also ends the transaction, and its error reads `-EXECABORT Transaction
+    /// discarded because of: <error>` (`execCommandAbort` in multi.c). Redis never saw a
+    /// refusal, so a transaction it holds is ended with a DISCARD whose reply is swallowed.
+    fn refuse_before_run(&mut self, req: &Request<'_>, reply: Bytes) {
+        if !req.name().eq_ignore_ascii_case(b"exec") {
+            self.reject(reply);
+            return;
+        }
+        if self.client.in_multi {
+            self.client.in_multi = false;
+            self.client.multi_dirty = false;
+            let mut discard = Vec::with_capacity(16);
+            encode_command(&mut discard, [&b"DISCARD"[..]].into_iter());
+            self.send_own(&discard, Hook::None, false);
+        }
+        let text = reply.strip_prefix(b"-").unwrap_or(&reply);
+        let mut out = b"-EXECABORT Transaction discarded because of: ".to_vec();
+        out.extend_from_slice(text);
+        self.local(Bytes::from(out));
     }
 
     /// The command rate, charged first for every command: one the ACL denies, or one Redis
