@@ -471,3 +471,47 @@ async fn two_instances_on_one_redis_start_and_reload_in_turn_without_an_error() 
     canary_a.finish().await;
     canary_b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_logs_in_again_runs_as_the_new_user_upstream() {
+    let redis = redis_with_narrow(ServerKind::Redis).expect("redis");
+    let _: () = redis::cmd("SET")
+        .arg("secret")
+        .arg("s3cr3t")
+        .query(&mut redis.admin())
+        .expect("SET");
+    let proxy = proxy().user(NARROW, &narrow_rules()).start(&redis).await;
+    let peek = eval("return redis.call('GET','secret')", &[]);
+    let mut c = proxy.raw().await;
+    login(&mut c, NARROW, NARROW_PW).await;
+    // WATCH gives the client a connection of its own; then it logs in as others on it.
+    c.send(&cmd(&["WATCH", "app:w"])).await;
+    assert_eq!(c.replies(1).await, b"+OK\r\n");
+    c.send(&peek).await;
+    let got = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+    assert!(got.starts_with("-ERR"), "narrow: {got}");
+    login(&mut c, APP_USER, APP_PASSWORD).await;
+    c.send(&peek).await;
+    assert_eq!(c.replies(1).await, b"$6\r\ns3cr3t\r\n");
+    // Back to the narrow user (pipelined with the script), then RESET and HELLO AUTH.
+    c.send(&[cmd(&["AUTH", NARROW, NARROW_PW]), peek.clone()].concat())
+        .await;
+    let got = String::from_utf8_lossy(&c.replies(2).await).into_owned();
+    assert!(got.starts_with("+OK\r\n-ERR"), "narrow again: {got}");
+    c.send(&cmd(&["RESET"])).await;
+    assert_eq!(c.replies(1).await, b"+RESET\r\n");
+    c.send(&peek).await;
+    let got = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+    assert!(got.starts_with("-NOAUTH"), "after RESET: {got}");
+    c.send(&cmd(&["HELLO", "2", "AUTH", NARROW, NARROW_PW]))
+        .await;
+    let _ = c.replies(1).await;
+    c.send(&peek).await;
+    let got = String::from_utf8_lossy(&c.replies(1).await).into_owned();
+    assert!(got.starts_with("-ERR"), "after HELLO AUTH: {got}");
+    // A bystander is served throughout.
+    let mut b = proxy.raw().await;
+    login(&mut b, APP_USER, APP_PASSWORD).await;
+    b.send(&cmd(&["PING"])).await;
+    assert_eq!(b.replies(1).await, b"+PONG\r\n");
+}
