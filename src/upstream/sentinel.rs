@@ -231,8 +231,12 @@ impl Sentinel {
         }
         let me = Arc::clone(self);
         tokio::spawn(async move {
+            let began = me.hold_began();
             if let Ok(addr) = me.ask().await {
-                if me.current().as_ref() != Some(&addr) {
+                // During a hold there is no current master to compare with: the answer would
+                // end the hold with the master being replaced. The hold ends by itself.
+                let holding = lock(&me.hold).is_some_and(|until| std::time::Instant::now() < until);
+                if !holding && me.hold_began() == began && me.current().as_ref() != Some(&addr) {
                     debug!(master = %me.master, why, "re-asked the Sentinels after a reply");
                     me.switch_to(&addr);
                 }
