@@ -88,6 +88,17 @@ pub struct Event {
     pub command: String,
 }
 
+/// A change of users through `ACL SETUSER`/`DELUSER`/`SAVE`/`LOAD`: who made it, from where,
+/// and which users it set or removed. Never a rule: rules may hold passwords.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub by: String,
+    pub peer: SocketAddr,
+    pub command: String,
+    pub set: Vec<String>,
+    pub removed: Vec<String>,
+}
+
 /// An `ACL LOG` entry (`ACLLogEntry` in `acl.c`).
 #[derive(Clone, Debug)]
 pub struct LogEntry {
@@ -228,6 +239,40 @@ impl Audit {
                     );
                 }
             }
+        }
+        self.settle();
+    }
+
+    /// Appends a change of users to the audit file (the log line is the caller's). At most
+    /// the first 100 names of each list are written.
+    pub fn record_change(&self, ch: &Change) {
+        let Some(tx) = &self.file else { return };
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let list = |names: &[String]| {
+            names
+                .iter()
+                .take(100)
+                .map(|n| json_string(n))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let line = format!(
+            "{{\"time\":{}.{:03},\"event\":\"acl_change\",\"user\":{},\"client\":\"{}\",\"command\":{},\"set\":[{}],\"removed\":[{}]}}\n",
+            ts.as_secs(),
+            ts.subsec_millis(),
+            json_string(&ch.by),
+            ch.peer,
+            json_string(&ch.command),
+            list(&ch.set),
+            list(&ch.removed),
+        );
+        let len = line.len();
+        self.held.fetch_add(len, Ordering::Relaxed);
+        if tx.try_send(line).is_err() {
+            self.held.fetch_sub(len, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.settle();
     }

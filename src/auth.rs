@@ -40,8 +40,17 @@ impl LoggedIn {
         LoggedIn(user)
     }
 
-    /// After a reload: the same user with its new rules, or `None` when it was removed or
-    /// disabled (Redis disconnects such clients: `ACLKillPubsubClientsIfNeeded` and friends).
+    /// After `ACL SETUSER`/`DELUSER`/`LOAD`: the same user with its new rules (disabled or
+    /// not: Redis keeps a disabled user's connections), or `None` when it was removed.
+    pub fn renewed_even_if_disabled(&self, users: &Users) -> Option<LoggedIn> {
+        users
+            .get(self.0.name.as_bytes())
+            .map(|u| LoggedIn(Arc::clone(u)))
+    }
+
+    /// After a configuration reload: the same user with its new rules, or `None` when it was
+    /// removed or disabled (redward's choice for reloads; `ACL SETUSER ... off` keeps them,
+    /// [`LoggedIn::renewed_even_if_disabled`], as Redis does).
     pub fn renewed(&self, users: &Users) -> Option<LoggedIn> {
         users
             .get(self.0.name.as_bytes())

@@ -47,6 +47,7 @@ pub mod notify;
 pub mod proxy_header;
 pub mod reload;
 pub mod resp;
+pub mod runtime_users;
 pub mod session;
 pub mod shared;
 pub mod shared_limits;

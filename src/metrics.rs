@@ -79,6 +79,8 @@ pub struct Metrics {
     pub cluster_nodes_refused: Counter,
     /// `upstream.identity: per_user`: the Redis users redward keeps for its users.
     pub upstream_users: Gauge,
+    /// `ACL SETUSER`, `DELUSER`, `SAVE` and `LOAD` that succeeded.
+    pub acl_changes: Counter,
     /// Upstream connections open, by the Redis user they are logged in as.
     upstream_user_connections: Family<UpstreamUser, Gauge>,
     /// Node listeners opened, and closed after their node left the topology.
@@ -233,6 +235,12 @@ impl Metrics {
             "MOVED and ASK replies rewritten to name redward's node listeners",
             cluster_redirections.clone(),
         );
+        let acl_changes = Counter::default();
+        registry.register(
+            "acl_changes",
+            "ACL SETUSER, DELUSER, SAVE and LOAD through redward that succeeded",
+            acl_changes.clone(),
+        );
         let upstream_users = Gauge::default();
         registry.register(
             "upstream_users",
@@ -276,6 +284,7 @@ impl Metrics {
             cluster_redirections,
             cluster_nodes_refused,
             upstream_users,
+            acl_changes,
             upstream_user_connections,
             cluster_nodes_added,
             cluster_nodes_removed,

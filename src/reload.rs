@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -58,7 +57,6 @@ struct Inner {
     /// The configuration the process started with: restart-only settings are compared with
     /// it, so the warning repeats at every reload until a restart applies them.
     startup: Config,
-    generation: AtomicU64,
 }
 
 /// Why a reload was not applied.
@@ -138,7 +136,6 @@ impl Reloader {
                     .collect(),
                 path: Mutex::new(None),
                 startup: cfg.clone(),
-                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -200,7 +197,7 @@ impl Reloader {
         for (slot, settings) in updates {
             slot.store(Arc::new(settings));
         }
-        let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let generation = self.inner.shared.next_generation();
         self.inner.shared.publish(&cfg, generation);
         info!(
             generation,

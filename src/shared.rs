@@ -60,6 +60,11 @@ pub struct Shared {
     /// `limits.shared_state: upstream` with `commands_per_second`: each rated user's budget,
     /// leased from Redis (`shared_rates.rs`). Set once, when the server runs.
     pub shared_rates: std::sync::OnceLock<crate::shared_rates::SharedRates>,
+    /// The users in force, as the configuration and `ACL SETUSER`/`DELUSER`/`LOAD` left them
+    /// (`runtime_users.rs`).
+    pub runtime_users: crate::runtime_users::RuntimeUsers,
+    /// Hands out generations to reloads and user changes alike.
+    next_generation: AtomicU64,
 }
 
 /// The part of the configuration a reload replaces without dropping connections.
@@ -69,8 +74,11 @@ pub struct Live {
     pub limits: ProtocolLimits,
     /// `commands_per_second`, by user name.
     pub command_rates: HashMap<String, Arc<CommandRate>>,
-    /// Increases with every reload.
+    /// Increases with every reload and every change of users at run time.
     pub generation: u64,
+    /// Whether a user disabled since is disconnected at its next command: a configuration
+    /// reload's choice; `ACL SETUSER ... off` leaves connections up, as Redis does.
+    pub disconnect_disabled: bool,
 }
 
 impl Live {
@@ -85,6 +93,7 @@ impl Live {
                 .map(|(name, rate)| (name.clone(), Arc::new(crate::limits::command_rate(*rate))))
                 .collect(),
             generation,
+            disconnect_disabled: true,
         }
     }
 }
@@ -121,6 +130,8 @@ impl Shared {
             state_db: std::sync::atomic::AtomicU32::new(u32::MAX),
             cluster: std::sync::OnceLock::new(),
             shared_rates: std::sync::OnceLock::new(),
+            runtime_users: crate::runtime_users::RuntimeUsers::new(cfg),
+            next_generation: AtomicU64::new(0),
         })
     }
 
@@ -144,6 +155,12 @@ impl Shared {
     pub fn publish(&self, cfg: &Config, generation: u64) {
         self.limiter.update(cfg.connection_limits);
         self.memory.set_limit(cfg.limits.max_client_memory);
+        // Run-time user changes not yet saved stay on top of the reloaded users.
+        let users = self.runtime_users.reloaded(cfg);
+        let cfg = &Config {
+            users,
+            ..cfg.clone()
+        };
         // The upstream users follow the users, before any session sees the new ones.
         if let Some(ids) = self.connector.identities() {
             let changes = ids.update(cfg.users.iter());
@@ -160,6 +177,38 @@ impl Shared {
             .store(Arc::new(Live::from_config(cfg, generation)));
         // Published after the new configuration, so a session that sees the new number also
         // sees what it numbers.
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// A generation number no reload or user change has used.
+    pub fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Installs users changed at run time (`ACL SETUSER`, `DELUSER`, `LOAD`): every session
+    /// picks them up at its next command; a removed user's sessions close, a disabled one's
+    /// stay (Redis's semantics). The upstream users follow.
+    pub fn publish_users(&self, changed: &crate::runtime_users::Changed) {
+        if let Some(ids) = self.connector.identities() {
+            let changes = ids.update_some(&changed.set, &changed.removed);
+            self.metrics
+                .upstream_users
+                .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
+            if let Some(pools) = &self.pools {
+                let gone: Vec<_> = changes.removed.iter().map(|(tag, _)| *tag).collect();
+                pools.retire(&gone);
+            }
+            crate::upstream::provision::apply(&self.connector, ids, changes);
+        }
+        let generation = self.next_generation();
+        let old = self.live.load_full();
+        self.live.store(Arc::new(Live {
+            users: changed.users.clone(),
+            limits: old.limits,
+            command_rates: old.command_rates.clone(),
+            generation,
+            disconnect_disabled: false,
+        }));
         self.generation.store(generation, Ordering::Release);
     }
 

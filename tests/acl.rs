@@ -219,12 +219,14 @@ async fn acl_commands_answer_from_redwards_users_like_redis() {
     raw.send(&login(
         APP_USER,
         APP_PASSWORD,
-        &[&["ACL", "SETUSER", "x", "on"]],
+        &[&["ACL", "SETUSER", "ro", "on"]],
     ))
     .await;
+    // Users of the configuration's `users:` list stay the configuration's
+    // (`tests/acl_runtime.rs` has the rest of ACL SETUSER).
     let r = String::from_utf8(raw.replies(2).await).unwrap();
     assert!(
-        r.contains("-ERR redward: users are defined in redward's configuration"),
+        r.contains("-ERR redward: user 'ro' is defined in redward's configuration (users:)"),
         "{r}"
     );
 }

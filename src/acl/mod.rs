@@ -36,10 +36,15 @@ pub use describe::{describe, describe_selector_commands, permission_rules, selec
 pub use glob::stringmatch;
 pub use keys::{command_keys, KeyRef};
 pub use rules::{
-    command_id, parse_user, parse_user_args, KeyPattern, RuleError, Selector,
+    command_id, parse_user, parse_user_args, setuser, KeyPattern, RuleError, Selector,
     UNKNOWN_COMMAND_IN_ACL,
 };
 pub use sort::sort_refusal;
+
+/// Whether a user name has a space or NUL byte (`ACLStringHasSpaces`): refused.
+pub fn rules_has_spaces(name: &[u8]) -> bool {
+    rules::has_spaces(name)
+}
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

@@ -566,6 +566,36 @@ pub fn parse_user_args<T: AsRef<[u8]>>(name: &str, args: &[T]) -> Result<User, R
     Ok(user)
 }
 
+/// `ACL SETUSER`'s `ACLStringSetUser` (acl.c): the rules applied in order to a copy of the
+/// user (or a fresh one), all or nothing. `Err` is Redis's error text without `ERR ` (the
+/// rule echoed as given, up to a NUL byte, as `%s` prints it).
+///
+/// # Errors
+/// Redis's text for the first rule it would reject, or an unclosed selector.
+pub fn setuser<T: AsRef<[u8]>>(
+    existing: Option<&User>,
+    name: &str,
+    args: &[T],
+) -> Result<User, String> {
+    let merged = merge_selector_args(args).map_err(|start| {
+        format!(
+            "Unmatched parenthesis in acl selector starting at '{}'.",
+            String::from_utf8_lossy(c_str(start))
+        )
+    })?;
+    let mut user = existing.cloned().unwrap_or_else(|| User::new(name));
+    for op in &merged {
+        user.apply(op).map_err(|e| {
+            format!(
+                "Error in ACL SETUSER modifier '{}': {}",
+                String::from_utf8_lossy(c_str(op)),
+                e.text()
+            )
+        })?;
+    }
+    Ok(user)
+}
+
 /// `ACLMergeSelectorArguments`: joins `(a`, `b`, `c)` into `(a b c)`. On an unclosed `(`,
 /// returns the argument that opened it.
 fn merge_selector_args<T: AsRef<[u8]>>(args: &[T]) -> Result<Vec<Vec<u8>>, &[u8]> {

@@ -5,6 +5,7 @@
 //! duplicate keys and unknown fields refused: a typo must never silently drop a setting on a
 //! security proxy. Every error is one line that names the field or the file.
 
+mod aclfile;
 mod upstream;
 mod validate;
 
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use aclfile::read_acl_file_for_load;
+pub use validate::DEFAULT_MAX_USERS;
 pub use validate::{
     AnnouncePair, ClientAuth, ClientCerts, ClientIdentity, ClientTls, ClusterConfig, Config,
     IdentityMode, ListenerConfig, LogColor, LogFormat, ProtocolLimits, ProxyProtocol, Secret,
@@ -372,6 +375,9 @@ pub struct RawLimits {
     /// client holding the most is disconnected. `0` turns the bound off.
     #[serde(default, deserialize_with = "size")]
     pub max_client_memory: Option<u64>,
+    /// The most users `ACL SETUSER` may bring the total to (configured ones included).
+    #[serde(default)]
+    pub max_users: Option<usize>,
 }
 
 /// Like Redis's `client-output-buffer-limit pubsub`: what a subscriber or MONITOR client may

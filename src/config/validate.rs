@@ -62,6 +62,11 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub upstream: UpstreamConfig,
     pub users: Users,
+    /// The names the `users:` list defines: fixed by the configuration, never changed or
+    /// removed by `ACL SETUSER`/`DELUSER` (`runtime_users.rs`).
+    pub configured_users: std::collections::HashSet<String>,
+    /// `acl_file`, resolved: where `ACL SAVE` writes and `ACL LOAD` reads.
+    pub acl_file: Option<PathBuf>,
     pub limits: ProtocolLimits,
     pub shutdown_grace: Duration,
     /// Runtime worker threads (0 = one per core).
@@ -359,6 +364,8 @@ pub struct ProtocolLimits {
     pub shared_reply_buffer: usize,
     /// Bytes buffered for all clients together; 0 = unbounded.
     pub max_client_memory: usize,
+    /// `limits.max_users`: the most users `ACL SETUSER` may bring the total to.
+    pub max_users: usize,
 }
 
 impl Default for ProtocolLimits {
@@ -376,9 +383,14 @@ impl Default for ProtocolLimits {
             output_soft_seconds: DEFAULT_OUTPUT_SOFT_SECONDS,
             shared_reply_buffer: DEFAULT_SHARED_REPLY_BUFFER,
             max_client_memory: DEFAULT_MAX_CLIENT_MEMORY,
+            max_users: DEFAULT_MAX_USERS,
         }
     }
 }
+
+/// `limits.max_users` by default: the most users `ACL SETUSER` or `ACL LOAD` may bring the
+/// total to (configured and run-time together); about 1 KiB each.
+pub const DEFAULT_MAX_USERS: usize = 10_000;
 
 /// The user table. `default` is Redis's default user; when the file does not define it, it
 /// exists but is `off`, so `AUTH <password>` always fails (as Redis with `user default off`).
@@ -395,6 +407,18 @@ impl Users {
                 .map(|u| (u.name.clone(), Arc::new(u)))
                 .collect(),
         }
+    }
+
+    /// A set of users already shared (`runtime_users.rs` rebuilds sets without copying users).
+    pub fn from_arcs(users: impl IntoIterator<Item = Arc<User>>) -> Self {
+        Users {
+            by_name: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+        }
+    }
+
+    /// Every user, shared.
+    pub fn arcs(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.by_name.values()
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Arc<User>> {
@@ -577,9 +601,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         }
         users.push(user);
     }
-    if let Some(path) = &raw.acl_file {
-        let path = resolve(base, path);
-        for user in load_acl_file(&path)? {
+    let configured_users = seen.clone();
+    let acl_file = raw.acl_file.as_ref().map(|p| resolve(base, p));
+    if let Some(path) = &acl_file {
+        let path = path.clone();
+        for user in super::aclfile::load_acl_file(&path)? {
             if !seen.insert(user.name.clone()) {
                 return Err(ConfigError::file(
                     "acl_file",
@@ -735,6 +761,16 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             None => DEFAULT_MAX_CLIENT_MEMORY,
         },
+        max_users: match l.max_users {
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "limits.max_users",
+                    "must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_USERS,
+        },
         ..limits
     };
 
@@ -774,6 +810,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         listeners,
         upstream,
         users: Users::from_users(users),
+        configured_users,
+        acl_file,
         limits,
         shutdown_grace: raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         workers: raw.workers.unwrap_or(0),
@@ -790,38 +828,6 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             None => None,
         },
     })
-}
-
-/// Reads a Redis aclfile (`ACLLoadFromFile` in `acl.c`): one `user NAME rules...` per line,
-/// split like an inline request. Blank lines and `#` comments are skipped (Redis rejects
-/// comments; accepting them loses nothing).
-fn load_acl_file(path: &Path) -> Result<Vec<User>, ConfigError> {
-    let text = std::fs::read(path).map_err(|e| ConfigError::file("acl_file", path, e))?;
-    let mut users = Vec::new();
-    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-        let at = |message: String| {
-            ConfigError::file("acl_file", path, format!("line {}: {message}", i + 1))
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let trimmed = line.trim_ascii();
-        if trimmed.is_empty() || trimmed.starts_with(b"#") {
-            continue;
-        }
-        let args = crate::resp::request::split_line(line)
-            .ok_or_else(|| at("unbalanced quotes".to_owned()))?;
-        match args.as_slice() {
-            [kw, name, rules @ ..] if kw.eq_ignore_ascii_case(b"user") => {
-                let name = std::str::from_utf8(name)
-                    .map_err(|_| at("user name is not UTF-8".to_owned()))?;
-                if users.iter().any(|u: &User| u.name == name) {
-                    return Err(at(format!("duplicate user '{name}'")));
-                }
-                users.push(acl::parse_user_args(name, rules).map_err(|e| at(e.to_string()))?);
-            }
-            _ => return Err(at("line should start with user keyword".to_owned())),
-        }
-    }
-    Ok(users)
 }
 
 /// Relative paths in the file are relative to the file's own directory, so a config works

@@ -1,6 +1,6 @@
 //! `ACL` subcommands answered by redward from its own users and log, never by Redis (whose
 //! users are not the client's business): WHOAMI, USERS, LIST, GETUSER, CAT, DRYRUN, LOG. The
-//! commands that would change users get an error: users live in redward's configuration.
+//! ones that change users are `acl_admin.rs`'s.
 //! Reply shapes follow `aclCommand` in Redis 7.0's `acl.c`.
 
 use std::time::SystemTime;
@@ -180,9 +180,6 @@ pub fn answer(req: &Request<'_>, user: &User, users: &Users, audit: &Audit) -> A
                 o.bulk(e.client_info.as_bytes());
             }
         }
-        (b"setuser" | b"deluser" | b"load" | b"save", _) => return error(
-            "redward: users are defined in redward's configuration; change them there and reload",
-        ),
         _ => return Answer::Forward,
     }
     o.done()

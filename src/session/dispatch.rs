@@ -147,6 +147,9 @@ impl State {
             }
         }
         if is_acl {
+            if let Some(outcome) = self.acl_admin(req, &user) {
+                return outcome;
+            }
             match acl_cmd::answer(req, &user, &self.live.users, &self.shared.audit) {
                 acl_cmd::Answer::Local(reply) => {
                     self.local_proto(reply);

@@ -31,6 +31,7 @@
 //!   `slots.rs`: reply order; `acl_cmd.rs`: the ACL subcommands; `offline.rs`: the same
 //!   path without sockets, for benchmarks and tests.
 
+mod acl_admin;
 mod acl_cmd;
 mod client_cmd;
 mod deadlines;

@@ -380,7 +380,12 @@ impl State {
         }
         self.live = self.shared.live.load_full();
         let Some(login) = &self.login else { return };
-        match login.renewed(&self.live.users) {
+        let renewed = if self.live.disconnect_disabled {
+            login.renewed(&self.live.users)
+        } else {
+            login.renewed_even_if_disabled(&self.live.users)
+        };
+        match renewed {
             Some(renewed) => self.login = Some(renewed),
             None => {
                 info!(peer = %self.peer, user = %login.user().name, "user removed or disabled by reload; closing");

@@ -203,6 +203,36 @@ impl Identities {
         changes
     }
 
+    /// Sets the identities of `set` (created or changed users) and removes those of
+    /// `removed`, the others untouched: one user's change costs one description, however
+    /// many users there are.
+    pub fn update_some(&self, set: &[Arc<User>], removed: &[String]) -> Changes {
+        let mut by_name = (*self.by_name.load_full()).clone();
+        let mut changes = Changes::default();
+        {
+            let mut tags = lock(&self.tags);
+            for user in set {
+                let next = Tag::try_from(tags.len()).unwrap_or(Tag::MAX);
+                let tag = *tags.entry(user.name.clone()).or_insert(next);
+                let id = Arc::new(self.identity(tag, user));
+                // A new user is made on each server by its first connection there; only a
+                // changed one must be pushed to the servers that have it.
+                if by_name.insert(user.name.clone(), Arc::clone(&id)).is_some() {
+                    changes.set.push(id);
+                }
+            }
+        }
+        for name in removed {
+            if let Some(id) = by_name.remove(name) {
+                changes.removed.push((id.tag, id.upstream.clone()));
+            }
+        }
+        let by_tag = by_name.values().map(|i| (i.tag, Arc::clone(i))).collect();
+        self.by_name.store(Arc::new(by_name));
+        self.by_tag.store(Arc::new(by_tag));
+        changes
+    }
+
     /// Notes that identity connections go to `target` (at most 4,096 kept: a cluster's
     /// nodes and a Sentinel master's successors).
     pub fn saw(&self, target: &Target) {
