@@ -17,8 +17,9 @@
 //!   write).
 //! - [`limits`]: connection caps and rates, login lockout, command rates. [`memory`]: the
 //!   bound on what all clients together buffer. [`throttle`]: log lines an attacker can cause.
-//! - [`shared_limits`], [`shared_rates`], [`shared_signing`]: `limits.shared_state: upstream`
-//!   (lockouts, command rates, signed lockout messages) kept in the Redis behind.
+//! - [`shared_limits`], [`shared_rates`], [`shared_signing`], [`shared_users`]:
+//!   `limits.shared_state: upstream` (lockouts, command rates, signed lockout messages, users
+//!   changed at run time) kept in the Redis behind.
 //! - [`proxy_header`]: the PROXY protocol header. [`reload`]: SIGHUP and file changes.
 //! - [`shutdown`]: the signal future.
 
@@ -53,6 +54,7 @@ pub mod shared;
 pub mod shared_limits;
 pub mod shared_rates;
 pub mod shared_signing;
+pub mod shared_users;
 pub mod shutdown;
 pub mod stunnel;
 pub mod throttle;
@@ -392,6 +394,27 @@ impl Server {
                 stop.clone(),
             );
             let _ = self.shared.shared_limits.set(limits);
+            // Users changed at run time, shared through Redis (`shared_users.rs`).
+            let install: shared_users::Install = {
+                let shared = Arc::clone(&self.shared);
+                Arc::new(move |lines: &[Vec<u8>]| {
+                    match shared.runtime_users.replace_from_lines(lines) {
+                        Ok(Some(changed)) => shared.publish_users(&changed),
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(error = %e, "shared users: Redis holds users this instance cannot read; keeping its own")
+                        }
+                    }
+                })
+            };
+            let users = shared_users::SharedUsers::start(
+                self.shared.connector.with_setup(state),
+                self.shared.runtime_users.runtime_lines(),
+                install,
+                stop.clone(),
+            )
+            .await;
+            let _ = self.shared.shared_users.set(users);
             if !self.command_rates.is_empty() {
                 let rates = shared_rates::SharedRates::start(
                     self.shared.connector.with_setup(state),

@@ -251,6 +251,73 @@ impl RuntimeUsers {
     }
 }
 
+impl RuntimeUsers {
+    /// The users outside the `users:` list, as (name, `ACL LIST` line): what instances
+    /// share (`shared_users.rs`).
+    pub fn runtime_lines(&self) -> Vec<(String, String)> {
+        let st = self.lock();
+        st.current()
+            .iter()
+            .filter(|u| !st.configured.contains(&u.name))
+            .map(|u| (u.name.clone(), crate::acl::describe(u)))
+            .collect()
+    }
+
+    /// Makes the users outside the `users:` list exactly those of `lines` (`ACL LIST` lines
+    /// another instance wrote). `Ok(None)`: nothing changed. Lines naming a configured user
+    /// are skipped (the configuration wins); a line this instance cannot read is an error
+    /// and nothing changes.
+    ///
+    /// # Errors
+    /// The first line that is not a user this instance can build.
+    pub fn replace_from_lines(&self, lines: &[Vec<u8>]) -> Result<Option<Changed>, String> {
+        let mut st = self.lock();
+        let mut theirs = Vec::with_capacity(lines.len());
+        for line in lines {
+            let args = crate::resp::request::split_line(line)
+                .ok_or_else(|| "unbalanced quotes".to_owned())?;
+            let [_, name, rules @ ..] = args.as_slice() else {
+                return Err("a line without a user".to_owned());
+            };
+            let name = std::str::from_utf8(name).map_err(|_| "a user name not UTF-8".to_owned())?;
+            if st.configured.contains(name) {
+                continue;
+            }
+            theirs.push(Arc::new(
+                crate::acl::parse_user_args(name, rules).map_err(|e| e.to_string())?,
+            ));
+        }
+        let before = st.current();
+        let mut all: Vec<Arc<User>> = before
+            .arcs()
+            .filter(|u| st.configured.contains(&u.name))
+            .cloned()
+            .collect();
+        let set: Vec<Arc<User>> = theirs
+            .iter()
+            .filter(|u| before.get(u.name.as_bytes()).is_none_or(|b| **b != ***u))
+            .cloned()
+            .collect();
+        all.extend(theirs);
+        let users = Users::from_arcs(all);
+        let removed: Vec<String> = before
+            .names()
+            .filter(|n| users.get(n.as_bytes()).is_none())
+            .map(str::to_owned)
+            .collect();
+        if set.is_empty() && removed.is_empty() {
+            return Ok(None);
+        }
+        st.base = users.clone();
+        st.overlay.clear();
+        Ok(Some(Changed {
+            users,
+            set,
+            removed,
+        }))
+    }
+}
+
 /// `ACLSaveToFile`'s way: a temporary file in the same directory, written and fsynced, then
 /// renamed over the old one, then the directory fsynced.
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -63,6 +63,9 @@ pub struct Shared {
     /// The users in force, as the configuration and `ACL SETUSER`/`DELUSER`/`LOAD` left them
     /// (`runtime_users.rs`).
     pub runtime_users: crate::runtime_users::RuntimeUsers,
+    /// `limits.shared_state: upstream`: run-time user changes passed to the other instances
+    /// (`shared_users.rs`). Set once, when the server runs.
+    pub shared_users: std::sync::OnceLock<crate::shared_users::SharedUsers>,
     /// Hands out generations to reloads and user changes alike.
     next_generation: AtomicU64,
 }
@@ -131,6 +134,7 @@ impl Shared {
             cluster: std::sync::OnceLock::new(),
             shared_rates: std::sync::OnceLock::new(),
             runtime_users: crate::runtime_users::RuntimeUsers::new(cfg),
+            shared_users: std::sync::OnceLock::new(),
             next_generation: AtomicU64::new(0),
         })
     }

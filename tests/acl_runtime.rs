@@ -306,3 +306,134 @@ async fn hostile_setuser_input_gets_an_error_or_works_within_bounds() {
     assert!(over > 0, "the bound was never reached");
     assert!(grown < 512 << 20, "grew {} MiB", grown >> 20);
 }
+
+const SHARED_STATE: &str = "limits:\n  shared_state: upstream\n";
+
+/// Polls `check` every 100 ms for up to 5 s (the promise), failing with `what`.
+async fn within_5s<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 5 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_changed_through_one_instance_reach_every_instance_within_5_seconds() {
+    let redis = Redis::start();
+    let a = proxy().yaml(SHARED_STATE).start(&redis).await;
+    let b = proxy().yaml(SHARED_STATE).start(&redis).await;
+    let mut admin_a = as_app(&a).await;
+    let mut admin_b = as_app(&b).await;
+    // Created through A, logged in through B.
+    assert_eq!(
+        ask(
+            &mut admin_a,
+            &["ACL", "SETUSER", "frank", "on", ">fpw", "~f:*", "+@all"]
+        )
+        .await,
+        "+OK\r\n"
+    );
+    // (Asked as an admin: failed logins while waiting would lock the address out.)
+    within_5s("frank exists on B", || async {
+        let mut c = as_app(&b).await;
+        ask(&mut c, &["ACL", "GETUSER", "frank"])
+            .await
+            .starts_with('*')
+    })
+    .await;
+    // Changed through A: a live connection on B follows.
+    let mut frank_b = b.raw().await;
+    assert_eq!(
+        ask(&mut frank_b, &["AUTH", "frank", "fpw"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(ask(&mut frank_b, &["SET", "f:1", "x"]).await, "+OK\r\n");
+    assert_eq!(
+        ask(&mut admin_a, &["ACL", "SETUSER", "frank", "-set"]).await,
+        "+OK\r\n"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !ask(&mut frank_b, &["SET", "f:1", "y"])
+        .await
+        .starts_with("-NOPERM")
+    {
+        assert!(std::time::Instant::now() < deadline, "frank on B kept SET");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Deleted through B: its connections on A close.
+    let mut frank_a = a.raw().await;
+    assert_eq!(
+        ask(&mut frank_a, &["AUTH", "frank", "fpw"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        ask(&mut admin_b, &["ACL", "DELUSER", "frank"]).await,
+        ":1\r\n"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let gone = frank_a.try_send(&cmd(&["PING"])).await.is_err()
+            || !String::from_utf8_lossy(&frank_a.drain_for(Duration::from_millis(200)).await)
+                .contains("PONG");
+        if gone {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "frank on A stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Changed at once through both: they end up agreeing.
+    let (ra, rb) = tokio::join!(
+        ask(&mut admin_a, &["ACL", "SETUSER", "hank", "on", "+get"]),
+        ask(&mut admin_b, &["ACL", "SETUSER", "hank", "on", "+set"]),
+    );
+    assert_eq!((ra.as_str(), rb.as_str()), ("+OK\r\n", "+OK\r\n"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ask(&mut admin_a, &["ACL", "GETUSER", "hank"]).await
+        != ask(&mut admin_b, &["ACL", "GETUSER", "hank"]).await
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A and B disagree on hank"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An instance that starts later comes up with the current users.
+    let c = proxy().yaml(SHARED_STATE).start(&redis).await;
+    within_5s("hank exists on C", || async {
+        let mut x = as_app(&c).await;
+        ask(&mut x, &["ACL", "GETUSER", "hank"])
+            .await
+            .starts_with("*")
+    })
+    .await;
+    // No client writes the shared users, as a command or from a script.
+    let got = ask(
+        &mut admin_a,
+        &[
+            "HSET",
+            "redward:users",
+            "evil",
+            "user evil on nopass ~* +@all",
+        ],
+    )
+    .await;
+    assert!(got.starts_with("-NOPERM"), "{got}");
+    let got = ask(
+        &mut admin_a,
+        &["EVAL", "redis.call('SELECT', '15') return redis.call('HSET', 'red'..'ward:users', 'evil', 'user evil on nopass +@all')", "0"],
+    )
+    .await;
+    assert!(got.starts_with("-ERR"), "{got}");
+    let mut evil = c.raw().await;
+    assert!(ask(&mut evil, &["AUTH", "evil", "x"])
+        .await
+        .starts_with("-WRONGPASS"));
+}

@@ -42,6 +42,7 @@ impl State {
             Ok((reply, changed)) => {
                 if let Some(changed) = &changed {
                     self.shared.publish_users(changed);
+                    self.share_change(&sub, changed);
                 }
                 self.shared.metrics.acl_changes.inc();
                 self.audit_acl_change(user, &sub, req, changed.as_ref());
@@ -54,6 +55,24 @@ impl State {
             }
         }
         Some(Outcome::Done)
+    }
+
+    /// Passes a change to the other instances (`limits.shared_state: upstream`).
+    fn share_change(&self, sub: &[u8], changed: &crate::runtime_users::Changed) {
+        use crate::shared_users::{line, Write};
+        let Some(shared) = self.shared.shared_users.get() else {
+            return;
+        };
+        if sub == b"load" {
+            shared.write(Write::Replace(self.shared.runtime_users.runtime_lines()));
+            return;
+        }
+        if !changed.set.is_empty() {
+            shared.write(Write::Set(changed.set.iter().map(|u| line(u)).collect()));
+        }
+        if !changed.removed.is_empty() {
+            shared.write(Write::Remove(changed.removed.clone()));
+        }
     }
 
     /// One audit line per change: who, from where, what, which users; never a rule (it may
