@@ -10,9 +10,9 @@
 //!   replacing it atomically as `ACLSaveToFile` does: a temporary file beside it, fsync,
 //!   rename, fsync of the directory. `ACL LOAD` reads it all or nothing: on any bad line the
 //!   users in force stay and the reply is Redis's text naming each line.
-//! - A configuration reload keeps changes not yet saved: the users in force are the
-//!   configuration's (`users:` and the file as read then) with the run-time changes since the
-//!   last `SAVE` or `LOAD` on top.
+//! - A configuration reload applies the new `users:` list and keeps every other user as it
+//!   is: like Redis, the file is read at start-up and by `ACL LOAD` only, so a reload never
+//!   loses a change not yet saved, nor the other instances' (`shared_users.rs`).
 //! - At most `limits.max_users` users in all ([`DEFAULT_MAX_USERS`]), so a loop creating
 //!   users cannot grow the process without bound.
 
@@ -98,16 +98,31 @@ impl RuntimeUsers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A configuration reload: its users, with the run-time changes not yet saved on top
-    /// (changes to names the new `users:` list defines give way to it).
+    /// A configuration reload: the new `users:` list, and every other user as it is now.
+    /// Like Redis, whose configuration reload does not re-read its aclfile, the file is read
+    /// at start-up and by `ACL LOAD` only, so run-time users (this instance's, or the other
+    /// instances' through the shared state) are never lost to a reload. A name the new list
+    /// defines is the list's.
     pub fn reloaded(&self, cfg: &Config) -> Users {
         let mut st = self.lock();
-        st.base = cfg.users.clone();
-        st.configured = cfg.configured_users.clone();
+        let now = st.current();
+        let configured = cfg.configured_users.clone();
+        let mut all: Vec<Arc<User>> = cfg
+            .users
+            .arcs()
+            .filter(|u| configured.contains(&u.name))
+            .cloned()
+            .collect();
+        all.extend(
+            now.arcs()
+                .filter(|u| !configured.contains(&u.name) && !st.configured.contains(&u.name))
+                .cloned(),
+        );
+        st.base = Users::from_arcs(all);
+        st.overlay.clear();
+        st.configured = configured;
         st.acl_file = cfg.acl_file.clone();
         st.max_users = cfg.limits.max_users;
-        let configured = st.configured.clone();
-        st.overlay.retain(|name, _| !configured.contains(name));
         st.current()
     }
 

@@ -437,3 +437,31 @@ async fn users_changed_through_one_instance_reach_every_instance_within_5_second
         .await
         .starts_with("-WRONGPASS"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_reload_keeps_users_made_at_run_time() {
+    let redis = Redis::start();
+    let proxy = proxy().user("ops", "on >opspw +ping").start(&redis).await;
+    let mut admin = as_app(&proxy).await;
+    assert_eq!(
+        ask(
+            &mut admin,
+            &["ACL", "SETUSER", "ivy", "on", ">ivypw", "+ping"]
+        )
+        .await,
+        "+OK\r\n"
+    );
+    // The `users:` list changes (ops may GET now); ivy, unsaved, stays.
+    let text = std::fs::read_to_string(&proxy.config_path).expect("read");
+    std::fs::write(
+        &proxy.config_path,
+        text.replace("on >opspw +ping", "on >opspw +ping +get"),
+    )
+    .expect("write");
+    proxy.reloader.reload().expect("reload");
+    let mut ivy = proxy.raw().await;
+    assert_eq!(ask(&mut ivy, &["AUTH", "ivy", "ivypw"]).await, "+OK\r\n");
+    let mut ops = proxy.raw().await;
+    assert_eq!(ask(&mut ops, &["AUTH", "ops", "opspw"]).await, "+OK\r\n");
+    assert_eq!(ask(&mut ops, &["GET", "k"]).await, "$-1\r\n");
+}
