@@ -455,7 +455,7 @@ async fn a_configuration_reload_keeps_users_made_at_run_time() {
     let text = std::fs::read_to_string(&proxy.config_path).expect("read");
     std::fs::write(
         &proxy.config_path,
-        text.replace("on >opspw +ping", "on >opspw +ping +get"),
+        text.replace("on >opspw +ping", "on >opspw +ping +get ~*"),
     )
     .expect("write");
     proxy.reloader.reload().expect("reload");
