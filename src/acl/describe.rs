@@ -161,8 +161,8 @@ pub fn describe_selector_commands(sel: &Selector) -> String {
 
 /// Redis 7.2+ / Valkey `ACLDescribeSelectorCommandRules`: `+@all` or `-@all` (whether the
 /// selector can run future commands), then the command rules as given, each rule's last
-/// occurrence only (`ACLUpdateCommandRules` removes an earlier `+x`/`-x` before appending, and
-/// `+@all`/`-@all` clear the list).
+/// occurrence only (`ACLUpdateCommandRules` removes an earlier `+x`/`-x`, and a command's
+/// subcommands' `+x|y`/`-x|y`, before appending; `+@all`/`-@all` clear the list).
 fn describe_selector_commands_72(sel: &Selector) -> String {
     let mut kept: Vec<(String, bool)> = Vec::new();
     for rule in &sel.rules {
@@ -182,7 +182,13 @@ fn describe_selector_commands_72(sel: &Selector) -> String {
                 true,
             ),
         };
-        kept.retain(|(n, _)| *n != name);
+        // `ACLRemoveCommandRule`: a command's rule also removes its subcommands' rules.
+        kept.retain(|(n, _)| {
+            *n != name
+                && !(n.len() > name.len()
+                    && n.starts_with(name.as_str())
+                    && n.as_bytes().get(name.len()) == Some(&b'|'))
+        });
         kept.push((name, allow));
     }
     let mut rules = String::from(if sel.can_run_future_commands() {
