@@ -458,14 +458,63 @@ impl Users {
 }
 
 pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
-    if raw.listen.is_empty() {
+    let listeners = listeners(raw.listen, base)?;
+    let upstream = super::upstream::upstream(raw.upstream, base)?;
+    let UserSet {
+        users,
+        command_rates,
+        configured_users,
+        acl_file,
+    } = users(raw.users, raw.acl_file.as_ref(), base)?;
+    let shared_state_database = raw.limits.shared_state_database;
+    let (limits, connection_limits, shared_state_upstream) = limits(raw.limits)?;
+    let (log_format, log_color) = log_settings(&raw.log)?;
+    if shared_state_upstream
+        && (upstream.cluster.is_some() || !upstream.cluster_announce.is_empty())
+    {
+        // Its keys would live in one slot, on one node: every other node answers MOVED.
+        return Err(ConfigError::invalid(
+            "limits.shared_state",
+            "upstream is not for a Redis Cluster (the state would live on one node's slots); use local",
+        ));
+    }
+    Ok(Config {
+        listeners,
+        upstream,
+        users: Users::from_users(users),
+        configured_users,
+        acl_file,
+        limits,
+        shutdown_grace: raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        workers: raw.workers.unwrap_or(0),
+        log_level: raw.log.level,
+        log_format,
+        log_color,
+        audit_file: raw.audit.and_then(|a| a.file).map(|f| resolve(base, &f)),
+        connection_limits,
+        command_rates,
+        shared_state_upstream,
+        shared_state_database,
+        admin_address: match raw.admin {
+            Some(a) => Some(socket_addr("admin.address", &a.address)?),
+            None => None,
+        },
+    })
+}
+
+/// `listen:`: at least one listener, each checked.
+fn listeners(
+    listen: Vec<super::RawListener>,
+    base: &Path,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    if listen.is_empty() {
         return Err(ConfigError::invalid(
             "listen",
             "at least one listener is required",
         ));
     }
-    let mut listeners = Vec::with_capacity(raw.listen.len());
-    for (i, l) in raw.listen.into_iter().enumerate() {
+    let mut listeners = Vec::with_capacity(listen.len());
+    for (i, l) in listen.into_iter().enumerate() {
         let field = format!("listen[{i}].address");
         let addr = socket_addr(&field, &l.address)?;
         let tls = match l.tls {
@@ -563,13 +612,27 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             },
         });
     }
+    Ok(listeners)
+}
 
-    let upstream = super::upstream::upstream(raw.upstream, base)?;
+/// The users a configuration defines: `users:` and `acl_file`'s, with the rates.
+struct UserSet {
+    users: Vec<User>,
+    command_rates: HashMap<String, std::num::NonZeroU32>,
+    configured_users: std::collections::HashSet<String>,
+    acl_file: Option<PathBuf>,
+}
 
-    let mut users = Vec::with_capacity(raw.users.len());
+/// `users:` (each name once, rules parsed) and `acl_file` (no name of `users:` again).
+fn users(
+    raw_users: Vec<super::RawUser>,
+    raw_acl_file: Option<&PathBuf>,
+    base: &Path,
+) -> Result<UserSet, ConfigError> {
+    let mut users = Vec::with_capacity(raw_users.len());
     let mut command_rates = HashMap::new();
     let mut seen = std::collections::HashSet::new();
-    for (i, u) in raw.users.into_iter().enumerate() {
+    for (i, u) in raw_users.into_iter().enumerate() {
         let field = format!("users[{i}]");
         if u.name.is_empty()
             || u.name
@@ -602,7 +665,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         users.push(user);
     }
     let configured_users = seen.clone();
-    let acl_file = raw.acl_file.as_ref().map(|p| resolve(base, p));
+    let acl_file = raw_acl_file.as_ref().map(|p| resolve(base, p));
     if let Some(path) = &acl_file {
         let path = path.clone();
         for user in super::aclfile::load_acl_file(&path)? {
@@ -616,9 +679,19 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             users.push(user);
         }
     }
+    Ok(UserSet {
+        users,
+        command_rates,
+        configured_users,
+        acl_file,
+    })
+}
 
+/// `limits:`: the protocol limits, the connection limits, and whether state is shared.
+fn limits(
+    l: super::RawLimits,
+) -> Result<(ProtocolLimits, crate::limits::LimitSettings, bool), ConfigError> {
     let d = ProtocolLimits::default();
-    let l = raw.limits;
     let max_bulk_len = match l.max_bulk_len {
         None => d.max_bulk_len,
         Some(n) if n >= 1024 && n <= i64::MAX as u64 => n as i64,
@@ -638,11 +711,6 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
                 "must be between 1kb and 16mb",
             ))
         }
-    };
-    let nonzero = |field: &str, v: Option<Duration>, default: Duration| match v {
-        Some(d) if d.is_zero() => Err(ConfigError::invalid(field, "must be greater than 0")),
-        Some(d) => Ok(d),
-        None => Ok(default),
     };
     let limits = ProtocolLimits {
         handshake_timeout: nonzero(
@@ -671,6 +739,70 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         ..d
     };
 
+    let (connection_limits, shared_state_upstream) = connection_limits(&l)?;
+    let out = l.output_buffer_limit.unwrap_or_default();
+    let size = |field: &str, v: Option<u64>, default: usize| match v {
+        Some(n) if n >= 1024 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(_) => Err(ConfigError::invalid(field, "must be at least 1kb")),
+        None => Ok(default),
+    };
+    let limits = ProtocolLimits {
+        idle_timeout: l.idle_timeout.unwrap_or(Duration::ZERO),
+        output_hard: size(
+            "limits.output_buffer_limit.hard",
+            out.hard,
+            DEFAULT_OUTPUT_HARD,
+        )?,
+        output_soft: size(
+            "limits.output_buffer_limit.soft",
+            out.soft,
+            DEFAULT_OUTPUT_SOFT,
+        )?,
+        output_soft_seconds: out.soft_seconds.unwrap_or(DEFAULT_OUTPUT_SOFT_SECONDS),
+        shared_reply_buffer: size(
+            "limits.shared_reply_buffer",
+            l.shared_reply_buffer,
+            DEFAULT_SHARED_REPLY_BUFFER,
+        )?,
+        max_client_memory: match l.max_client_memory {
+            Some(0) => 0,
+            Some(n) if n < 1024 * 1024 => {
+                return Err(ConfigError::invalid(
+                    "limits.max_client_memory",
+                    "must be at least 1mb (or 0 for no bound)",
+                ))
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => DEFAULT_MAX_CLIENT_MEMORY,
+        },
+        max_users: match l.max_users {
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "limits.max_users",
+                    "must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_USERS,
+        },
+        ..limits
+    };
+    Ok((limits, connection_limits, shared_state_upstream))
+}
+
+/// A duration that must not be zero, or its default.
+fn nonzero(field: &str, v: Option<Duration>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        Some(d) if d.is_zero() => Err(ConfigError::invalid(field, "must be greater than 0")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+/// The connection caps, rates and lockout of `limits:`, and whether state is shared.
+fn connection_limits(
+    l: &super::RawLimits,
+) -> Result<(crate::limits::LimitSettings, bool), ConfigError> {
     let positive = |field: &str, v: Option<usize>, default: usize| match v {
         Some(0) => Err(ConfigError::invalid(field, "must be greater than 0")),
         Some(n) => Ok(n),
@@ -726,55 +858,12 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         )?,
         auth_lockout: nonzero("limits.auth_lockout", l.auth_lockout, DEFAULT_AUTH_LOCKOUT)?,
     };
-    let out = l.output_buffer_limit.unwrap_or_default();
-    let size = |field: &str, v: Option<u64>, default: usize| match v {
-        Some(n) if n >= 1024 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-        Some(_) => Err(ConfigError::invalid(field, "must be at least 1kb")),
-        None => Ok(default),
-    };
-    let limits = ProtocolLimits {
-        idle_timeout: l.idle_timeout.unwrap_or(Duration::ZERO),
-        output_hard: size(
-            "limits.output_buffer_limit.hard",
-            out.hard,
-            DEFAULT_OUTPUT_HARD,
-        )?,
-        output_soft: size(
-            "limits.output_buffer_limit.soft",
-            out.soft,
-            DEFAULT_OUTPUT_SOFT,
-        )?,
-        output_soft_seconds: out.soft_seconds.unwrap_or(DEFAULT_OUTPUT_SOFT_SECONDS),
-        shared_reply_buffer: size(
-            "limits.shared_reply_buffer",
-            l.shared_reply_buffer,
-            DEFAULT_SHARED_REPLY_BUFFER,
-        )?,
-        max_client_memory: match l.max_client_memory {
-            Some(0) => 0,
-            Some(n) if n < 1024 * 1024 => {
-                return Err(ConfigError::invalid(
-                    "limits.max_client_memory",
-                    "must be at least 1mb (or 0 for no bound)",
-                ))
-            }
-            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-            None => DEFAULT_MAX_CLIENT_MEMORY,
-        },
-        max_users: match l.max_users {
-            Some(0) => {
-                return Err(ConfigError::invalid(
-                    "limits.max_users",
-                    "must be at least 1",
-                ))
-            }
-            Some(n) => n,
-            None => DEFAULT_MAX_USERS,
-        },
-        ..limits
-    };
+    Ok((connection_limits, shared_state_upstream))
+}
 
-    let log_format = match raw.log.format.as_deref() {
+/// `log.format` and `log.color`.
+fn log_settings(log: &super::RawLog) -> Result<(LogFormat, LogColor), ConfigError> {
+    let log_format = match log.format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
@@ -785,7 +874,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         }
     };
 
-    let log_color = match raw.log.color.as_deref() {
+    let log_color = match log.color.as_deref() {
         None | Some("auto") => LogColor::Auto,
         Some("always") => LogColor::Always,
         Some("never") => LogColor::Never,
@@ -796,38 +885,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             ))
         }
     };
-
-    if shared_state_upstream
-        && (upstream.cluster.is_some() || !upstream.cluster_announce.is_empty())
-    {
-        // Its keys would live in one slot, on one node: every other node answers MOVED.
-        return Err(ConfigError::invalid(
-            "limits.shared_state",
-            "upstream is not for a Redis Cluster (the state would live on one node's slots); use local",
-        ));
-    }
-    Ok(Config {
-        listeners,
-        upstream,
-        users: Users::from_users(users),
-        configured_users,
-        acl_file,
-        limits,
-        shutdown_grace: raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-        workers: raw.workers.unwrap_or(0),
-        log_level: raw.log.level,
-        log_format,
-        log_color,
-        audit_file: raw.audit.and_then(|a| a.file).map(|f| resolve(base, &f)),
-        connection_limits,
-        command_rates,
-        shared_state_upstream,
-        shared_state_database: l.shared_state_database,
-        admin_address: match raw.admin {
-            Some(a) => Some(socket_addr("admin.address", &a.address)?),
-            None => None,
-        },
-    })
+    Ok((log_format, log_color))
 }
 
 /// Relative paths in the file are relative to the file's own directory, so a config works
