@@ -20,6 +20,13 @@
 //! - [`shared_limits`], [`shared_rates`], [`shared_signing`], [`shared_users`]:
 //!   `limits.shared_state: upstream` (lockouts, command rates, signed lockout messages, users
 //!   changed at run time) kept in the Redis behind.
+//! - [`runtime_users`]: users changed at run time (`ACL SETUSER`, `DELUSER`, `SAVE`, `LOAD`)
+//!   beside the configuration's. [`audit`]: denials, failed logins and user changes (log,
+//!   `ACL LOG`, JSON lines). [`clients`]: the registry `CLIENT LIST`/`KILL` read.
+//! - [`cluster`]: `upstream.cluster`, a listener per node; [`announce`]: the rewriting of
+//!   what a cluster says about its nodes (pure).
+//! - [`admin`]: the metrics and health endpoint. [`notify`]: the service manager's readiness
+//!   notification. [`stunnel`]: reading an stunnel.conf into a redward configuration.
 //! - [`proxy_header`]: the PROXY protocol header. [`reload`]: SIGHUP and file changes.
 //! - [`shutdown`]: the signal future.
 

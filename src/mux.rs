@@ -7,11 +7,12 @@
 //! their replies come back in one read: Redis sees a pipeline (`scripts/bench.sh`, README).
 //!
 //! Which clients share: a client starts on a shared connection and stays there while it only
-//! sends commands whose meaning does not depend on the connection. The first command that gives
-//! the connection state (MULTI, WATCH, SELECT, HELLO, CLIENT, blocking commands, pub/sub,
-//! MONITOR, module commands: see `session::route`) moves it, once its shared replies
-//! are in, to a connection of its own for the rest of its life. So nothing a client can observe
-//! through its own connection changes.
+//! sends commands whose meaning does not depend on the connection; `SELECT` and `HELLO` move
+//! it to the pool set up for that database and protocol, and the `CLIENT` subcommands about
+//! itself are answered by the session. The first command that gives the connection state
+//! (MULTI, WATCH, blocking commands, pub/sub, MONITOR, tracking: see `session::route`) moves
+//! it, once its shared replies are in, to a connection of its own for the rest of its life.
+//! So nothing a client can observe through its own connection changes.
 //!
 //! Replies are routed back by order: Redis answers one connection's requests in order, one
 //! reply each, and each queued batch of requests carries the client's inbox and its reply

@@ -47,7 +47,8 @@ pub struct Shared {
     /// `limits.shared_state: upstream`: failed logins also counted in Redis, and the names
     /// that counting uses reserved (`shared_limits.rs`). Set once, when the server runs.
     pub shared_limits: std::sync::OnceLock<crate::shared_limits::SharedLimits>,
-    /// Redis's `databases` (`CONFIG GET databases` at start-up); 0 until learned. `SELECT`
+    /// Redis's number of databases (probed with `SELECT` at start-up, `Connector::databases`);
+    /// 0 until learned. `SELECT`
     /// rides shared connections only for a database known to exist.
     pub databases: std::sync::atomic::AtomicU32,
     /// With `limits.shared_state: upstream`, the database that state lives in, hidden from

@@ -72,7 +72,7 @@ impl Throttle {
     }
 
     /// Takes the count of events not logged since the last line, when it is due (every
-    /// [`SUMMARY_EVERY`] during a burst, or once the burst pauses): `(count, over how long)`.
+    /// `SUMMARY_EVERY` during a burst, or once the burst pauses): `(count, over how long)`.
     pub fn flush(&self) -> Option<(u64, Duration)> {
         self.flush_at(Instant::now())
     }

@@ -8,7 +8,7 @@
 //!
 //! The bitmap covers the generated table. Commands the server behind describes differently
 //! or that the table lacks (`commands::catalog`) are checked by name instead: each selector
-//! also keeps its command rules in order ([`CmdRule`]), and [`Selector::replay`] applies them
+//! also keeps its command rules in order (`CmdRule`), and `Selector::replay` applies them
 //! to such a command when it is checked, with the server's categories. That is what Redis does
 //! for commands it learns after a user was made (`ACLRecomputeCommandBitsFromCommandRulesAllUsers`
 //! re-applies each selector's command rules), and it keeps users valid across a restart of

@@ -9,7 +9,7 @@
 //! Redis → Valkey) is followed at the next learning (see `learn.rs`).
 //!
 //! Learned specs must be `'static` like the generated ones. They are interned
-//! ([`intern`]): a spec equal to one learned before is that same allocation, so re-learning
+//! (`intern`): a spec equal to one learned before is that same allocation, so re-learning
 //! an unchanged server allocates nothing, and what is kept is bounded by the number of
 //! distinct command specs the upstream ever showed (not by the number of reconnects).
 

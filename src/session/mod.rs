@@ -4,11 +4,14 @@
 //! 1. Requests are framed with Redis's pre-authentication limits until the client logs in.
 //! 2. Before login only AUTH, HELLO, QUIT and RESET are served, by redward; everything else is
 //!    answered with Redis's own NOAUTH text, and no upstream connection exists yet.
-//! 3. After login, requests are forwarded byte for byte: over a shared upstream connection
-//!    (`mux.rs`) while they do not depend on connection state, and from the first one that
-//!    does (MULTI, WATCH, SELECT, HELLO, CLIENT, blocking commands, pub/sub, MONITOR) over
-//!    this client's own connection (opened then, authenticated with redward's credential), so
-//!    they keep their meaning.
+//! 3. After login, requests are forwarded byte for byte: over shared upstream connections
+//!    (`mux.rs`, one pool per protocol, database and upstream user) while they do not depend
+//!    on connection state; `SELECT` and `HELLO` move the client between those pools, and the
+//!    `CLIENT` subcommands about the client itself are answered here (`client_cmd.rs`). From
+//!    the first request that gives the connection state (MULTI, WATCH, blocking commands,
+//!    pub/sub, MONITOR, tracking, ...: `route.rs`) it rides this client's own connection
+//!    (opened then, logged in as redward and then as the client's upstream user:
+//!    `identity.rs`), so they keep their meaning.
 //! 4. Replies that redward writes itself are slotted between Redis's replies in request order
 //!    (`slots.rs`); replies are scanned for boundaries only, and streamed through.
 //!

@@ -1,8 +1,9 @@
 //! The reply hook: a place on the one path every Redis reply takes to the client
 //! (`reply_path.rs`) where a reply can be replaced before the client sees it, without a second
-//! reply scanner. Topology rewriting (a cluster's `MOVED`/`ASK` and `CLUSTER SLOTS` naming
-//! redward's address instead of the node's) and replies redward composes from Redis's (a
-//! virtual `CLIENT INFO`) attach a [`Rewrite`] to the request's slot.
+//! reply scanner. Topology replies (`CLUSTER SLOTS`, `SHARDS`, `NODES`, ... naming redward's
+//! listeners instead of the nodes) and replies redward composes from Redis's (the client's
+//! id in HELLO's map) attach a [`Rewrite`] to the request's slot. `-MOVED`/`-ASK` errors are
+//! not hooked: they are rewritten inline where error replies are seen (`reply_path.rs`).
 //!
 //! Replies without one stream through as they arrive, however large. A reply with one is
 //! held until it is complete (up to [`MAX_HELD`]), then handed to the hook whole.
