@@ -183,7 +183,7 @@ static LEARNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// An upstream connection was (re)opened: learn the server again in the background, at once
 /// after an upstream failure or when the connection's HELLO named another server than the
 /// one learned (`catalog::observe_hello`),
-/// otherwise unless that happened less than [`RELEARN_EVERY`] ago. So a Redis restarted into
+/// otherwise unless that happened less than `RELEARN_EVERY` ago. So a Redis restarted into
 /// a newer version, or replaced by Valkey, changes the command table, the ACL checks and the
 /// texts as soon as redward reconnects; a steady server is asked at most every 10 s, and only
 /// when connections are opened. At most one runs at a time. Costs the caller two atomic

@@ -389,9 +389,9 @@ pub fn category_index(name: &str) -> Option<usize> {
 /// Why a request was refused before reaching Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandError {
-    /// argv[0] names no command.
+    /// `argv[0]` names no command.
     UnknownCommand,
-    /// argv[0] is a container command and argv[1] names none of its subcommands.
+    /// `argv[0]` is a container command and `argv[1]` names none of its subcommands.
     UnknownSubcommand,
     /// The command exists but the argument count breaks its arity.
     WrongArity(&'static CommandSpec),
@@ -418,7 +418,7 @@ impl std::error::Error for CommandError {}
 ///
 /// A container command (one with subcommands) called alone resolves to the
 /// container itself, whose arity then fails (`CLIENT` -> wrong number of
-/// arguments for 'client'); with more arguments argv[1] picks the subcommand.
+/// arguments for 'client'); with more arguments `argv[1]` picks the subcommand.
 ///
 /// Not covered (processCommand does it before the lookup): Redis drops the
 /// connection on a `POST` or `HOST:` command (securityWarningCommand).

@@ -399,7 +399,7 @@ impl Sentinel {
     }
 
     /// Follows the Sentinels until `stop`: the failover events of every Sentinel (whichever
-    /// leads a failover publishes its steps only on itself), and every [`RECHECK`] the
+    /// leads a failover publishes its steps only on itself), and every `RECHECK` the
     /// Sentinels' answer, compared with the master in use.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
         let sentinels = lock(&self.sentinels).clone();
