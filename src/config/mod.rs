@@ -6,6 +6,7 @@
 //! security proxy. Every error is one line that names the field or the file.
 
 mod aclfile;
+mod listen;
 mod upstream;
 mod validate;
 
