@@ -381,3 +381,71 @@ async fn script_kill_reaches_redis_past_a_busy_script_on_the_shared_connection()
         String::from_utf8_lossy(&killed)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_kill_reaches_a_busy_redis_from_a_database_other_than_0() {
+    for kind in ServerKind::ALL {
+        let redis = match Redis::start_kind(
+            kind,
+            vec![
+                "user default off".to_owned(),
+                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+            ],
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("skipping {}: {e}", kind.name());
+                continue;
+            }
+        };
+        let proxy = proxy().start(&redis).await;
+        // A client in database 9 (selected before the script starts, as Redis itself answers
+        // SELECT with -BUSY while it runs). Its new connection cannot SELECT while Redis is
+        // busy, so the KILL goes on one in database 0, and its database is selected after.
+        let mut admin = proxy.raw().await;
+        admin.send(&[auth(), cmd(&["SELECT", "9"])].concat()).await;
+        assert_eq!(admin.replies(2).await, b"+OK\r\n+OK\r\n");
+        let mut busy = proxy.raw().await;
+        busy.send(
+            &[
+                auth(),
+                cmd(&["SELECT", "9"]),
+                cmd(&["EVAL", "while true do end", "0"]),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(busy.replies(2).await, b"+OK\r\n+OK\r\n");
+        // Until the script has run past the busy threshold (5 s) the server answers nobody,
+        // so a new connection may time out: retried, as a client library retries.
+        let mut reply = Vec::new();
+        for _ in 0..100 {
+            admin.send(&cmd(&["SCRIPT", "KILL"])).await;
+            reply = admin.replies(1).await;
+            if !reply.starts_with(b"-NOTBUSY") && !reply.starts_with(b"-ERR upstream") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert_eq!(reply, b"+OK\r\n", "{}", kind.name());
+        let killed = busy.replies(1).await;
+        assert!(
+            killed.starts_with(b"-ERR"),
+            "{}",
+            String::from_utf8_lossy(&killed)
+        );
+        // The killer's next write lands in database 9, as it asked.
+        admin.send(&cmd(&["SET", "after-kill", "1"])).await;
+        assert_eq!(admin.replies(1).await, b"+OK\r\n");
+        let mut direct = redis.admin();
+        let _: () = redis::cmd("SELECT")
+            .arg(9)
+            .query(&mut direct)
+            .expect("SELECT");
+        let got: Option<String> = redis::cmd("GET")
+            .arg("after-kill")
+            .query(&mut direct)
+            .expect("GET");
+        assert_eq!(got.as_deref(), Some("1"), "{}", kind.name());
+    }
+}

@@ -17,6 +17,15 @@ pub(super) fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
 
 /// Commands redward answers itself that Redis refuses in a RESP2 subscriber's context (the
 /// others reach Redis, which refuses them with its own text).
+/// `SCRIPT KILL` and `FUNCTION KILL`: what Redis answers while a script is busy, in whatever
+/// database (`allow-busy`; `SHUTDOWN` never reaches Redis through redward).
+fn taken_while_busy(req: &Request<'_>) -> bool {
+    let name = req.name();
+    req.argc() == 2
+        && (name.eq_ignore_ascii_case(b"script") || name.eq_ignore_ascii_case(b"function"))
+        && req.arg(1).eq_ignore_ascii_case(b"kill")
+}
+
 /// EVAL, EVALSHA, FCALL and their `_RO` forms: what runs `redis.call` with the connection's
 /// upstream user's rights.
 fn runs_a_script(name: &[u8]) -> bool {
@@ -191,11 +200,20 @@ impl State {
                 if let Some(outcome) = self.follow_identity(&user, ConnKind::None) {
                     return outcome;
                 }
+                self.flow.busy_safe = taken_while_busy(req);
                 return Outcome::NeedUpstream;
             }
         }
         if let Some(outcome) = self.follow_identity(&user, conn) {
             return outcome;
+        }
+        if conn == ConnKind::Dedicated && !taken_while_busy(req) {
+            if let Some(db) = self.select_owed.take() {
+                let mut select = Vec::with_capacity(24);
+                let db = db.to_string();
+                encode_command(&mut select, [&b"SELECT"[..], db.as_bytes()].into_iter());
+                self.send_own(&select, Hook::UpstreamAuth, false);
+            }
         }
         if name.eq_ignore_ascii_case(b"client") {
             if let Some(args) = client_cmd::with_upstream_ids(req, &self.shared.clients) {

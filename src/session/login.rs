@@ -187,6 +187,8 @@ impl State {
         // Logged in upstream as redward again: the next forwarded request logs the
         // connection in as the client's identity (`identity.rs`).
         self.client.setup.user = None;
+        // RESET selects database 0 itself.
+        self.select_owed = None;
         Outcome::Done
     }
 }

@@ -119,7 +119,14 @@ impl State {
     /// had on the shared ones. `false`: it failed, and the request was answered with Redis's
     /// retryable error.
     async fn connect_own(&mut self, conn: &mut Conn) -> bool {
-        let connector = self.connector().with_setup(self.client.setup);
+        let mut setup = self.client.setup;
+        if std::mem::take(&mut self.flow.busy_safe) && setup.db != 0 {
+            // Redis busy with a script answers SELECT with -BUSY: database 0 for the KILL,
+            // the client's own selected before its next request.
+            self.select_owed = Some(setup.db);
+            setup.db = 0;
+        }
+        let connector = self.connector().with_setup(setup);
         let epoch = connector.target().epoch();
         match connector.connect().await {
             Ok(stream) => {

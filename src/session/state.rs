@@ -88,6 +88,11 @@ pub(super) struct Flow {
     /// Shutting down: no more requests are read; the session ends once what is in flight is
     /// answered.
     pub(super) draining: bool,
+    /// The own connection about to be opened is for a command Redis takes while a script is
+    /// busy (`SCRIPT KILL`, `FUNCTION KILL`): it is set up in database 0, since Redis answers
+    /// `SELECT` with `-BUSY` then, and the client's database is selected before its next
+    /// request ([`State::select_owed`]).
+    pub(super) busy_safe: bool,
 }
 
 /// Bytes waiting to be written, each way.
@@ -157,6 +162,9 @@ pub(super) struct State {
     /// `upstream.identity: per_user`: the identity of the user last looked up, kept while
     /// the login is that same user (`identity.rs`).
     pub(super) identity: Option<(Arc<crate::acl::User>, crate::upstream::identity::Tag)>,
+    /// The client's database, still to be selected on its own connection (opened in
+    /// database 0 for a `SCRIPT KILL` while Redis was busy: [`Flow::busy_safe`]).
+    pub(super) select_owed: Option<u32>,
     /// The per-user gauge this client's own upstream connection counts in, while it has one.
     pub(super) own_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
@@ -195,6 +203,7 @@ impl State {
             epoch: None,
             node: addrs_node,
             identity: None,
+            select_owed: None,
             own_gauge: None,
         }
     }
