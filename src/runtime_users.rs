@@ -50,6 +50,36 @@ struct State {
 }
 
 impl State {
+    /// Makes the users outside the `users:` list exactly `runtime` (`ACL LOAD`, or another
+    /// instance's users), with no change pending on top; what changed.
+    fn replace_runtime(&mut self, runtime: Vec<Arc<User>>) -> Changed {
+        let before = self.current();
+        let set: Vec<Arc<User>> = runtime
+            .iter()
+            .filter(|u| before.get(u.name.as_bytes()).is_none_or(|b| **b != ***u))
+            .cloned()
+            .collect();
+        let mut all: Vec<Arc<User>> = before
+            .arcs()
+            .filter(|u| self.configured.contains(&u.name))
+            .cloned()
+            .collect();
+        all.extend(runtime);
+        let users = Users::from_arcs(all);
+        let removed = before
+            .names()
+            .filter(|n| users.get(n.as_bytes()).is_none())
+            .map(str::to_owned)
+            .collect();
+        self.base = users.clone();
+        self.overlay.clear();
+        Changed {
+            users,
+            set,
+            removed,
+        }
+    }
+
     fn current(&self) -> Users {
         let mut all: std::collections::HashMap<String, Arc<User>> = self
             .base
@@ -236,33 +266,13 @@ impl RuntimeUsers {
             return Err(NO_ACL_FILE.to_owned());
         };
         let loaded = crate::config::read_acl_file_for_load(&path, &st.configured)?;
-        let before = st.current();
-        let mut all: Vec<Arc<User>> = before
-            .arcs()
-            .filter(|u| st.configured.contains(&u.name))
-            .cloned()
-            .collect();
-        if all.len() + loaded.len() > st.max_users {
+        if st.configured.len() + loaded.len() > st.max_users {
             return Err(format!(
                 "redward: at most {} users (limits.max_users)",
                 st.max_users
             ));
         }
-        let set: Vec<Arc<User>> = loaded.into_iter().map(Arc::new).collect();
-        all.extend(set.iter().cloned());
-        let users = Users::from_arcs(all);
-        let removed = before
-            .names()
-            .filter(|n| users.get(n.as_bytes()).is_none())
-            .map(str::to_owned)
-            .collect();
-        st.base = users.clone();
-        st.overlay.clear();
-        Ok(Changed {
-            users,
-            set,
-            removed,
-        })
+        Ok(st.replace_runtime(loaded.into_iter().map(Arc::new).collect()))
     }
 }
 
@@ -302,34 +312,8 @@ impl RuntimeUsers {
                 crate::acl::parse_user_args(name, rules).map_err(|e| e.to_string())?,
             ));
         }
-        let before = st.current();
-        let mut all: Vec<Arc<User>> = before
-            .arcs()
-            .filter(|u| st.configured.contains(&u.name))
-            .cloned()
-            .collect();
-        let set: Vec<Arc<User>> = theirs
-            .iter()
-            .filter(|u| before.get(u.name.as_bytes()).is_none_or(|b| **b != ***u))
-            .cloned()
-            .collect();
-        all.extend(theirs);
-        let users = Users::from_arcs(all);
-        let removed: Vec<String> = before
-            .names()
-            .filter(|n| users.get(n.as_bytes()).is_none())
-            .map(str::to_owned)
-            .collect();
-        if set.is_empty() && removed.is_empty() {
-            return Ok(None);
-        }
-        st.base = users.clone();
-        st.overlay.clear();
-        Ok(Some(Changed {
-            users,
-            set,
-            removed,
-        }))
+        let changed = st.replace_runtime(theirs);
+        Ok((!changed.set.is_empty() || !changed.removed.is_empty()).then_some(changed))
     }
 }
 

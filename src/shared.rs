@@ -169,20 +169,30 @@ impl Shared {
         // The upstream users follow the users, before any session sees the new ones.
         if let Some(ids) = self.connector.identities() {
             let changes = ids.update(cfg.users.iter());
-            self.metrics
-                .upstream_users
-                .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
-            if let Some(pools) = &self.pools {
-                let gone: Vec<_> = changes.removed.iter().map(|(tag, _)| *tag).collect();
-                pools.retire(&gone);
-            }
-            crate::upstream::provision::apply(&self.connector, ids, changes);
+            self.identities_changed(ids, changes);
         }
         self.live
             .store(Arc::new(Live::from_config(cfg, generation)));
         // Published after the new configuration, so a session that sees the new number also
         // sees what it numbers.
         self.generation.store(generation, Ordering::Release);
+    }
+
+    /// After the upstream identities changed: the metric, the pools of removed users
+    /// stopped, and the changes made on the servers behind (`upstream/provision.rs`).
+    fn identities_changed(
+        &self,
+        ids: &Arc<crate::upstream::Identities>,
+        changes: crate::upstream::identity::Changes,
+    ) {
+        self.metrics
+            .upstream_users
+            .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
+        if let Some(pools) = &self.pools {
+            let gone: Vec<_> = changes.removed.iter().map(|(tag, _)| *tag).collect();
+            pools.retire(&gone);
+        }
+        crate::upstream::provision::apply(&self.connector, ids, changes);
     }
 
     /// A generation number no reload or user change has used.
@@ -196,14 +206,7 @@ impl Shared {
     pub fn publish_users(&self, changed: &crate::runtime_users::Changed) {
         if let Some(ids) = self.connector.identities() {
             let changes = ids.update_some(&changed.set, &changed.removed);
-            self.metrics
-                .upstream_users
-                .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
-            if let Some(pools) = &self.pools {
-                let gone: Vec<_> = changes.removed.iter().map(|(tag, _)| *tag).collect();
-                pools.retire(&gone);
-            }
-            crate::upstream::provision::apply(&self.connector, ids, changes);
+            self.identities_changed(ids, changes);
         }
         let generation = self.next_generation();
         let old = self.live.load_full();

@@ -10,18 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-async fn as_app(proxy: &Proxy) -> Raw {
-    let mut c = proxy.raw().await;
-    c.send(&cmd(&["AUTH", APP_USER, APP_PASSWORD])).await;
-    assert_eq!(c.replies(1).await, b"+OK\r\n");
-    c
-}
-
-async fn ask(c: &mut Raw, args: &[&str]) -> String {
-    c.send(&cmd(args)).await;
-    String::from_utf8_lossy(&c.replies(1).await).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_made_at_run_time_logs_in_follows_changes_and_is_closed_when_deleted() {
     let redis = Redis::start();

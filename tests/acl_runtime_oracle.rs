@@ -14,18 +14,6 @@ use common::acl_gen::{
 };
 use common::*;
 
-async fn as_app(proxy: &Proxy) -> Raw {
-    let mut c = proxy.raw().await;
-    c.send(&cmd(&["AUTH", APP_USER, APP_PASSWORD])).await;
-    assert_eq!(c.replies(1).await, b"+OK\r\n");
-    c
-}
-
-async fn ask(c: &mut Raw, args: &[&str]) -> String {
-    c.send(&cmd(args)).await;
-    String::from_utf8_lossy(&c.replies(1).await).into_owned()
-}
-
 const STYLE: RuleStyle = RuleStyle {
     plus_percent: 75,
     more_first_arg_rules: &["sort|k", "publish|a"],

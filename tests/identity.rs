@@ -174,7 +174,7 @@ async fn redis_own_client_list_and_acl_log_name_the_user() {
         "{mine}"
     );
     // redward's metrics count the upstream users and the connections of each.
-    let metrics = get_metrics(proxy.admin.expect("admin")).await;
+    let metrics = admin_metrics(proxy.admin.expect("admin")).await;
     assert!(metrics.contains("redward_upstream_users 2"), "{metrics}");
     let narrow_conns = metrics
         .lines()
@@ -182,17 +182,6 @@ async fn redis_own_client_list_and_acl_log_name_the_user() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
         .unwrap_or(0);
     assert!(narrow_conns >= 1, "{metrics}");
-}
-
-async fn get_metrics(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,7 +214,7 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
     let want = format!("upstream_master{{address=\"127.0.0.1:{replica_port}\"}} 1");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = get_metrics(admin).await;
+        let metrics = admin_metrics(admin).await;
         if metrics.contains("upstream_failovers_total 1") && metrics.contains(&want) {
             break;
         }
@@ -224,17 +224,6 @@ async fn a_sentinel_failover_moves_every_write_to_the_promoted_replica_even_when
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn get_metrics(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +253,7 @@ async fn a_client_faking_readonly_replies_cannot_make_redward_drop_the_master() 
         );
     }
     // No failover was counted; the master is where it was.
-    let metrics = get_metrics(proxy.admin.expect("admin")).await;
+    let metrics = admin_metrics(proxy.admin.expect("admin")).await;
     assert!(metrics.contains("upstream_failovers_total 0"), "{metrics}");
     assert!(
         metrics.contains(&format!(

@@ -105,55 +105,11 @@ impl State {
         } else {
             None
         };
-        if !user.unrestricted && self.shared.connector.identities().is_none() && runs_a_script(name)
-        {
-            // `upstream.identity: shared`: a script would run with redward's own rights.
-            self.counts.refused += 1;
-            self.shared.metrics.commands_denied.inc();
-            self.reject(Bytes::from_static(replies::SCRIPTS_NEED_PER_USER));
+        if self.refused_by_policy(&user, req, resolved) {
             return Outcome::Done;
         }
-        if self.shared.shared_limits.get().is_some() && crate::shared_limits::mentions_reserved(req)
-        {
-            // The names shared limits keep in Redis are no client's, whatever its ACL.
-            if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
-                let confined = self.scripts_confined(&user);
-                if let Some(r) =
-                    crate::shared_limits::reserved(spec, req, self.shared.state_db(), confined)
-                {
-                    self.counts.refused += 1;
-                    self.shared.metrics.commands_denied.inc();
-                    self.reject(Bytes::from(r.reply(&user.name, spec, req)));
-                    return Outcome::Done;
-                }
-            }
-        }
-        if (self.client.subs.any() || self.client.pubsub_pending > 0) && answered_here(req, is_acl)
-        {
-            // Redis refuses these in a RESP2 subscriber's context (`processCommand`); redward
-            // would otherwise answer them itself. Whether the client is a subscriber then is
-            // known once the (un)subscribe confirmations before it are in.
-            if self.slots.upstream_pending() > 0 {
-                return Outcome::WaitForReplies;
-            }
-        }
-        if self.pubsub_context() && answered_here(req, is_acl) {
-            let fullname = commands::resolve(req).map_or("", |s| s.name);
-            self.reject(Bytes::from(format!(
-                "-ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
-            )));
-            return Outcome::Done;
-        }
-        if name.eq_ignore_ascii_case(b"config") && self.changes_own_credential(req) {
-            self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
-            return Outcome::Done;
-        }
-        if self.client.in_multi {
-            if let Some(reply) = client_cmd::refused_in_multi(req) {
-                self.counts.refused += 1;
-                self.reject(reply);
-                return Outcome::Done;
-            }
+        if let Some(outcome) = self.refused_in_context(req, is_acl) {
+            return outcome;
         }
         if is_acl {
             if let Some(outcome) = self.acl_admin(req, &user) {
@@ -177,43 +133,15 @@ impl State {
             }
             // Redis never saw the refused command, so it would run the transaction: end it
             // with DISCARD (reply swallowed) and answer EXEC as Redis would have.
-            self.client.in_multi = false;
-            self.client.multi_dirty = false;
-            let mut discard = Vec::with_capacity(16);
-            encode_command(&mut discard, [&b"DISCARD"[..]].into_iter());
-            self.send_own(&discard, Hook::None, false);
+            self.end_transaction_upstream();
             self.local(Bytes::from_static(replies::EXECABORT));
             return Outcome::Done;
         }
         if let Some(outcome) = self.answer_locally(req, raw, conn) {
             return outcome;
         }
-        match conn {
-            ConnKind::Dedicated => {}
-            ConnKind::Shared
-                if !self.flow.prefer_own
-                    && !route::needs_own_connection(
-                        resolved.or_else(|| commands::lookup(name)),
-                    ) => {}
-            _ => {
-                // The connection opened for it is set up as the user's identity.
-                if let Some(outcome) = self.follow_identity(&user, ConnKind::None) {
-                    return outcome;
-                }
-                self.flow.busy_safe = taken_while_busy(req);
-                return Outcome::NeedUpstream;
-            }
-        }
-        if let Some(outcome) = self.follow_identity(&user, conn) {
+        if let Some(outcome) = self.ready_connection(&user, req, conn, resolved) {
             return outcome;
-        }
-        if conn == ConnKind::Dedicated && !taken_while_busy(req) {
-            if let Some(db) = self.select_owed.take() {
-                let mut select = Vec::with_capacity(24);
-                let db = db.to_string();
-                encode_command(&mut select, [&b"SELECT"[..], db.as_bytes()].into_iter());
-                self.send_own(&select, Hook::UpstreamAuth, false);
-            }
         }
         if name.eq_ignore_ascii_case(b"client") {
             if let Some(args) = client_cmd::with_upstream_ids(req, &self.shared.clients) {
@@ -225,6 +153,128 @@ impl State {
             self.slots.set_rewrite_last(hook);
         }
         outcome
+    }
+
+    /// The policy beyond the client's own rules: under `upstream.identity: shared` no script
+    /// from a narrow user (it would run with redward's rights), and with shared state no
+    /// reserved name or the hidden database (`shared_limits::reserved`). `true`: refused.
+    fn refused_by_policy(
+        &mut self,
+        user: &Arc<User>,
+        req: &Request<'_>,
+        resolved: Option<&'static commands::CommandSpec>,
+    ) -> bool {
+        let name = req.name();
+        if !user.unrestricted && self.shared.connector.identities().is_none() && runs_a_script(name)
+        {
+            // `upstream.identity: shared`: a script would run with redward's own rights.
+            self.counts.refused += 1;
+            self.shared.metrics.commands_denied.inc();
+            self.reject(Bytes::from_static(replies::SCRIPTS_NEED_PER_USER));
+            return true;
+        }
+        if self.shared.shared_limits.get().is_some() && crate::shared_limits::mentions_reserved(req)
+        {
+            // The names shared limits keep in Redis are no client's, whatever its ACL.
+            if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
+                let confined = self.scripts_confined(user);
+                if let Some(r) =
+                    crate::shared_limits::reserved(spec, req, self.shared.state_db(), confined)
+                {
+                    self.counts.refused += 1;
+                    self.shared.metrics.commands_denied.inc();
+                    self.reject(Bytes::from(r.reply(&user.name, spec, req)));
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Refusals that depend on where the client is: a RESP2 subscriber's context, its own
+    /// credential in `CONFIG SET`, and what redward answers itself queued in MULTI.
+    fn refused_in_context(&mut self, req: &Request<'_>, is_acl: bool) -> Option<Outcome> {
+        let name = req.name();
+        if (self.client.subs.any() || self.client.pubsub_pending > 0) && answered_here(req, is_acl)
+        {
+            // Redis refuses these in a RESP2 subscriber's context (`processCommand`); redward
+            // would otherwise answer them itself. Whether the client is a subscriber then is
+            // known once the (un)subscribe confirmations before it are in.
+            if self.slots.upstream_pending() > 0 {
+                return Some(Outcome::WaitForReplies);
+            }
+        }
+        if self.pubsub_context() && answered_here(req, is_acl) {
+            let fullname = commands::resolve(req).map_or("", |s| s.name);
+            self.reject(Bytes::from(format!(
+                "-ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+            )));
+            return Some(Outcome::Done);
+        }
+        if name.eq_ignore_ascii_case(b"config") && self.changes_own_credential(req) {
+            self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
+            return Some(Outcome::Done);
+        }
+        if self.client.in_multi {
+            if let Some(reply) = client_cmd::refused_in_multi(req) {
+                self.counts.refused += 1;
+                self.reject(reply);
+                return Some(Outcome::Done);
+            }
+        }
+        None
+    }
+
+    /// The connection the request rides, ready for it: its own opened if it needs one (set
+    /// up as the user's identity), the shared or own one logged in as that identity
+    /// (`identity.rs`), and a database owed after a busy-time `SCRIPT KILL` selected.
+    /// `Some`: the request waits or was answered.
+    fn ready_connection(
+        &mut self,
+        user: &Arc<User>,
+        req: &Request<'_>,
+        conn: ConnKind,
+        resolved: Option<&'static commands::CommandSpec>,
+    ) -> Option<Outcome> {
+        let name = req.name();
+        match conn {
+            ConnKind::Dedicated => {}
+            ConnKind::Shared
+                if !self.flow.prefer_own
+                    && !route::needs_own_connection(
+                        resolved.or_else(|| commands::lookup(name)),
+                    ) => {}
+            _ => {
+                // The connection opened for it is set up as the user's identity.
+                if let Some(outcome) = self.follow_identity(user, ConnKind::None) {
+                    return Some(outcome);
+                }
+                self.flow.busy_safe = taken_while_busy(req);
+                return Some(Outcome::NeedUpstream);
+            }
+        }
+        if let Some(outcome) = self.follow_identity(user, conn) {
+            return Some(outcome);
+        }
+        if conn == ConnKind::Dedicated && !taken_while_busy(req) {
+            if let Some(db) = self.select_owed.take() {
+                let mut select = Vec::with_capacity(24);
+                let db = db.to_string();
+                encode_command(&mut select, [&b"SELECT"[..], db.as_bytes()].into_iter());
+                self.send_own(&select, Hook::UpstreamAuth, false);
+            }
+        }
+        None
+    }
+
+    /// Ends the transaction Redis holds for this client, DISCARD's reply swallowed (redward
+    /// refused something in it, or its EXEC, which Redis never saw).
+    fn end_transaction_upstream(&mut self) {
+        self.client.in_multi = false;
+        self.client.multi_dirty = false;
+        let mut discard = Vec::with_capacity(16);
+        encode_command(&mut discard, [&b"DISCARD"[..]].into_iter());
+        self.send_own(&discard, Hook::None, false);
     }
 
     /// The commands redward answers itself, or hands over itself (AUTH, HELLO, QUIT, RESET,
@@ -338,11 +388,7 @@ impl State {
             return;
         }
         if self.client.in_multi {
-            self.client.in_multi = false;
-            self.client.multi_dirty = false;
-            let mut discard = Vec::with_capacity(16);
-            encode_command(&mut discard, [&b"DISCARD"[..]].into_iter());
-            self.send_own(&discard, Hook::None, false);
+            self.end_transaction_upstream();
         }
         let text = reply.strip_prefix(b"-").unwrap_or(&reply);
         let mut out = b"-EXECABORT Transaction discarded because of: ".to_vec();
