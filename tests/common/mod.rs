@@ -6,6 +6,9 @@
 pub mod acl_gen;
 pub mod cluster;
 pub mod fake;
+mod helpers;
+#[allow(unused_imports)] // not every test binary uses them
+pub use helpers::*;
 pub mod process;
 pub mod sentinel;
 
@@ -888,30 +891,4 @@ pub async fn serve_config_text(certs: &Certs, text: &str) -> SocketAddr {
     let addr = server.local_addrs()[0];
     tokio::spawn(server.run(std::future::pending()));
     addr
-}
-
-/// A TLS connection to `proxy` logged in as the `app` user (every permission).
-pub async fn as_app(proxy: &Proxy) -> Raw {
-    let mut c = proxy.raw().await;
-    c.send(&cmd(&["AUTH", APP_USER, APP_PASSWORD])).await;
-    assert_eq!(c.replies(1).await, b"+OK\r\n");
-    c
-}
-
-/// Sends one request on `c` and returns its reply as text.
-pub async fn ask(c: &mut Raw, args: &[&str]) -> String {
-    c.send(&cmd(args)).await;
-    String::from_utf8_lossy(&c.replies(1).await).into_owned()
-}
-
-/// redward's `/metrics` text from its admin endpoint.
-pub async fn admin_metrics(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
 }
