@@ -10,7 +10,9 @@
 # acknowledged, how many got an error, and which ports answer `ROLE master` (for a moment after
 # the failover, both: the old master is demoted a little later). After 5 s it runs `SENTINEL
 # FAILOVER`; at the end it checks that every acknowledged write is on the master the Sentinels
-# name. Everything it starts is stopped on exit (Ctrl-C included).
+# name. Everything it starts is stopped on exit (Ctrl-C included); with DEMO_KEEP=DIR, its
+# working directory (every server's log, redward's) is copied to DIR first. A failure lists the
+# missing writes by number and says whether the old master has them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PROG=failover-demo
@@ -35,6 +37,7 @@ PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	[[ -n ${DEMO_KEEP:-} ]] && cp -r "$WORK" "$DEMO_KEEP"
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -51,13 +54,22 @@ wait_port() {
 MASTER=$(free_port)
 REPLICA=$(free_port)
 LISTEN=$(free_port)
-redis-server --port "$MASTER" --bind 127.0.0.1 --save "" --dir "$WORK" >"$WORK/master.log" 2>&1 &
+redis-server --port "$MASTER" --bind 127.0.0.1 --save "" --dir "$WORK" \
+	--repl-diskless-sync-delay 0 >"$WORK/master.log" 2>&1 &
 PIDS+=($!)
 redis-server --port "$REPLICA" --bind 127.0.0.1 --save "" --dir "$WORK" \
 	--replicaof 127.0.0.1 "$MASTER" >"$WORK/replica.log" 2>&1 &
 PIDS+=($!)
 wait_port "$MASTER"
 wait_port "$REPLICA"
+# Writes are acknowledged before they reach the replica (replication is asynchronous); until
+# the first sync is done and the master streams to it, a failover loses them whatever proxy is
+# in front. Wait for the master to call the replica online.
+for _ in $(seq 200); do
+	redis-cli -p "$MASTER" INFO replication | grep -q 'state=online' && break
+	sleep 0.05
+done
+redis-cli -p "$MASTER" INFO replication | grep -q 'state=online' || die "the replica never came in sync"
 SENTINELS=()
 for i in 1 2 3; do
 	port=$(free_port)
@@ -98,7 +110,8 @@ PIDS+=($!)
 wait_port "$LISTEN"
 log "redward :$LISTEN follows mymaster; writing through it (one SET every 10 ms)"
 
-python3 - "$LISTEN" "$MASTER" "$REPLICA" "${SENTINELS[0]}" <<'PY'
+rc=0
+python3 - "$LISTEN" "$MASTER" "$REPLICA" "${SENTINELS[0]}" <<'PY' || rc=$?
 import socket, subprocess, sys, time
 listen, master, replica, sentinel = map(int, sys.argv[1:5])
 
@@ -159,7 +172,17 @@ missing = [k for k in acked if k not in present]
 print("--- %d writes acknowledged, %d errors (%s), %d acknowledged writes missing on the master :%d"
       % (len(acked), len(errors), ", ".join(sorted(set(e.split(",")[0][:50] for e in errors)))[:200] or "none",
          len(missing), new_master), flush=True)
+if missing:
+    nums = sorted(int(k.split(":")[1]) for k in missing)
+    runs, first = [], nums[0]
+    for a, b in zip(nums, nums[1:] + [None]):
+        if b != a + 1:
+            runs.append("%d" % first if first == a else "%d-%d" % (first, a)); first = b
+    other = master if new_master == replica else replica
+    on_other = len(set(missing) & set(cli(other, "KEYS", "demo:*")))
+    print("--- missing writes (by number): %s; %d of them on :%d" % (", ".join(runs)[:300], on_other, other), flush=True)
 sys.exit(1 if missing else 0)
 PY
 log "redward's log: what it saw"
-grep -E "Sentinel|master" "$WORK/redward.log" | sed 's/^/  /' | tail -8
+grep -E "Sentinel|master" "$WORK/redward.log" | sed 's/^/  /' | tail -"$((rc ? 40 : 8))"
+exit "$rc"

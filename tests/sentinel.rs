@@ -58,6 +58,8 @@ fn start_group() -> (Redis, Redis, Vec<Sentinel>) {
     );
     wait_until("the replica is in sync", || {
         info(&replica, "replication").contains("master_link_status:up")
+            // and the master streams to it: writes before that are not on the replica
+            && info(&master, "replication").contains("state=online")
     });
     let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port)).collect();
     wait_until("every Sentinel knows the replica", || {
