@@ -142,6 +142,11 @@ impl Entry {
     }
 
     /// Redis's id for this client's own upstream connection, if it has one.
+    /// Seconds since the client connected (`age=` in `CLIENT LIST`).
+    pub fn age(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.created).as_secs()
+    }
+
     pub fn upstream_id(&self) -> Option<u64> {
         Some(self.upstream_id.load(Ordering::Relaxed)).filter(|id| *id != 0)
     }
@@ -187,7 +192,7 @@ impl Entry {
             self.addr,
             laddr,
             String::from_utf8_lossy(&i.name),
-            now.saturating_duration_since(self.created).as_secs(),
+            self.age(now),
             now.saturating_duration_since(i.last).as_secs(),
             flags,
             i.db,

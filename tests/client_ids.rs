@@ -149,3 +149,104 @@ async fn ids_that_are_not_redwards_clients_never_reach_its_own_connections() {
     );
     canary.finish().await;
 }
+
+/// `kind` with redward's upstream user and the app user, or `None` (skipped, saying why).
+fn server(kind: ServerKind) -> Option<Redis> {
+    match Redis::start_kind(
+        kind,
+        vec![
+            "user default off".to_owned(),
+            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+        ],
+    ) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("skipping {}: {e}", kind.name());
+            None
+        }
+    }
+}
+
+/// A connection straight to `redis`, logged in as the app user.
+async fn direct(redis: &Redis) -> Raw {
+    let mut c = Raw::plain(&redis.addr()).await;
+    assert_eq!(
+        ask(&mut c, &["AUTH", APP_USER, APP_PASSWORD]).await,
+        "+OK\r\n"
+    );
+    c
+}
+
+/// What `CLIENT GETREDIR` and `CLIENT TRACKINGINFO` say of a client redirecting to
+/// `target`'s id, before and after the target leaves, with `<target>` for that id.
+async fn redirect_views(mut target: Raw, mut reader: Raw) -> Vec<String> {
+    let id = client_id(&mut target).await;
+    // The target listens for invalidations, as RESP2 client-side caching has it.
+    target
+        .send(&cmd(&["SUBSCRIBE", "__redis__:invalidate"]))
+        .await;
+    target.replies(1).await;
+    let mut views = vec![ask(&mut reader, &["CLIENT", "GETREDIR"]).await];
+    views.push(ask(&mut reader, &["CLIENT", "TRACKING", "on", "REDIRECT", &id]).await);
+    views.push(ask(&mut reader, &["CLIENT", "GETREDIR"]).await);
+    views.push(ask(&mut reader, &["CLIENT", "TRACKINGINFO"]).await);
+    // The target goes; Redis keeps naming it.
+    drop(target);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    views.push(ask(&mut reader, &["CLIENT", "GETREDIR"]).await);
+    views.push(ask(&mut reader, &["CLIENT", "TRACKINGINFO"]).await);
+    let id = format!(":{id}\r\n");
+    views
+        .iter()
+        .map(|v| v.replace(&id, ":<target>\r\n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getredir_and_trackinginfo_name_redwards_ids() {
+    for kind in ServerKind::ALL {
+        let Some(redis) = server(kind) else { continue };
+        let proxy = proxy().start(&redis).await;
+        let straight = redirect_views(direct(&redis).await, direct(&redis).await).await;
+        let through = redirect_views(logged_in(&proxy).await, logged_in(&proxy).await).await;
+        assert!(
+            straight[2].starts_with(':'),
+            "{}: {straight:?}",
+            kind.name()
+        );
+        assert_eq!(through, straight, "{}", kind.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_maxage_acts_on_redwards_clients_where_the_server_takes_it() {
+    for kind in ServerKind::ALL {
+        let Some(redis) = server(kind) else { continue };
+        let proxy = proxy().start(&redis).await;
+        let mut straight = direct(&redis).await;
+        let mut old = logged_in(&proxy).await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let mut me = logged_in(&proxy).await;
+        // Redis's own texts, whether the server knows MAXAGE (Valkey 8) or not (Redis 7.0).
+        for bad in [&["MAXAGE", "0"][..], &["MAXAGE", "-3"], &["MAXAGE", "x"]] {
+            let args: Vec<&str> = ["CLIENT", "KILL"].iter().chain(bad).copied().collect();
+            assert_eq!(
+                ask(&mut me, &args).await,
+                ask(&mut straight, &args).await,
+                "{}: {bad:?}",
+                kind.name()
+            );
+        }
+        let killed = ask(&mut me, &["CLIENT", "KILL", "MAXAGE", "1", "SKIPME", "no"]).await;
+        if kind == ServerKind::Valkey {
+            // Only the client connected for more than a second.
+            assert_eq!(killed, ":1\r\n", "{}", kind.name());
+            assert_eq!(old.until_close().await, b"");
+            assert_eq!(ask(&mut me, &["PING"]).await, "+PONG\r\n");
+        } else {
+            assert_eq!(killed, "-ERR syntax error\r\n", "{}", kind.name());
+            assert_eq!(ask(&mut old, &["PING"]).await, "+PONG\r\n");
+        }
+    }
+}

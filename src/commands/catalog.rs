@@ -157,6 +157,16 @@ impl ServerInfo {
     }
 }
 
+impl ServerInfo {
+    /// Whether `CLIENT KILL` takes `MAXAGE` (Redis 7.4, Valkey 8; `clientKillCommand`).
+    pub fn client_kill_maxage(&self) -> bool {
+        match self.flavor {
+            Flavor::Valkey => self.valkey_version.is_none_or(|v| v >= Version(8, 0, 0)),
+            Flavor::Redis => self.redis_version >= Version(7, 4, 0),
+        }
+    }
+}
+
 impl std::fmt::Display for ServerInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.flavor, self.valkey_version) {

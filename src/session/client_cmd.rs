@@ -19,7 +19,7 @@ fn verbatim(text: &str) -> acl_cmd::Reply {
 }
 
 /// A `CLIENT LIST` filter (`TYPE`, `ID`), or `CLIENT KILL`'s (`ID`, `ADDR`, `LADDR`, `USER`,
-/// `TYPE`, `SKIPME`).
+/// `TYPE`, `SKIPME`, and `MAXAGE` where the server behind takes it).
 #[derive(Default)]
 struct Filter {
     ids: Vec<u64>,
@@ -29,11 +29,16 @@ struct Filter {
     /// `normal` or `pubsub`; `master`/`replica` match nobody (redward's clients are neither).
     kind: Option<String>,
     skipme: bool,
+    /// Only clients connected for more than this many seconds.
+    maxage: Option<u64>,
 }
 
 impl Filter {
-    fn matches(&self, e: &crate::clients::Entry, me: u64) -> bool {
+    fn matches(&self, e: &crate::clients::Entry, me: u64, now: std::time::Instant) -> bool {
         if self.skipme && e.id == me {
+            return false;
+        }
+        if self.maxage.is_some_and(|max| e.age(now) <= max) {
             return false;
         }
         if !self.ids.is_empty() && !self.ids.contains(&e.id) {
@@ -91,6 +96,72 @@ impl Rewrite for HelloId {
             .map_or(reply.len(), |e| start + e);
         out.extend_from_slice(reply.get(..start).unwrap_or(&[]));
         out.extend_from_slice(self.0.to_string().as_bytes());
+        out.extend_from_slice(reply.get(end..).unwrap_or(&[]));
+    }
+}
+
+/// The reply hook that shows redward's id where Redis's `CLIENT GETREDIR` or `CLIENT
+/// TRACKINGINFO` reply names the redirection target, `None` for other requests.
+pub(super) fn redirect_id(
+    req: &Request<'_>,
+    clients: &Arc<crate::clients::Clients>,
+    redir: i64,
+) -> Option<Arc<dyn Rewrite>> {
+    let sub =
+        (req.argc() == 2 && req.name().eq_ignore_ascii_case(b"client")).then(|| req.arg(1))?;
+    let key: &'static [u8] = if sub.eq_ignore_ascii_case(b"getredir") {
+        b":"
+    } else if sub.eq_ignore_ascii_case(b"trackinginfo") {
+        b"$8\r\nredirect\r\n:"
+    } else {
+        return None;
+    };
+    Some(Arc::new(RedirectId {
+        key,
+        clients: Arc::clone(clients),
+        redir,
+    }))
+}
+
+/// Redis names the redirection target by its own id, the target's own upstream connection
+/// (`with_upstream_ids` made it so): shown as the redward client that connection is, or as
+/// the one this client last redirected to when that client is gone (Redis keeps showing a
+/// closed target's id too). 0 (no redirection) and -1 (not tracking) stay.
+#[derive(Debug)]
+struct RedirectId {
+    /// What precedes the integer: `:` (the whole reply) or TRACKINGINFO's `redirect` key.
+    key: &'static [u8],
+    clients: Arc<crate::clients::Clients>,
+    redir: i64,
+}
+
+impl Rewrite for RedirectId {
+    fn rewrite(&self, reply: &[u8], info: &FrameInfo, out: &mut BytesMut) {
+        let at = (!info.is_error())
+            .then(|| reply.windows(self.key.len()).position(|w| w == self.key))
+            .flatten();
+        let Some(start) = at.map(|p| p + self.key.len()) else {
+            out.extend_from_slice(reply);
+            return;
+        };
+        let rest = reply.get(start..).unwrap_or(&[]);
+        let end = start + rest.iter().position(|&b| b == b'\r').unwrap_or(rest.len());
+        let upstream = std::str::from_utf8(reply.get(start..end).unwrap_or(&[]))
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .filter(|id| *id > 0);
+        let Some(upstream) = upstream else {
+            out.extend_from_slice(reply);
+            return;
+        };
+        let ours = self
+            .clients
+            .all()
+            .into_iter()
+            .find(|e| e.upstream_id() == Some(upstream))
+            .map_or(self.redir.max(0).unsigned_abs(), |e| e.id);
+        out.extend_from_slice(reply.get(..start).unwrap_or(&[]));
+        out.extend_from_slice(ours.to_string().as_bytes());
         out.extend_from_slice(reply.get(end..).unwrap_or(&[]));
     }
 }
@@ -282,7 +353,7 @@ impl State {
             let with_lib = self.with_lib();
             let mut out = String::new();
             for e in self.shared.clients.all() {
-                if filter.matches(&e, me) {
+                if filter.matches(&e, me, now) {
                     out.push_str(&e.line(now, with_lib));
                     out.push('\n');
                 }
@@ -321,9 +392,10 @@ impl State {
             }
         };
         let me = self.client.id;
+        let now = Instant::now().into_std();
         let mut killed = 0u64;
         for e in self.shared.clients.all() {
-            if filter.matches(&e, me) {
+            if filter.matches(&e, me, now) {
                 e.kill.cancel();
                 killed += 1;
             }
@@ -390,6 +462,15 @@ impl State {
                     return Err(format!("-ERR No such user '{}'\r\n", text(value)));
                 }
                 f.user = Some(text(value));
+            } else if kill && is(b"maxage") && commands::catalog::server().client_kill_maxage() {
+                // Redis 7.4's and Valkey 8's texts (`clientKillCommand`).
+                match crate::resp::request::string2ll(value) {
+                    Some(age) if age > 0 => f.maxage = Some(age.unsigned_abs()),
+                    Some(_) => return Err("-ERR maxage should be greater than 0\r\n".to_owned()),
+                    None => {
+                        return Err("-ERR maxage is not an integer or out of range\r\n".to_owned())
+                    }
+                }
             } else if kill && is(b"skipme") {
                 if value.eq_ignore_ascii_case(b"yes") {
                     f.skipme = true;

@@ -145,7 +145,14 @@ impl State {
         }
         if name.eq_ignore_ascii_case(b"client") {
             if let Some(args) = client_cmd::with_upstream_ids(req, &self.shared.clients) {
-                return self.forward_args(conn, &args);
+                return self.forward_args(conn, req, &args);
+            }
+            if let Some(hook) =
+                client_cmd::redirect_id(req, &self.shared.clients, self.client.redir)
+            {
+                let outcome = self.forward_to(conn, req, raw);
+                self.slots.set_rewrite_last(hook);
+                return outcome;
             }
         }
         let outcome = self.forward_to(conn, req, raw);
@@ -426,14 +433,14 @@ impl State {
 
     /// Forwards a request redward rewrote (`args`), encoded afresh: the ids of `CLIENT
     /// UNBLOCK` / `TRACKING ... REDIRECT` as Redis knows the connections they name.
-    fn forward_args(&mut self, conn: ConnKind, args: &[Vec<u8>]) -> Outcome {
+    fn forward_args(&mut self, conn: ConnKind, req: &Request<'_>, args: &[Vec<u8>]) -> Outcome {
         let mut data = Vec::new();
         let mut ranges = Vec::with_capacity(args.len());
         for a in args {
             ranges.push(data.len()..data.len() + a.len());
             data.extend_from_slice(a);
         }
-        self.forward_to(conn, &Request::built(&data, &ranges), &[])
+        self.forward_as(conn, req, &Request::built(&data, &ranges), &[])
     }
 
     /// For a `CLUSTER` request whose reply names nodes, behind a cluster: the hook that
@@ -477,6 +484,19 @@ impl State {
 
     /// Forwards a request on the connection of kind `conn` and expects its replies.
     pub(super) fn forward_to(&mut self, conn: ConnKind, req: &Request<'_>, raw: &[u8]) -> Outcome {
+        self.forward_as(conn, req, req, raw)
+    }
+
+    /// Sends `sent` (with `raw`, its bytes as read, if any) for the client's request `req`:
+    /// what the reply means to the client's state is read from `req`, so a translated id
+    /// (`with_upstream_ids`) is not taken for the client's own words.
+    fn forward_as(
+        &mut self,
+        conn: ConnKind,
+        req: &Request<'_>,
+        sent: &Request<'_>,
+        raw: &[u8],
+    ) -> Outcome {
         if conn == ConnKind::Shared {
             self.out.shared_unsent += 1;
         }
@@ -486,7 +506,7 @@ impl State {
             // Blocking commands and flag changes run on a connection of the client's own.
             hook = self.state_hook(req);
         }
-        self.forward(req, raw);
+        self.forward(sent, raw);
         let forward = !self.suppressed();
         self.expect(expect, hook, forward);
         Outcome::Done
