@@ -114,15 +114,32 @@ impl std::fmt::Display for Run {
 
 /// Runs `library`'s script against `port` (with TLS when `ca` is given) as the `app` user.
 async fn run(library: Library, protocol: u8, port: u16, ca: Option<PathBuf>) -> Run {
+    let (program, script) = library.program();
+    let protocol = ["--protocol".to_owned(), protocol.to_string()];
+    run_program(program, script, protocol.to_vec(), port, ca).await
+}
+
+/// Runs the Python `script` with `extra` arguments against `port`, as [`run`] does.
+async fn run_script(script: &Path, extra: &[&str], port: u16, ca: Option<PathBuf>) -> Run {
+    let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+    run_program("python3", script.to_path_buf(), extra, port, ca).await
+}
+
+async fn run_program(
+    program: &'static str,
+    script: PathBuf,
+    extra: Vec<String>,
+    port: u16,
+    ca: Option<PathBuf>,
+) -> Run {
     tokio::task::spawn_blocking(move || {
-        let (program, script) = library.program();
         let out = tempfile::tempdir().expect("tempdir");
         let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
         let mut cmd = Command::new(program);
         cmd.arg(&script)
             .args(["--port", &port.to_string()])
             .args(["--user", APP_USER, "--password", APP_PASSWORD])
-            .args(["--protocol", &protocol.to_string()])
+            .args(&extra)
             .current_dir(clients_dir())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
@@ -222,6 +239,55 @@ async fn redis_py_resp2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_resp3() {
     same_as_redis(Library::RedisPy, 3).await;
+}
+
+/// redis-py's client-side caching (`CacheConfig`, RESP3: `CLIENT TRACKING on` and
+/// `invalidate` pushes on the reading connection) through redward, against Redis 7.0.15 and
+/// Valkey 8.1.8, with the transcript the server itself gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_client_side_caching_resp3() {
+    if !Library::RedisPy.available() {
+        return;
+    }
+    for kind in ServerKind::ALL {
+        let redis = match Redis::start_kind(
+            kind,
+            vec![
+                "user default off".to_owned(),
+                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+                format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+            ],
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("skipping {}: {e}", kind.name());
+                continue;
+            }
+        };
+        let proxy = proxy().start(&redis).await;
+        let name = if kind == ServerKind::Valkey {
+            "valkey"
+        } else {
+            "redis"
+        };
+        let script = clients_dir().join("redis_py_cache.py");
+        let extra = ["--server-name", name];
+        let direct = run_script(&script, &extra, redis.port, None).await;
+        assert_eq!(
+            direct.success,
+            Some(true),
+            "{} directly:\n{direct}",
+            kind.name()
+        );
+        let via = run_script(&script, &extra, proxy.port(), Some(proxy.certs.ca())).await;
+        assert_eq!(
+            via.success,
+            Some(true),
+            "{} through redward:\n{via}",
+            kind.name()
+        );
+        assert_eq!(via.stdout, direct.stdout, "{}", kind.name());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
