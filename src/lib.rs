@@ -27,7 +27,8 @@
 //!   what a cluster says about its nodes (pure).
 //! - [`admin`]: the metrics and health endpoint. [`notify`]: the service manager's readiness
 //!   notification. [`stunnel`]: reading an stunnel.conf into a redward configuration.
-//! - [`proxy_header`]: the PROXY protocol header. [`reload`]: SIGHUP and file changes.
+//! - [`pause`]: `CLIENT PAUSE` as redward follows it. [`proxy_header`]: the PROXY protocol
+//!   header. [`reload`]: SIGHUP and file changes.
 //! - [`shutdown`]: the signal future.
 
 #![forbid(unsafe_code)]
@@ -52,6 +53,7 @@ pub mod metrics;
 pub mod mux;
 pub mod net_io;
 pub mod notify;
+pub mod pause;
 pub mod proxy_header;
 pub mod reload;
 pub mod resp;

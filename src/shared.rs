@@ -44,6 +44,8 @@ pub struct Shared {
     pub refusal_lines: Throttle,
     /// redward's own clients, for `CLIENT LIST`, `CLIENT INFO` and `CLIENT KILL`.
     pub clients: Arc<Clients>,
+    /// A `CLIENT PAUSE` one of redward's clients set (`pause.rs`).
+    pub pause: crate::pause::Pause,
     /// `limits.shared_state: upstream`: failed logins also counted in Redis, and the names
     /// that counting uses reserved (`shared_limits.rs`). Set once, when the server runs.
     pub shared_limits: std::sync::OnceLock<crate::shared_limits::SharedLimits>,
@@ -129,6 +131,7 @@ impl Shared {
             memory,
             refusal_lines: Throttle::default(),
             clients: Arc::new(Clients::default()),
+            pause: crate::pause::Pause::default(),
             shared_limits: std::sync::OnceLock::new(),
             databases: std::sync::atomic::AtomicU32::new(0),
             state_db: std::sync::atomic::AtomicU32::new(u32::MAX),

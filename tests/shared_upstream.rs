@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -447,5 +447,93 @@ async fn script_kill_reaches_a_busy_redis_from_a_database_other_than_0() {
             .query(&mut direct)
             .expect("GET");
         assert_eq!(got.as_deref(), Some("1"), "{}", kind.name());
+    }
+}
+
+/// Under `CLIENT PAUSE <ms> WRITE` (sent through redward) Redis holds each writer and serves
+/// readers. Through redward, writers on the shared connection must not hold other clients'
+/// reads, read-only scripts or read-only transactions behind them, and Redis holds each
+/// writer as one client of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_pause_holds_the_writers_alone_and_shared_reads_flow() {
+    for kind in ServerKind::ALL {
+        let redis = match Redis::start_kind(
+            kind,
+            vec![
+                "user default off".to_owned(),
+                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+                format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+            ],
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("skipping {}: {e}", kind.name());
+                continue;
+            }
+        };
+        // One shared connection: without care, a held write holds everyone on it.
+        let proxy = proxy()
+            .upstream_option("shared_connections: 1")
+            .start(&redis)
+            .await;
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut c = as_app(&proxy).await;
+            assert_eq!(ask(&mut c, &["GET", "k"]).await, "$-1\r\n");
+            clients.push(c);
+        }
+        let mut reader = clients.pop().expect("reader");
+        let mut pauser = as_app(&proxy).await;
+        let paused = ask(&mut pauser, &["CLIENT", "PAUSE", "60000", "WRITE"]).await;
+        assert_eq!(paused, "+OK\r\n", "{}", kind.name());
+        // A write, and a script (Redis holds every script that may write).
+        let writes = [
+            cmd(&["SET", "w:0", "v"]),
+            cmd(&["EVAL", "return redis.call('SET', KEYS[1], 'v')", "1", "w:1"]),
+        ];
+        for (w, write) in clients.iter_mut().zip(&writes) {
+            w.send(write).await;
+        }
+        // Reads flow (a held one would time out here: the pause lasts a minute).
+        assert_eq!(ask(&mut reader, &["GET", "k"]).await, "$-1\r\n");
+        let script = "return redis.call('GET', KEYS[1])";
+        let ro = ask(&mut reader, &["EVAL_RO", script, "1", "k"]).await;
+        assert_eq!(ro, "$-1\r\n", "{}", kind.name());
+        reader
+            .send(&[cmd(&["MULTI"]), cmd(&["GET", "k"]), cmd(&["EXEC"])].concat())
+            .await;
+        assert_eq!(
+            reader.replies(3).await,
+            b"+OK\r\n+QUEUED\r\n*1\r\n$-1\r\n",
+            "{}",
+            kind.name()
+        );
+        // Redis holds the two writers, each on a connection of its own.
+        let mut admin = redis.admin();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query(&mut admin)
+                .expect("CLIENT LIST");
+            let held = list
+                .lines()
+                .filter(|l| l.contains(" cmd=set ") || l.contains(" cmd=eval "))
+                .count();
+            if held == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {list}", kind.name());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for w in &mut clients {
+            assert_eq!(w.drain_for(Duration::from_millis(100)).await, b"");
+        }
+        assert_eq!(ask(&mut pauser, &["CLIENT", "UNPAUSE"]).await, "+OK\r\n");
+        for w in &mut clients {
+            assert_eq!(w.replies(1).await, b"+OK\r\n", "{}", kind.name());
+        }
+        // Once unpaused, the writes are there.
+        assert_eq!(ask(&mut reader, &["EXISTS", "w:0", "w:1"]).await, ":2\r\n");
     }
 }

@@ -250,6 +250,7 @@ impl State {
                 if !self.flow.prefer_own
                     && !route::needs_own_connection(
                         resolved.or_else(|| commands::lookup(name)),
+                        &self.shared.pause,
                     ) => {}
             _ => {
                 // The connection opened for it is set up as the user's identity.
@@ -535,7 +536,21 @@ impl State {
         if argc == 1 && (is(0, b"readonly") || is(0, b"readwrite")) {
             return Hook::Sets(FlagChange::ReadOnly(is(0, b"readonly")));
         }
-        if !is(0, b"client") || argc < 3 {
+        if !is(0, b"client") || argc < 2 {
+            return Hook::None;
+        }
+        if is(1, b"unpause") && argc == 2 {
+            return Hook::Pause(None);
+        }
+        if is(1, b"pause") && matches!(argc, 3 | 4) {
+            let ms =
+                crate::resp::request::string2ll(req.arg(2)).and_then(|ms| u64::try_from(ms).ok());
+            let write_only = argc == 4 && is(3, b"write");
+            return ms.map_or(Hook::None, |ms| {
+                Hook::Pause(Some((std::time::Duration::from_millis(ms), write_only)))
+            });
+        }
+        if argc < 3 {
             return Hook::None;
         }
         let change = if is(1, b"tracking") {

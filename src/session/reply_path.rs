@@ -430,6 +430,11 @@ impl State {
                     self.apply(change);
                 }
             }
+            Hook::Pause(lasts) => match lasts {
+                _ if info.is_error() => {}
+                Some((lasts, write_only)) => self.shared.pause.begin(lasts, write_only),
+                None => self.shared.pause.end(),
+            },
         }
         Ok(())
     }

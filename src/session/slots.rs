@@ -54,6 +54,9 @@ pub enum Hook {
     Blocking,
     /// A command that changes a client flag `CLIENT LIST` shows, once Redis says `+OK`.
     Sets(FlagChange),
+    /// `CLIENT PAUSE <ms> [WRITE]` (`Some`, with whether `WRITE`) or `CLIENT UNPAUSE`
+    /// (`None`): once Redis says `+OK`, what redward follows of it (`pause.rs`).
+    Pause(Option<(std::time::Duration, bool)>),
 }
 
 /// What a `CLIENT TRACKING`, `CLIENT NO-EVICT`, `CLIENT NO-TOUCH`, `READONLY` or `READWRITE`
