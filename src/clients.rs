@@ -38,6 +38,8 @@ pub struct Entry {
     /// opened), 0 while it has none: what `CLIENT UNBLOCK` and `CLIENT TRACKING ... REDIRECT`
     /// naming this client become (`session/client_cmd.rs`).
     upstream_id: AtomicU64,
+    /// The local address of that connection ([`Entry::upstream_addr`]).
+    upstream_addr: Mutex<Option<SocketAddr>>,
 }
 
 /// What a client's session last published about itself.
@@ -141,12 +143,12 @@ impl Entry {
         lock(&self.info).clone()
     }
 
-    /// Redis's id for this client's own upstream connection, if it has one.
     /// Seconds since the client connected (`age=` in `CLIENT LIST`).
     pub fn age(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.created).as_secs()
     }
 
+    /// Redis's id for this client's own upstream connection, if it has one.
     pub fn upstream_id(&self) -> Option<u64> {
         Some(self.upstream_id.load(Ordering::Relaxed)).filter(|id| *id != 0)
     }
@@ -154,6 +156,16 @@ impl Entry {
     /// Records Redis's id for the client's own upstream connection (0: none).
     pub fn set_upstream_id(&self, id: u64) {
         self.upstream_id.store(id, Ordering::Relaxed);
+    }
+
+    /// The address Redis sees the client's own upstream connection come from, if it has one
+    /// over TCP: how `SLOWLOG GET` entries are traced back to the client.
+    pub fn upstream_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.upstream_addr)
+    }
+
+    pub fn set_upstream_addr(&self, addr: Option<SocketAddr>) {
+        *lock(&self.upstream_addr) = addr;
     }
 
     /// Redis's `catClientInfoString` (networking.c) for this client: the same fields in the
@@ -238,6 +250,7 @@ impl Clients {
                 ..Info::default()
             }),
             upstream_id: AtomicU64::new(0),
+            upstream_addr: Mutex::new(None),
         });
         lock(&self.live).insert(id, Arc::clone(&entry));
         Registration {
@@ -249,6 +262,15 @@ impl Clients {
     /// Every client, oldest first (as Redis lists them).
     pub fn all(&self) -> Vec<Arc<Entry>> {
         lock(&self.live).values().cloned().collect()
+    }
+
+    /// The client whose own upstream connection comes from `addr` (as Redis writes it).
+    pub fn by_upstream_addr(&self, addr: &[u8]) -> Option<Arc<Entry>> {
+        let addr: SocketAddr = std::str::from_utf8(addr).ok()?.parse().ok()?;
+        lock(&self.live)
+            .values()
+            .find(|e| e.upstream_addr() == Some(addr))
+            .cloned()
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Entry>> {

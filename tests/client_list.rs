@@ -142,3 +142,131 @@ async fn client_list_shows_what_each_client_is_doing_as_the_server_does() {
     compare(ServerKind::Redis).await;
     compare(ServerKind::Valkey).await;
 }
+
+/// The fields of `SLOWLOG GET`'s entry for the command `args`: (client address, name).
+fn slowlog_client(reply: &redis::Value, args: &[&str]) -> Option<(String, String)> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    };
+    let redis::Value::Array(entries) = reply else {
+        return None;
+    };
+    entries.iter().find_map(|e| {
+        let redis::Value::Array(fields) = e else {
+            return None;
+        };
+        let redis::Value::Array(argv) = fields.get(3)? else {
+            return None;
+        };
+        let argv: Vec<String> = argv.iter().map(text).collect();
+        if argv != args {
+            return None;
+        }
+        Some((text(fields.get(4)?), text(fields.get(5)?)))
+    })
+}
+
+/// `SLOWLOG GET` through redward names the client that sent a slow command from its own
+/// connection (its address and name, as `CLIENT INFO` shows them); a command that rode a
+/// shared connection keeps what Redis recorded, which names no client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowlog_names_the_client_where_redward_knows_it() {
+    for kind in ServerKind::ALL {
+        let redis = match Redis::start_kind(
+            kind,
+            vec![
+                "user default off".to_owned(),
+                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+                format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+            ],
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("skipping {}: {e}", kind.name());
+                continue;
+            }
+        };
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(0)
+            .query(&mut redis.admin())
+            .expect("CONFIG SET");
+        let proxy = proxy().start(&redis).await;
+        let mut own = as_app(&proxy).await;
+        assert_eq!(
+            ask(&mut own, &["CLIENT", "SETNAME", "alice"]).await,
+            "+OK\r\n"
+        );
+        // WATCH moves it to a connection of its own.
+        assert_eq!(ask(&mut own, &["WATCH", "w"]).await, "+OK\r\n");
+        assert_eq!(ask(&mut own, &["SET", "slow:own", "1"]).await, "+OK\r\n");
+        let info = ask(&mut own, &["CLIENT", "INFO"]).await;
+        let addr = info
+            .split(' ')
+            .find_map(|f| f.strip_prefix("addr="))
+            .expect("addr in CLIENT INFO")
+            .to_owned();
+        let mut shared = as_app(&proxy).await;
+        assert_eq!(
+            ask(&mut shared, &["CLIENT", "SETNAME", "bob"]).await,
+            "+OK\r\n"
+        );
+        assert_eq!(
+            ask(&mut shared, &["SET", "slow:shared", "1"]).await,
+            "+OK\r\n"
+        );
+
+        let client = proxy.client();
+        let mut c = client.get_connection().expect("connect");
+        let _: () = redis::cmd("AUTH")
+            .arg(APP_USER)
+            .arg(APP_PASSWORD)
+            .query(&mut c)
+            .expect("AUTH");
+        let log: redis::Value = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(100)
+            .query(&mut c)
+            .expect("SLOWLOG GET");
+        let name = kind.name();
+        let mine = slowlog_client(&log, &["SET", "slow:own", "1"]);
+        assert_eq!(mine, Some((addr, "alice".to_owned())), "{name}: {log:?}");
+        let (shared_addr, shared_name) =
+            slowlog_client(&log, &["SET", "slow:shared", "1"]).expect("the shared entry");
+        assert_eq!(shared_name, "", "{name}");
+        assert!(
+            shared_addr.starts_with("127.0.0.1:"),
+            "{name}: {shared_addr}"
+        );
+    }
+}
+
+/// `INFO clients` through redward counts redward's clients, the ones `CLIENT KILL` acts on:
+/// `connected_clients` equals what `CLIENT KILL ... SKIPME no` closes, and `maxclients` is
+/// redward's `limits.max_connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_clients_counts_the_clients_client_kill_closes() {
+    let redis = Redis::start();
+    let proxy = proxy()
+        .yaml("limits:\n  max_connections: 321\n")
+        .start(&redis)
+        .await;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(as_app(&proxy).await);
+    }
+    let mut me = as_app(&proxy).await;
+    let info = ask(&mut me, &["INFO", "clients"]).await;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {info}"))
+            .to_owned()
+    };
+    assert_eq!(field("connected_clients:"), "5", "{info}");
+    assert_eq!(field("maxclients:"), "321", "{info}");
+    let killed = ask(&mut me, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"]).await;
+    assert_eq!(killed, ":5\r\n");
+}

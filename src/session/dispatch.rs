@@ -158,6 +158,14 @@ impl State {
         let outcome = self.forward_to(conn, req, raw);
         if let Some(hook) = self.cluster_reply(req) {
             self.slots.set_rewrite_last(hook);
+        } else if self.client.in_multi || self.client.monitor {
+            // The reply comes within EXEC's, or not as one reply.
+        } else if let Some(hook) = client_views::hook(
+            req,
+            &self.shared.clients,
+            self.shared.limiter.settings().max_connections,
+        ) {
+            self.slots.set_rewrite_last(hook);
         }
         outcome
     }

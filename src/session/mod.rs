@@ -32,11 +32,13 @@
 //! - `state.rs`: the state the phases share; `deadlines.rs`: every wait's deadline;
 //!   `io.rs`: the sockets; `error.rs`: why a session ended and whose fault that was;
 //!   `slots.rs`: reply order; `acl_cmd.rs`: the ACL subcommands; `offline.rs`: the same
-//!   path without sockets, for benchmarks and tests.
+//!   path without sockets, for benchmarks and tests; `client_views.rs`: `SLOWLOG GET` and
+//!   `INFO` clients naming and counting redward's clients.
 
 mod acl_admin;
 mod acl_cmd;
 mod client_cmd;
+mod client_views;
 mod deadlines;
 mod dispatch;
 mod error;

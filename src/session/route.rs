@@ -150,6 +150,9 @@ impl State {
                     old.dec();
                 }
                 self.epoch = epoch;
+                self.registration
+                    .entry
+                    .set_upstream_addr(stream.local_addr());
                 *conn = Conn::Dedicated(stream);
                 // Redis's id for it, so other clients can name this one by redward's id
                 // (`CLIENT UNBLOCK`, `CLIENT TRACKING ... REDIRECT`): one more request in the

@@ -760,6 +760,17 @@ impl AsyncRead for UpstreamStream {
     }
 }
 
+impl UpstreamStream {
+    /// The local address of a TCP connection (TLS or not), as Redis sees the client.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            UpstreamStream::Tcp(s) => s.local_addr().ok(),
+            UpstreamStream::Tls(s) => s.get_ref().0.local_addr().ok(),
+            UpstreamStream::Unix(_) => None,
+        }
+    }
+}
+
 impl AsyncWrite for UpstreamStream {
     fn poll_write(
         self: Pin<&mut Self>,
