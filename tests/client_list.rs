@@ -267,6 +267,10 @@ async fn info_clients_counts_the_clients_client_kill_closes() {
     };
     assert_eq!(field("connected_clients:"), "5", "{info}");
     assert_eq!(field("maxclients:"), "321", "{info}");
-    let killed = ask(&mut me, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"]).await;
+    let killed = ask(
+        &mut me,
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"],
+    )
+    .await;
     assert_eq!(killed, ":5\r\n");
 }

@@ -191,3 +191,84 @@ async fn redis_cli_replica_through_redward_shows_the_command_stream() {
     let _ = cli.wait();
     assert!(streamed, "no SET in the stream: {seen:?}");
 }
+
+/// The pid a server reports (`INFO server`).
+fn pid(redis: &Redis) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut redis.admin())
+        .expect("INFO server");
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("process_id")
+        .trim()
+        .to_owned()
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// `WAIT` counts the replicas that have the client's writes, as against Redis: writes that
+/// rode a shared connection before `WAIT` moved the client to its own are counted too (Redis
+/// counts from the offset of the connection's own last write, which a new connection does
+/// not have). With the replica stopped, `WAIT 1 300` answers 0, not 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_only_replicas_that_have_the_clients_writes() {
+    for kind in ServerKind::ALL {
+        let acl = vec![
+            "user default off".to_owned(),
+            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+        ];
+        let master = match Redis::start_kind(kind, acl.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("skipping {}: {e}", kind.name());
+                continue;
+            }
+        };
+        let replica = Redis::start_with(RedisOptions {
+            server: kind,
+            ..RedisOptions::with_acl(acl).args([
+                "--replicaof".to_owned(),
+                "127.0.0.1".to_owned(),
+                master.port.to_string(),
+                "--masteruser".to_owned(),
+                UPSTREAM_USER.to_owned(),
+                "--masterauth".to_owned(),
+                UPSTREAM_PASSWORD.to_owned(),
+            ])
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut master.admin())
+                .unwrap_or_default();
+            if info.contains("state=online") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no replica: {info}",
+                kind.name()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let proxy = proxy().start(&master).await;
+        let mut c = as_app(&proxy).await;
+        assert_eq!(ask(&mut c, &["SET", "before-wait", "1"]).await, "+OK\r\n");
+        let replica_pid = pid(&replica);
+        signal(&replica_pid, "-STOP");
+        let stopped = ask(&mut c, &["WAIT", "1", "300"]).await;
+        signal(&replica_pid, "-CONT");
+        assert_eq!(stopped, ":0\r\n", "{}", kind.name());
+        // Once the replica runs again, it acknowledges the write.
+        assert_eq!(ask(&mut c, &["WAIT", "1", "10000"]).await, ":1\r\n");
+    }
+}

@@ -266,6 +266,11 @@ impl State {
                     return Some(outcome);
                 }
                 self.flow.busy_safe = taken_while_busy(req);
+                self.flow.wait_fence = conn == ConnKind::Shared
+                    && !self.client.in_multi
+                    && !self.shared.pause.writes_held()
+                    && (name.eq_ignore_ascii_case(b"wait")
+                        || name.eq_ignore_ascii_case(b"waitaof"));
                 return Some(Outcome::NeedUpstream);
             }
         }

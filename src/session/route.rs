@@ -133,7 +133,8 @@ impl State {
             self.select_owed = Some(setup.db);
             setup.db = 0;
         }
-        let connector = self.connector().with_setup(setup);
+        let fence = std::mem::take(&mut self.flow.wait_fence);
+        let connector = self.connector().with_setup(setup).with_wait_fence(fence);
         let epoch = connector.target().epoch();
         match connector.connect().await {
             Ok(stream) => {

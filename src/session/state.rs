@@ -93,6 +93,9 @@ pub(super) struct Flow {
     /// `SELECT` with `-BUSY` then, and the client's database is selected before its next
     /// request ([`State::select_owed`]).
     pub(super) busy_safe: bool,
+    /// The own connection about to be opened is for `WAIT`/`WAITAOF` from a client whose
+    /// writes rode shared connections: it is fenced (`Connector::with_wait_fence`).
+    pub(super) wait_fence: bool,
 }
 
 /// Bytes waiting to be written, each way.

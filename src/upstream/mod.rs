@@ -137,6 +137,8 @@ pub struct Connector {
     connect_timeout: std::time::Duration,
     /// `upstream.identity: per_user`: the users a [`Setup::user`] names.
     identities: Option<Arc<Identities>>,
+    /// [`Connector::with_wait_fence`].
+    wait_fence: bool,
 }
 
 impl std::fmt::Debug for Connector {
@@ -173,6 +175,7 @@ impl Connector {
             tls,
             connect_timeout: cfg.connect_timeout,
             identities: None,
+            wait_fence: false,
         })
     }
 
@@ -210,6 +213,21 @@ impl Connector {
         Connector {
             setup,
             ..self.clone()
+        }
+    }
+
+    /// A connection for `WAIT`/`WAITAOF` from a client whose writes went over shared
+    /// connections. Redis counts acknowledgements of the offset after the connection's own
+    /// last write (`c->woff`, `waitCommand` in replication.c), 0 on a new connection: WAIT
+    /// there would report every replica at once, whether the client's writes reached them or
+    /// not. So, logged in as redward and before the client's user, the connection sends
+    /// `SWAPDB 0 0`: replicated (`server.dirty++`), touching no key, no watch and no
+    /// subscriber, it sets `c->woff` past every write acknowledged before the move. Best
+    /// effort: where it is refused (cluster mode, a narrow credential) WAIT counts as before.
+    pub fn with_wait_fence(self, fence: bool) -> Connector {
+        Connector {
+            wait_fence: fence,
+            ..self
         }
     }
 
@@ -348,6 +366,17 @@ impl Connector {
                     SetupFailure::Io(source) => connect_err(source),
                     SetupFailure::Refused(text) => UpstreamError::SetupRejected(text),
                 })?;
+        }
+        if self.wait_fence {
+            stream
+                .write_all(b"*3\r\n$6\r\nSWAPDB\r\n$1\r\n0\r\n$1\r\n0\r\n")
+                .await
+                .map_err(connect_err)?;
+            stream.flush().await.map_err(connect_err)?;
+            let mut buf = BytesMut::with_capacity(128);
+            read_reply(&mut stream, &mut buf, 4096)
+                .await
+                .map_err(connect_err)?;
         }
         if let (Some(tag), Some(ids)) = (self.setup.user, &self.identities) {
             let identity = ids.by_tag(tag).ok_or(UpstreamError::IdentityGone)?;
