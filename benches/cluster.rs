@@ -67,7 +67,7 @@ fn bench_rewrite(c: &mut Criterion) {
         let cl = cluster(n);
         let moved = format!("-MOVED 3999 10.0.0.{}:6379\r\n", n - 1).into_bytes();
         g.bench_function(format!("moved_line_{n}_nodes"), |b| {
-            b.iter(|| rewrite::redirect(black_box(&moved), &*cl))
+            b.iter(|| rewrite::redirect(black_box(&moved), &*cl, || None))
         });
         let slots = slots_reply(n);
         g.bench_function(format!("cluster_slots_{n}_nodes"), |b| {

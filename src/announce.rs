@@ -109,7 +109,17 @@ impl Reply {
 
 /// `-MOVED <slot> <host>:<port>` or `-ASK ...` (a whole error line with its CRLF), with the
 /// node's address replaced; `None` for any other error.
-pub fn redirect(line: &[u8], announce: &dyn Announce) -> Option<Vec<u8>> {
+///
+/// An empty host (`cluster-preferred-endpoint-type unknown-endpoint`, or `?` for a hostname
+/// not known: `clusterNodePreferredEndpoint` in cluster.c) means "the host this connection
+/// went to, that port": `here` gives the host of the node the session's connection reaches,
+/// asked only then. Where every node has the same port (Kubernetes), the port alone would
+/// not say which node.
+pub fn redirect(
+    line: &[u8],
+    announce: &dyn Announce,
+    here: impl FnOnce() -> Option<String>,
+) -> Option<Vec<u8>> {
     let body = line.strip_suffix(b"\r\n").unwrap_or(line);
     let rest = body
         .strip_prefix(b"-MOVED ")
@@ -119,8 +129,14 @@ pub fn redirect(line: &[u8], announce: &dyn Announce) -> Option<Vec<u8>> {
     let (slot, addr) = (&rest[..space], &rest[space + 1..]);
     let colon = addr.iter().rposition(|&b| b == b':')?;
     let port = parse_u16(&addr[colon + 1..])?;
-    let ep = announce
-        .by_addr(&addr[..colon], port)
+    let host = &addr[..colon];
+    let ep = if host.is_empty() || host == b"?" {
+        here().and_then(|h| announce.by_addr(h.as_bytes(), port))
+    } else {
+        None
+    };
+    let ep = ep
+        .or_else(|| announce.by_addr(host, port))
         .unwrap_or_else(|| unknown(announce));
     let mut out = Vec::with_capacity(line.len() + 16);
     out.extend_from_slice(&body[..head_len]);
@@ -400,20 +416,55 @@ mod tests {
     fn moved_and_ask_name_redwards_listener() {
         let m = map();
         assert_eq!(
-            redirect(b"-MOVED 3999 10.0.0.6:6379\r\n", &m).unwrap(),
+            redirect(b"-MOVED 3999 10.0.0.6:6379\r\n", &m, || None).unwrap(),
             b"-MOVED 3999 redis.example.com:7102\r\n"
         );
         assert_eq!(
-            redirect(b"-ASK 12 10.0.0.5:6379\r\n", &m).unwrap(),
+            redirect(b"-ASK 12 10.0.0.5:6379\r\n", &m, || None).unwrap(),
             b"-ASK 12 redis.example.com:7101\r\n"
         );
         // An unknown node is never written as itself.
         assert_eq!(
-            redirect(b"-MOVED 1 10.9.9.9:6379\r\n", &m).unwrap(),
+            redirect(b"-MOVED 1 10.9.9.9:6379\r\n", &m, || None).unwrap(),
             b"-MOVED 1 redis.example.com:0\r\n"
         );
-        assert!(redirect(b"-ERR MOVED 1 10.0.0.5:6379\r\n", &m).is_none());
-        assert!(redirect(b"-CLUSTERDOWN Hash slot not served\r\n", &m).is_none());
+        assert!(redirect(b"-ERR MOVED 1 10.0.0.5:6379\r\n", &m, || None).is_none());
+        assert!(redirect(b"-CLUSTERDOWN Hash slot not served\r\n", &m, || None).is_none());
+    }
+
+    #[test]
+    fn an_empty_host_is_the_sessions_own_nodes_host() {
+        // Both nodes listen on 6379 (Kubernetes): the port alone names neither.
+        let m = map();
+        let here = |h: &'static str| move || Some(h.to_owned());
+        for (line, host, want) in [
+            (
+                &b"-MOVED 3999 :6379\r\n"[..],
+                "10.0.0.6",
+                &b"-MOVED 3999 redis.example.com:7102\r\n"[..],
+            ),
+            (
+                b"-ASK 12 :6379\r\n",
+                "10.0.0.5",
+                b"-ASK 12 redis.example.com:7101\r\n",
+            ),
+            (
+                b"-MOVED 1 ?:6379\r\n",
+                "10.0.0.6",
+                b"-MOVED 1 redis.example.com:7102\r\n",
+            ),
+        ] {
+            assert_eq!(redirect(line, &m, here(host)).unwrap(), want);
+        }
+        // Not known, or no session host: never a guess.
+        assert_eq!(
+            redirect(b"-MOVED 1 :6379\r\n", &m, || None).unwrap(),
+            b"-MOVED 1 redis.example.com:0\r\n"
+        );
+        assert_eq!(
+            redirect(b"-MOVED 1 :6379\r\n", &m, here("10.9.9.9")).unwrap(),
+            b"-MOVED 1 redis.example.com:0\r\n"
+        );
     }
 
     #[test]
@@ -549,7 +600,7 @@ mod tests {
                     proptest::prop_assert!(parse(&out, 0).is_some_and(|(_, n)| n == out.len()));
                 }
             }
-            let _ = redirect(&data, &map());
+            let _ = redirect(&data, &map(), || Some("10.0.0.5".to_owned()));
         }
 
         /// Generated `CLUSTER SLOTS` replies of known nodes: each node's address becomes its

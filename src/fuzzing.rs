@@ -148,7 +148,7 @@ pub fn cluster_rewrite(data: &[u8]) {
             "EXEC rewrite broke a reply"
         );
     }
-    if let Some(line) = redirect(bytes, &map) {
+    if let Some(line) = redirect(bytes, &map, || Some("10.0.0.5".to_owned())) {
         assert!(line.ends_with(b"\r\n") && line.starts_with(b"-"));
     }
 }

@@ -190,11 +190,10 @@ impl State {
                     // A cluster names a node: the client is sent to redward's listener for it.
                     self.shared.metrics.cluster_redirections.inc();
                     if !swallow {
-                        let rewritten = self
-                            .shared
-                            .cluster
-                            .get()
-                            .and_then(|c| crate::announce::redirect(bytes, &**c));
+                        let rewritten = self.shared.cluster.get().and_then(|c| {
+                            let target = self.connector().target();
+                            crate::announce::redirect(bytes, &**c, || target.host_now())
+                        });
                         self.out
                             .cout
                             .extend_from_slice(rewritten.as_deref().unwrap_or(bytes));

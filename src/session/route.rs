@@ -8,15 +8,15 @@ use super::*;
 
 /// Whether a command must run on the client's own upstream connection (see
 /// [`commands::FLAG_OWN_CONNECTION`]), or must now: during a `CLIENT PAUSE`, one Redis holds
-/// (`pause.rs`). Commands unknown to Redis get the same error on any connection, so they can
-/// share.
+/// (`pause.rs`; outside a pause that costs one atomic load). Commands unknown to Redis get the
+/// same error on any connection, so they can share.
 pub(super) fn needs_own_connection(
     spec: Option<&commands::CommandSpec>,
     pause: &crate::pause::Pause,
 ) -> bool {
     spec.is_some_and(|s| {
         s.flags & commands::FLAG_OWN_CONNECTION != 0
-            || (crate::pause::held_by_write_pause(s) && pause.writes_held())
+            || (pause.writes_held() && crate::pause::held_by_write_pause(s))
     })
 }
 

@@ -110,6 +110,20 @@ impl Target {
         }
     }
 
+    /// The host connections go to now, if over TCP and known (`-MOVED <slot> :<port>`
+    /// means this host: `announce::redirect`).
+    pub fn host_now(&self) -> Option<String> {
+        let addr = match self {
+            Target::Fixed(addr) => Some(addr.clone()),
+            Target::Sentinel(s) => s.current(),
+            Target::Chosen(c) => c.choose(),
+        };
+        match addr? {
+            UpstreamAddr::Tcp { host, .. } => Some(host),
+            UpstreamAddr::Unix(_) => None,
+        }
+    }
+
     /// Whether a new connection must confirm with `ROLE` that it reached a master.
     pub fn confirms_role(&self) -> bool {
         matches!(self, Target::Sentinel(_))
