@@ -22,25 +22,22 @@ use crate::resp::{FrameInfo, Request};
 
 use super::Rewrite;
 
-/// The hook for a `SLOWLOG GET [count]` or an `INFO` request, `None` for anything else.
-pub(super) fn hook(
-    req: &Request<'_>,
-    clients: &Arc<Clients>,
-    max_clients: usize,
-) -> Option<Arc<dyn Rewrite>> {
+/// The hook for a `SLOWLOG GET [count]` or an `INFO` request, `None` for anything else
+/// (on the path of every forwarded request: two comparisons of the name).
+pub(super) fn hook(req: &Request<'_>, shared: &crate::shared::Shared) -> Option<Arc<dyn Rewrite>> {
     let name = req.name();
     if name.eq_ignore_ascii_case(b"info") {
         return Some(Arc::new(InfoClients {
-            clients: Arc::clone(clients),
-            max_clients,
+            clients: Arc::clone(&shared.clients),
+            max_clients: shared.limiter.settings().max_connections,
         }));
     }
-    let get = matches!(req.argc(), 2 | 3)
-        && name.eq_ignore_ascii_case(b"slowlog")
+    let get = name.eq_ignore_ascii_case(b"slowlog")
+        && matches!(req.argc(), 2 | 3)
         && req.arg(1).eq_ignore_ascii_case(b"get");
     get.then(|| {
         Arc::new(SlowlogClients {
-            clients: Arc::clone(clients),
+            clients: Arc::clone(&shared.clients),
         }) as Arc<dyn Rewrite>
     })
 }

@@ -160,11 +160,7 @@ impl State {
             self.slots.set_rewrite_last(hook);
         } else if self.client.in_multi || self.client.monitor {
             // The reply comes within EXEC's, or not as one reply.
-        } else if let Some(hook) = client_views::hook(
-            req,
-            &self.shared.clients,
-            self.shared.limiter.settings().max_connections,
-        ) {
+        } else if let Some(hook) = client_views::hook(req, &self.shared) {
             self.slots.set_rewrite_last(hook);
         }
         outcome
