@@ -153,6 +153,185 @@ fn state_database(configured: Option<u32>, databases: Option<u32>) -> Result<u32
 /// state's database depends on it (a sidecar's Redis may start a moment after redward).
 const STATE_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Every second: the failover metrics, the audit log's flush, the counts of log lines a burst
+/// kept back; every minute: forget rate-limiter state of addresses that went quiet, so it
+/// stays bounded. Runs until aborted at shutdown.
+async fn housekeeping(shared: Arc<shared::Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut n: u64 = 0;
+    // What the failover metrics last showed (Sentinel-followed upstream only).
+    let (mut failovers, mut master): (u64, Option<String>) = (0, None);
+    loop {
+        tick.tick().await;
+        if let upstream::Target::Sentinel(s) = shared.connector.target() {
+            let now = s.failovers();
+            shared
+                .metrics
+                .upstream_failovers
+                .inc_by(now.saturating_sub(failovers));
+            failovers = now;
+            let current = s.current().map(|a| a.to_string());
+            if current.is_some() && current != master {
+                if let Some(c) = &current {
+                    shared.metrics.master_is(c, master.as_deref());
+                }
+                master = current;
+            }
+        }
+        shared.audit.flush_log();
+        // A drained audit file queue gives its bytes back to the memory bound.
+        shared.audit.settle();
+        if let Some((count, over)) = shared.memory.log_lines.flush() {
+            warn!(
+                count,
+                seconds = over.as_secs_f64(),
+                "clients disconnected over limits.max_client_memory, not logged one by one (burst)"
+            );
+        }
+        if let Some((count, over)) = shared.refusal_lines.flush() {
+            warn!(
+                count,
+                seconds = over.as_secs_f64(),
+                "connections refused (or TLS failures) not logged one by one (burst)"
+            );
+        }
+        n += 1;
+        if n.is_multiple_of(60) {
+            shared.limiter.housekeeping();
+        }
+    }
+}
+
+/// `limits.shared_state: upstream`: lockouts, run-time users and command rates kept in
+/// database `db` of the Redis behind, each followed by a task of its own until `stop`.
+async fn start_shared_state(
+    shared: &Arc<shared::Shared>,
+    db: u32,
+    command_rates: &std::collections::HashMap<String, std::num::NonZeroU32>,
+    stop: &CancellationToken,
+) {
+    let state = upstream::Setup {
+        resp3: false,
+        db,
+        user: None,
+    };
+    let limits = shared_limits::SharedLimits::start(
+        shared.connector.with_setup(state),
+        Arc::clone(&shared.limiter),
+        stop.clone(),
+    );
+    let _ = shared.shared_limits.set(limits);
+    // Users changed at run time, shared through Redis (`shared_users.rs`).
+    let install: shared_users::Install = {
+        let shared = Arc::clone(shared);
+        Arc::new(
+            move |lines: &[Vec<u8>]| match shared.runtime_users.replace_from_lines(lines) {
+                Ok(Some(changed)) => shared.publish_users(&changed),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "shared users: Redis holds users this instance cannot read; keeping its own")
+                }
+            },
+        )
+    };
+    let users = shared_users::SharedUsers::start(
+        shared.connector.with_setup(state),
+        shared.runtime_users.runtime_lines(),
+        install,
+        stop.clone(),
+    )
+    .await;
+    let _ = shared.shared_users.set(users);
+    if !command_rates.is_empty() {
+        let rates = shared_rates::SharedRates::start(
+            shared.connector.with_setup(state),
+            command_rates,
+            stop.clone(),
+        );
+        let _ = shared.shared_rates.set(rates);
+    }
+}
+
+/// A cluster behind (`upstream.cluster`): its nodes found, a listener for each (with the
+/// first listener's settings), and the connector's target made the entry node, whichever
+/// answers (`cluster.rs`). Without one, the connector as it was.
+async fn follow_cluster(
+    cfg: &Config,
+    slots: &[ListenerSlot],
+    connector: upstream::Connector,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<(upstream::Connector, Option<Arc<cluster::Cluster>>), StartError> {
+    let Some(c) = &cfg.upstream.cluster else {
+        return Ok((connector, None));
+    };
+    let settings = slots
+        .first()
+        .map(|(_, s)| Arc::clone(s))
+        .ok_or(StartError::NoListener)?;
+    let cluster = cluster::Cluster::discover(c, settings, connector.clone(), metrics).await?;
+    for (port, node) in cluster.listeners() {
+        tracing::info!(port, %node, "cluster node listener");
+    }
+    let connector = connector.to_target(upstream::Target::Chosen(Arc::clone(&cluster) as _));
+    Ok((connector, Some(cluster)))
+}
+
+/// The audit trail: `audit_file` opened for appending, or the log and `ACL LOG` only.
+async fn open_audit(cfg: &Config) -> Result<audit::Audit, StartError> {
+    match &cfg.audit_file {
+        Some(path) => audit::Audit::with_file(path)
+            .await
+            .map_err(|source| StartError::Audit {
+                path: path.clone(),
+                source,
+            }),
+        None => Ok(audit::Audit::default()),
+    }
+}
+
+/// A listener's address as bound and the settings its sessions read (swapped by a reload).
+type ListenerSlot = (
+    std::net::SocketAddr,
+    Arc<arc_swap::ArcSwap<listener::ListenerSettings>>,
+);
+
+/// Every `listen` entry bound, with its TLS configuration loaded; the first error names the
+/// listener by its place in the list.
+fn bind_listeners(
+    cfg: &Config,
+) -> Result<(Vec<listener::Listener>, Vec<ListenerSlot>), StartError> {
+    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    let mut slots = Vec::with_capacity(cfg.listeners.len());
+    for (index, l) in cfg.listeners.iter().enumerate() {
+        let tls = match &l.tls {
+            Some(t) => Some(TlsAcceptor::from(
+                tls::server_config(t).map_err(|source| StartError::Tls { index, source })?,
+            )),
+            None => None,
+        };
+        let settings = Arc::new(arc_swap::ArcSwap::from_pointee(
+            listener::ListenerSettings {
+                cfg: l.clone(),
+                tls,
+            },
+        ));
+        let tcp = bind(l.addr).map_err(|source| StartError::Bind {
+            index,
+            addr: l.addr,
+            source,
+        })?;
+        slots.push((tcp.local_addr().unwrap_or(l.addr), Arc::clone(&settings)));
+        let listener =
+            listener::Listener::new(tcp, settings).map_err(|source| StartError::Bind {
+                index,
+                addr: l.addr,
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    Ok((listeners, slots))
+}
+
 /// Redis's number of databases, asked again every second for up to [`STATE_PROBE_WAIT`].
 async fn probe_databases(connector: &upstream::Connector) -> Option<u32> {
     let deadline = tokio::time::Instant::now() + STATE_PROBE_WAIT;
@@ -209,46 +388,8 @@ impl Server {
             warn!("{w}");
         }
         let connector = upstream::Connector::new(&cfg.upstream).map_err(StartError::UpstreamTls)?;
-        let audit = Arc::new(match &cfg.audit_file {
-            Some(path) => {
-                audit::Audit::with_file(path)
-                    .await
-                    .map_err(|source| StartError::Audit {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            None => audit::Audit::default(),
-        });
-        let mut listeners = Vec::with_capacity(cfg.listeners.len());
-        let mut slots = Vec::with_capacity(cfg.listeners.len());
-        for (index, l) in cfg.listeners.iter().enumerate() {
-            let tls = match &l.tls {
-                Some(t) => Some(TlsAcceptor::from(
-                    tls::server_config(t).map_err(|source| StartError::Tls { index, source })?,
-                )),
-                None => None,
-            };
-            let settings = Arc::new(arc_swap::ArcSwap::from_pointee(
-                listener::ListenerSettings {
-                    cfg: l.clone(),
-                    tls,
-                },
-            ));
-            let tcp = bind(l.addr).map_err(|source| StartError::Bind {
-                index,
-                addr: l.addr,
-                source,
-            })?;
-            slots.push((tcp.local_addr().unwrap_or(l.addr), Arc::clone(&settings)));
-            let listener =
-                listener::Listener::new(tcp, settings).map_err(|source| StartError::Bind {
-                    index,
-                    addr: l.addr,
-                    source,
-                })?;
-            listeners.push(listener);
-        }
+        let audit = Arc::new(open_audit(cfg).await?);
+        let (listeners, slots) = bind_listeners(cfg)?;
         let metrics = Arc::new(metrics::Metrics::new());
         // `upstream.identity: per_user`: every connection made from here on (node listeners'
         // included) can log in as a redward user's own upstream user; the users' rules are
@@ -264,26 +405,7 @@ impl Server {
             Some(ids) => connector.with_identities(Arc::clone(ids)),
             None => connector,
         };
-        // A cluster behind: its nodes, a listener for each (with the first listener's
-        // settings), and the entry listeners sent to whichever node answers (`cluster.rs`).
-        let mut connector = connector;
-        let cluster = match &cfg.upstream.cluster {
-            Some(c) => {
-                let settings = slots
-                    .first()
-                    .map(|(_, s)| Arc::clone(s))
-                    .ok_or(StartError::NoListener)?;
-                let cluster =
-                    cluster::Cluster::discover(c, settings, connector.clone(), &metrics).await?;
-                for (port, node) in cluster.listeners() {
-                    tracing::info!(port, %node, "cluster node listener");
-                }
-                connector =
-                    connector.to_target(upstream::Target::Chosen(Arc::clone(&cluster) as _));
-                Some(cluster)
-            }
-            None => None,
-        };
+        let (connector, cluster) = follow_cluster(cfg, &slots, connector, &metrics).await?;
         // The server behind: its command table, flavor and version (`learn`). Redis may be
         // down when redward starts: then the generated Redis 7.0 table is used, and that is
         // logged; every later upstream (re)connect may learn again.
@@ -392,46 +514,7 @@ impl Server {
             .state_db()
             .filter(|_| self.shared_state_upstream)
         {
-            let state = upstream::Setup {
-                resp3: false,
-                db,
-                user: None,
-            };
-            let limits = shared_limits::SharedLimits::start(
-                self.shared.connector.with_setup(state),
-                Arc::clone(&self.shared.limiter),
-                stop.clone(),
-            );
-            let _ = self.shared.shared_limits.set(limits);
-            // Users changed at run time, shared through Redis (`shared_users.rs`).
-            let install: shared_users::Install = {
-                let shared = Arc::clone(&self.shared);
-                Arc::new(move |lines: &[Vec<u8>]| {
-                    match shared.runtime_users.replace_from_lines(lines) {
-                        Ok(Some(changed)) => shared.publish_users(&changed),
-                        Ok(None) => {}
-                        Err(e) => {
-                            warn!(error = %e, "shared users: Redis holds users this instance cannot read; keeping its own")
-                        }
-                    }
-                })
-            };
-            let users = shared_users::SharedUsers::start(
-                self.shared.connector.with_setup(state),
-                self.shared.runtime_users.runtime_lines(),
-                install,
-                stop.clone(),
-            )
-            .await;
-            let _ = self.shared.shared_users.set(users);
-            if !self.command_rates.is_empty() {
-                let rates = shared_rates::SharedRates::start(
-                    self.shared.connector.with_setup(state),
-                    &self.command_rates,
-                    stop.clone(),
-                );
-                let _ = self.shared.shared_rates.set(rates);
-            }
+            start_shared_state(&self.shared, db, &self.command_rates, &stop).await;
         }
         if let Some(cluster) = &self.cluster {
             cluster.run(&self.shared, stop.clone(), tasks.clone());
@@ -440,56 +523,7 @@ impl Server {
             // `+switch-master` and the periodic re-check (`upstream/sentinel.rs`).
             tokio::spawn(Arc::clone(sentinel).watch(stop.clone()));
         }
-        // Every second: the counts of log lines a burst kept back; every minute: forget
-        // rate-limiter state of addresses that went quiet, so it stays bounded.
-        let housekeeping = {
-            let shared = Arc::clone(&self.shared);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-                let mut n: u64 = 0;
-                // What the failover metrics last showed (Sentinel-followed upstream only).
-                let (mut failovers, mut master): (u64, Option<String>) = (0, None);
-                loop {
-                    tick.tick().await;
-                    if let upstream::Target::Sentinel(s) = shared.connector.target() {
-                        let now = s.failovers();
-                        shared
-                            .metrics
-                            .upstream_failovers
-                            .inc_by(now.saturating_sub(failovers));
-                        failovers = now;
-                        let current = s.current().map(|a| a.to_string());
-                        if current.is_some() && current != master {
-                            if let Some(c) = &current {
-                                shared.metrics.master_is(c, master.as_deref());
-                            }
-                            master = current;
-                        }
-                    }
-                    shared.audit.flush_log();
-                    // A drained audit file queue gives its bytes back to the memory bound.
-                    shared.audit.settle();
-                    if let Some((count, over)) = shared.memory.log_lines.flush() {
-                        warn!(
-                            count,
-                            seconds = over.as_secs_f64(),
-                            "clients disconnected over limits.max_client_memory, not logged one by one (burst)"
-                        );
-                    }
-                    if let Some((count, over)) = shared.refusal_lines.flush() {
-                        warn!(
-                            count,
-                            seconds = over.as_secs_f64(),
-                            "connections refused (or TLS failures) not logged one by one (burst)"
-                        );
-                    }
-                    n += 1;
-                    if n.is_multiple_of(60) {
-                        shared.limiter.housekeeping();
-                    }
-                }
-            })
-        };
+        let housekeeping = tokio::spawn(housekeeping(Arc::clone(&self.shared)));
         let watcher = tokio::spawn(self.reloader.clone().watch(stop.clone()));
         shutdown.await;
         watcher.abort();

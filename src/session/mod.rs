@@ -263,6 +263,23 @@ where
     };
 
     // 5. Goodbye: hand over to replication, or write what is owed, briefly, and close.
+    goodbye(client, conn, st, &inb, result, &shutdown).await
+}
+
+/// The last phase: a SYNC/PSYNC handover becomes a plain replication stream; otherwise the
+/// upstream gauges are given back and, unless the session ended without a word to say (a
+/// dead socket), what is owed is written within a short grace and the client closed.
+async fn goodbye<S>(
+    mut client: S,
+    conn: Conn,
+    mut st: State,
+    inb: &Inbound,
+    result: Result<(), SessionError>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if st.flow.handover {
         if let Conn::Dedicated(upstream) = conn {
             let result = replicate(
@@ -271,7 +288,7 @@ where
                 &st.out.uout,
                 &inb.cin,
                 &st.out.cout,
-                &shutdown,
+                shutdown,
             )
             .await;
             st.shared.metrics.upstream_own.dec();
