@@ -4,7 +4,7 @@
 # Usage: scripts/bench-cluster.sh [options]     (also: scripts/bench.sh --cluster [options])
 #   --bin PATH       use this redward binary (default: cargo build --release --bin redward)
 #   --redward PATH   the same (bench.sh's name for it)
-#   --rounds N       measured rounds (default 3); each runs every workload on both targets
+#   --rounds N       measured rounds (default 3); each runs every workload on every target
 #   --seconds S      target length of one run (default 2); -n is sized by a warm-up run
 #   --out DIR        results: runs.csv, report.md, logs/ (default: a new /tmp/redward-bench-cluster.*)
 #   --no-install     never run apt-get; fail if a tool is missing
@@ -17,17 +17,21 @@
 # from `redward gen-certs`; user `app` with the same rules, "+@all"). redis-benchmark --cluster
 # (-c 50, --user app, -d 64, -r 100000: random keys, so every node gets its share) runs against
 #   direct    the plaintext port of a node (the benchmark reads CLUSTER NODES and goes to each)
+#   tls       a second cluster of three masters with Redis's own TLS (`tls-port`, `tls-cluster
+#             yes`, `tls-replication yes`, no plaintext port): the reference a user weighs
+#             redward against
 #   redward   redward's TLS entry listener (CLUSTER NODES there names redward's node listeners)
 # (redis-benchmark keeps the address it was given for the node that CLUSTER NODES marks `myself`,
 # so through redward a third of the clients use the entry listener, the rest the node listeners)
 # with the workloads SET/GET at -P 1 and -P 16. Warm-up runs per target and workload size -n
-# so that a run lasts about --seconds; then each round runs every workload on both targets, the
-# order alternating from round to round. Per run: ops/s, p50/p99 latency (--csv), CPU seconds of
+# so that a run lasts about --seconds; then each round runs every workload on every target, the
+# order rotating from round to round. Per run: ops/s, p50/p99 latency (--csv), CPU seconds of
 # redward and of the three redis-servers (/proc/PID/stat utime+stime before and after), and the
 # SET/GET calls and error replies the nodes counted (INFO): every request must reach a node and
 # no node may answer an error, or the run is flagged. The report: per workload the median ops/s
-# of each target, the median of the per-round ratios redward/direct, and redward's CPU seconds
-# per 100k requests.
+# of each target, the medians of the per-round ratios redward/direct and redward/tls, redward's
+# CPU seconds per 100k requests, and the server side's (redward and its nodes, against the TLS
+# cluster's nodes).
 #
 # Needs redis-server, redis-tools (redis-benchmark 6.0+, built with TLS) and python3; installed
 # with apt-get when missing (root or sudo). Everything listens on 127.0.0.1 only and is stopped
@@ -117,10 +121,16 @@ cluster_start --user app $RULES
 
 # ------------------------------------------------------------------ redward
 redward_start "$BIN" "$RULES"
-# Writes to three slots (redis-cli -c), both ways.
-for t in direct redward; do
-	args=(-p "${NODES[0]}")
-	[[ $t == direct ]] || args=(--tls --cacert "$CACERT" -p "$ENTRY")
+# ------------------------------------------------------------------ the reference: Redis's own TLS
+# shellcheck disable=SC2086
+tls_cluster_start "$WORK/certs" --user app $RULES
+# Writes to three slots (redis-cli -c), every way.
+for t in direct tls redward; do
+	case $t in
+	direct) args=(-p "${NODES[0]}") ;;
+	tls) args=(--tls --cacert "$CACERT" -p "${TLS_NODES[0]}") ;;
+	redward) args=(--tls --cacert "$CACERT" -p "$ENTRY") ;;
+	esac
 	for key in smoke:a smoke:b smoke:c; do
 		reply=$(REDISCLI_AUTH=$APP_PW redis-cli -c -h 127.0.0.1 "${args[@]}" --user app \
 			--no-auth-warning SET "$key" 1 2>&1 | tail -n 1)
@@ -141,12 +151,14 @@ cpu() {
 	done
 	echo "$sum"
 }
-# counters CMD: calls of CMD and error replies, summed over the nodes
+# counters CMD TARGET: calls of CMD and error replies, summed over that target's nodes
 counters() {
 	local p calls=0 errs=0 c e
-	for p in "${NODES[@]}"; do
-		c=$(direct -p "$p" INFO commandstats | sed -n "s/^cmdstat_$1:calls=\([0-9]*\),.*/\1/p")
-		e=$(direct -p "$p" INFO stats | sed -n 's/^total_error_replies:\([0-9]*\).*/\1/p')
+	local -a nodes=("${NODES[@]}") how=()
+	[[ $2 != tls ]] || { nodes=("${TLS_NODES[@]}"); how=(--tls --cacert "$CACERT"); }
+	for p in "${nodes[@]}"; do
+		c=$(direct "${how[@]}" -p "$p" INFO commandstats | sed -n "s/^cmdstat_$1:calls=\([0-9]*\),.*/\1/p")
+		e=$(direct "${how[@]}" -p "$p" INFO stats | sed -n 's/^total_error_replies:\([0-9]*\).*/\1/p')
 		calls=$((calls + ${c:-0}))
 		errs=$((errs + ${e:-0}))
 	done
@@ -160,11 +172,16 @@ run_one() {
 	local rps="" p50="" p99="" err="" line k0 k1 e0 e1 reached errs
 	args=(--cluster -h 127.0.0.1 --user app -a "$APP_PW" -c "$CLIENTS" -n "$n" -r 100000 -d 64
 		-P "$pipe" -t "$op" --csv)
-	if [[ $t == direct ]]; then args+=(-p "${NODES[0]}"); else args+=(-p "$ENTRY" --tls --cacert "$CACERT"); fi
+	local -a pids=("${NODE_PIDS[@]}")
+	case $t in
+	direct) args+=(-p "${NODES[0]}") ;;
+	tls) args+=(-p "${TLS_NODES[0]}" --tls --cacert "$CACERT"); pids=("${TLS_NODE_PIDS[@]}") ;;
+	redward) args+=(-p "$ENTRY" --tls --cacert "$CACERT") ;;
+	esac
 	kill -0 "$REDWARD" 2>/dev/null || err="redward is not running"
-	read -r k0 e0 <<<"$(counters "$op")"
+	read -r k0 e0 <<<"$(counters "$op" "$t")"
 	c0=$(cpu "$REDWARD") || c0=0
-	r0=$(cpu "${NODE_PIDS[@]}")
+	r0=$(cpu "${pids[@]}")
 	w0=$EPOCHREALTIME
 	timeout "$TIMEOUT" redis-benchmark "${args[@]}" >"$WORK/out" 2>"$WORK/err" &
 	BENCH=$!
@@ -172,8 +189,9 @@ run_one() {
 	BENCH=""
 	w1=$EPOCHREALTIME
 	c1=$(cpu "$REDWARD") || c1=$c0
-	r1=$(cpu "${NODE_PIDS[@]}")
-	read -r k1 e1 <<<"$(counters "$op")"
+	[[ $t == redward ]] || c1=$c0 # only redward's own runs count toward its CPU
+	r1=$(cpu "${pids[@]}")
+	read -r k1 e1 <<<"$(counters "$op" "$t")"
 	reached=$((k1 - k0))
 	errs=$((e1 - e0))
 	{
@@ -209,7 +227,7 @@ run_one() {
 	[[ -z $err ]]
 }
 
-log "cluster :${NODES[*]} (bus :${BUSES[*]}), redward :$ENTRY (node listeners $RANGE)"
+log "cluster :${NODES[*]} (bus :${BUSES[*]}), TLS cluster :${TLS_NODES[*]}, redward :$ENTRY (node listeners $RANGE)"
 log "warm-up: short runs per target and workload size -n for ~${SECS} s runs; results in $OUT"
 declare -A SIZE
 for wl in "${WORKLOADS[@]}"; do
@@ -217,7 +235,7 @@ for wl in "${WORKLOADS[@]}"; do
 	[[ $wl == *-P16 ]] && guess=200000
 	warm=$(awk -v g="$guess" -v s="$SECS" -v c="$CLIENTS" \
 		'BEGIN { if (s > 3) s = 3; n = int(g * s * 0.3); print (n < 4 * c ? 4 * c : n) }')
-	for t in direct redward; do
+	for t in direct tls redward; do
 		n=$warm
 		# A short run's rate understates the rate (the set-up of 50 connections weighs more in
 		# it): warm up again, up to twice, while a run lasts less than half of --seconds.
@@ -237,8 +255,11 @@ for wl in "${WORKLOADS[@]}"; do
 done
 for ((r = 1; r <= ROUNDS; r++)); do
 	log "round $r/$ROUNDS"
-	order=(direct redward)
-	((r % 2)) || order=(redward direct)
+	order=(direct tls redward)
+	case $((r % 3)) in
+	2) order=(tls redward direct) ;;
+	0) order=(redward direct tls) ;;
+	esac
 	for wl in "${WORKLOADS[@]}"; do
 		for t in "${order[@]}"; do
 			run_one "$r" "$wl" "$t" "${SIZE[$t/$wl]}" || true
@@ -275,22 +296,29 @@ def fmt(x, spec):
 
 lines = [f"# redward in front of a Redis Cluster: redis-benchmark --cluster", "",
          f"3 masters; -c {clients}, -d 64, -r 100000; {rounds} round(s) of ~{secs} s runs, "
-         "direct (plaintext to the nodes) and redward (TLS through redward) interleaved.",
+         "direct (plaintext to the nodes), tls (a cluster with Redis's own TLS) and redward "
+         "(TLS through redward, plaintext behind) interleaved.",
          f"Machine: {machine}.", f"Versions: {versions}.", "",
-         "| workload | direct ops/s | redward ops/s | redward/direct | redward CPU s / 100k req "
-         "| p99 ms direct | p99 ms redward |",
-         "|---|--:|--:|--:|--:|--:|--:|"]
+         "| workload | direct ops/s | tls ops/s | redward ops/s | redward/direct | redward/tls "
+         "| redward CPU s/100k | server side CPU s/100k: redward / tls | p99 ms tls | p99 ms redward |",
+         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+targets = ("direct", "tls", "redward")
 for wl in workloads:
     by = {t: {r["round"]: r for r in clean if r["workload"] == wl and r["target"] == t}
-          for t in ("direct", "redward")}
+          for t in targets}
     rps = {t: med([float(r["rps"]) for r in by[t].values()]) for t in by}
-    ratio = med([float(by["redward"][k]["rps"]) / float(by["direct"][k]["rps"])
-                 for k in by["redward"] if k in by["direct"] and float(by["direct"][k]["rps"]) > 0])
+    def ratio(ref):
+        return med([float(by["redward"][k]["rps"]) / float(by[ref][k]["rps"])
+                    for k in by["redward"] if k in by[ref] and float(by[ref][k]["rps"]) > 0])
     cpu = med([float(r["redward_cpu_s"]) / int(r["n"]) * 1e5 for r in by["redward"].values()])
+    side = {t: med([(float(r["redward_cpu_s"]) + float(r["redis_cpu_s"])) / int(r["n"]) * 1e5
+                    for r in by[t].values()]) for t in ("tls", "redward")}
     p99 = {t: med([float(r["p99_ms"]) for r in by[t].values() if r["p99_ms"]]) for t in by}
-    lines.append(f"| {wl} | {ops(rps['direct'])} | {ops(rps['redward'])} | {fmt(ratio, '.2f')} "
-                 f"| {fmt(cpu, '.2f')} | {fmt(p99['direct'], '.2f')} | {fmt(p99['redward'], '.2f')} |")
-lines += ["", "Medians over the rounds (the ratio: the median of each round's redward/direct). "
+    lines.append(f"| {wl} | {ops(rps['direct'])} | {ops(rps['tls'])} | {ops(rps['redward'])} "
+                 f"| {fmt(ratio('direct'), '.2f')} | {fmt(ratio('tls'), '.2f')} | {fmt(cpu, '.2f')} "
+                 f"| {fmt(side['redward'], '.2f')} / {fmt(side['tls'], '.2f')} "
+                 f"| {fmt(p99['tls'], '.2f')} | {fmt(p99['redward'], '.2f')} |")
+lines += ["", "Medians over the rounds (a ratio: the median of each round's). "
           "Warm-up runs (round 0) are not counted."]
 if bad:
     lines += ["", f"**{len(bad)} run(s) had errors:**", ""]

@@ -3,9 +3,11 @@
 # cluster-demo.sh and bench-cluster.sh (sourced after lib.sh; uses the caller's `die`, `log`,
 # `PIDS` array, `WORK` directory and `LOGS` directory for logs).
 #
-#   cluster_ports                 sets NODES BUSES (3 each), ENTRY, RANGE (8 listener ports)
+#   cluster_ports                 sets NODES BUSES (3 each), ENTRY, RANGE (8 listener ports),
+#                                 TLS_NODES TLS_BUSES (3 each, for tls_cluster_start)
 #   cluster_start [ARGS...]       starts the masters (extra redis-server ARGS, e.g. more users),
 #                                 joins them, waits for cluster_state:ok; sets NODE_PIDS
+#   tls_cluster_start CERTDIR     the same cluster TLS only, Redis's own TLS (bench-cluster.sh)
 #   redward_start BIN RULES       gen-certs, config (user app with RULES), check, start; waits
 #                                 until redward shows the 3 masters; sets REDWARD, CACERT, nodes
 #   direct ARGS...                redis-cli as the `proxy` user, straight to a node
@@ -58,11 +60,13 @@ direct() { REDISCLI_AUTH=$PROXY_PW redis-cli -h 127.0.0.1 --user proxy --no-auth
 
 cluster_ports() {
 	local -a p
-	read -r -a p <<<"$(pick_ports 7 8)"
+	read -r -a p <<<"$(pick_ports 13 8)"
 	NODES=("${p[@]:0:3}")
 	BUSES=("${p[@]:3:3}")
 	ENTRY=${p[6]}
-	RANGE="${p[7]}-${p[8]}"
+	TLS_NODES=("${p[@]:7:3}")
+	TLS_BUSES=("${p[@]:10:3}")
+	RANGE="${p[13]}-${p[14]}"
 }
 
 # Nodes with AUTH in front of everything but the cluster bus (which has none in Redis).
@@ -93,6 +97,43 @@ cluster_start() {
 		sleep 0.1
 	done
 	die "the cluster did not reach cluster_state:ok on every node within 30 s"
+}
+
+# tls_cluster_start CERTDIR: a second cluster, TLS only (`tls-port`, `tls-cluster yes`,
+# `tls-replication yes`, plaintext `port 0`): Redis's own TLS, the reference redward is weighed
+# against. Its nodes take TLS_NODES/TLS_BUSES (set by cluster_ports); sets TLS_NODE_PIDS.
+tls_cluster_start() {
+	local certs=$1 i ok info p
+	shift
+	local -a tls=(--tls-cert-file "$certs/server.crt" --tls-key-file "$certs/server.key"
+		--tls-ca-cert-file "$certs/ca.crt" --tls-auth-clients no)
+	TLS_NODE_PIDS=()
+	for i in 0 1 2; do
+		mkdir -p "$WORK/t$i"
+		redis-server --bind 127.0.0.1 --port 0 --tls-port "${TLS_NODES[i]}" "${tls[@]}" \
+			--tls-cluster yes --tls-replication yes --protected-mode yes \
+			--cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "${TLS_BUSES[i]}" \
+			--cluster-node-timeout 3000 --save '' --appendonly no --dir "$WORK/t$i" \
+			--user default off --user proxy on "#$(sha256 "$PROXY_PW")" '~*' '&*' '+@all' \
+			"$@" >"$LOGS/tls-node$i.log" 2>&1 &
+		PIDS+=("$!")
+		TLS_NODE_PIDS+=("$!")
+		wait_port "${TLS_NODES[i]}" "$!" "tls-node$i"
+	done
+	REDISCLI_AUTH=$PROXY_PW redis-cli --tls --cacert "$certs/ca.crt" --user proxy --no-auth-warning \
+		--cluster create "${TLS_NODES[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
+		>"$LOGS/tls-create.log" 2>&1 ||
+		{ cat "$LOGS/tls-create.log" >&2; die "redis-cli --cluster create (TLS) failed"; }
+	for _ in $(seq 300); do
+		ok=0
+		for p in "${TLS_NODES[@]}"; do
+			info=$(direct --tls --cacert "$certs/ca.crt" -p "$p" CLUSTER INFO 2>/dev/null) || true
+			[[ $info == *cluster_state:ok* && $info == *cluster_known_nodes:3* ]] && ok=$((ok + 1))
+		done
+		((ok == 3)) && return 0
+		sleep 0.1
+	done
+	die "the TLS cluster did not reach cluster_state:ok on every node within 30 s"
 }
 
 redward_start() {
