@@ -53,85 +53,10 @@ pub fn convert_named(text: &str, source: &str) -> Conversion {
     let mut upstream: Option<(String, String)> = None; // (address, service label)
     let mut converted: Vec<&Service> = Vec::new();
     for svc in &services {
-        let label = svc.label();
-        if svc.get("client").is_some_and(|o| is_yes(o.value)) {
-            notes.add(
-                svc.line,
-                format!(
-                    "{label}client = yes: client-mode services (plaintext in, TLS out) are not converted; redward only terminates TLS"
-                ),
-            );
-            continue;
+        if let Some(l) = convert_service(svc, &mut upstream, &mut notes) {
+            listeners.extend(l);
+            converted.push(svc);
         }
-        let connects = svc.all("connect");
-        let Some(&connect) = connects.first() else {
-            notes.add(
-                svc.line,
-                format!("{label}has no `connect` (exec or redirect?); service not converted"),
-            );
-            continue;
-        };
-        let accepts = svc.all("accept");
-        if accepts.is_empty() {
-            notes.add(
-                svc.line,
-                format!("{label}has no `accept`; service not converted"),
-            );
-            continue;
-        }
-        let address = match parse_connect(connect.value) {
-            Ok(a) => a,
-            Err(reason) => {
-                notes.opt(connect, &format!("{reason}; service not converted"));
-                continue;
-            }
-        };
-        if connects.len() > 1 {
-            notes.opt(
-                connects[1],
-                &format!("redward has one upstream: only the first connect ({address}) is used"),
-            );
-        }
-        match &upstream {
-            Some((first, from)) if *first != address => {
-                notes.opt(
-                    connect,
-                    &format!(
-                        "redward has one upstream, {first} (from {from}); this service is not converted: run a second redward for it"
-                    ),
-                );
-                continue;
-            }
-            Some(_) => {}
-            None => upstream = Some((address, label.trim_end().to_owned())),
-        }
-        let tls = server_tls(svc, &mut notes);
-        for accept in accepts {
-            match parse_accept(accept.value) {
-                Ok(a) => {
-                    if a.bare {
-                        notes.opt(
-                            accept,
-                            &format!(
-                                "a bare port listens on every interface; so does redward's {}: restrict clients with `allow:` (example in the YAML)",
-                                a.address
-                            ),
-                        );
-                    }
-                    if let Some(reason) = &a.warning {
-                        notes.opt(accept, reason);
-                    }
-                    listeners.push(Listener {
-                        comment: format!("{label}accept = {}", accept.value),
-                        address: a.address,
-                        every_interface: a.unspecified,
-                        tls: tls.clone(),
-                    });
-                }
-                Err(reason) => notes.opt(accept, &reason),
-            }
-        }
-        converted.push(svc);
     }
 
     // Every option of the global section and of the converted services, once each.
@@ -161,6 +86,124 @@ pub fn convert_named(text: &str, source: &str) -> Conversion {
         "stunnel held no Redis credential: if Redis has requirepass or ACL users, fill in upstream.username / upstream.password_file".to_owned(),
     );
 
+    let yaml = write_yaml(
+        source,
+        &Converted {
+            listeners,
+            upstream,
+            connect_timeout,
+            idle,
+            log_level,
+        },
+    );
+    Conversion {
+        yaml,
+        warnings: notes.finish(),
+    }
+}
+
+/// One service: its listeners, or `None` (with notes saying why) when it is not converted.
+/// The first service converted sets `upstream`; a service with another `connect` is not.
+fn convert_service(
+    svc: &Service,
+    upstream: &mut Option<(String, String)>,
+    notes: &mut Notes,
+) -> Option<Vec<Listener>> {
+    let mut listeners = Vec::new();
+    let label = svc.label();
+    if svc.get("client").is_some_and(|o| is_yes(o.value)) {
+        notes.add(
+            svc.line,
+            format!(
+                "{label}client = yes: client-mode services (plaintext in, TLS out) are not converted; redward only terminates TLS"
+            ),
+        );
+        return None;
+    }
+    let connects = svc.all("connect");
+    let Some(&connect) = connects.first() else {
+        notes.add(
+            svc.line,
+            format!("{label}has no `connect` (exec or redirect?); service not converted"),
+        );
+        return None;
+    };
+    let accepts = svc.all("accept");
+    if accepts.is_empty() {
+        notes.add(
+            svc.line,
+            format!("{label}has no `accept`; service not converted"),
+        );
+        return None;
+    }
+    let address = match parse_connect(connect.value) {
+        Ok(a) => a,
+        Err(reason) => {
+            notes.opt(connect, &format!("{reason}; service not converted"));
+            return None;
+        }
+    };
+    if connects.len() > 1 {
+        notes.opt(
+            connects[1],
+            &format!("redward has one upstream: only the first connect ({address}) is used"),
+        );
+    }
+    match &*upstream {
+        Some((first, from)) if *first != address => {
+            notes.opt(
+                connect,
+                &format!(
+                    "redward has one upstream, {first} (from {from}); this service is not converted: run a second redward for it"
+                ),
+            );
+            return None;
+        }
+        Some(_) => {}
+        None => *upstream = Some((address, label.trim_end().to_owned())),
+    }
+    let tls = server_tls(svc, notes);
+    for accept in accepts {
+        match parse_accept(accept.value) {
+            Ok(a) => {
+                if a.bare {
+                    notes.opt(
+                        accept,
+                        &format!(
+                            "a bare port listens on every interface; so does redward's {}: restrict clients with `allow:` (example in the YAML)",
+                            a.address
+                        ),
+                    );
+                }
+                if let Some(reason) = &a.warning {
+                    notes.opt(accept, reason);
+                }
+                listeners.push(Listener {
+                    comment: format!("{label}accept = {}", accept.value),
+                    address: a.address,
+                    every_interface: a.unspecified,
+                    tls: tls.clone(),
+                });
+            }
+            Err(reason) => notes.opt(accept, &reason),
+        }
+    }
+    Some(listeners)
+}
+
+/// What the converted services give the YAML.
+struct Converted {
+    listeners: Vec<Listener>,
+    /// The upstream address and the service it came from.
+    upstream: Option<(String, String)>,
+    connect_timeout: Option<u64>,
+    idle: Option<u64>,
+    log_level: Option<&'static str>,
+}
+
+/// The YAML: a header, the listeners, the upstream, commented users, and the limits and log
+/// level the services agreed on.
+fn write_yaml(source: &str, c: &Converted) -> String {
     let mut y = String::new();
     let source = if source.is_empty() {
         String::new()
@@ -177,19 +220,19 @@ pub fn convert_named(text: &str, source: &str) -> Conversion {
          # then run: redward check --config THIS_FILE\n\n",
     );
 
-    if listeners.is_empty() {
+    if c.listeners.is_empty() {
         y.push_str(
             "# No server-mode stunnel service could be converted: add a listener.\nlisten: []\n",
         );
     } else {
         y.push_str("listen:\n");
-        for l in &listeners {
+        for l in &c.listeners {
             write_listener(&mut y, l);
         }
     }
 
     y.push_str("\nupstream:\n");
-    match &upstream {
+    match &c.upstream {
         Some((address, _)) => {
             let _ = writeln!(y, "  address: {}", quote(address));
         }
@@ -205,7 +248,7 @@ pub fn convert_named(text: &str, source: &str) -> Conversion {
          \x20 # username: proxy                     # a Redis ACL user; leave out for requirepass\n\
          \x20 # password_file: /run/secrets/redis   # file holding that user's password (or requirepass)\n",
     );
-    if let Some(s) = connect_timeout {
+    if let Some(s) = c.connect_timeout {
         let _ = writeln!(
             y,
             "  connect_timeout: {s}s               # stunnel TIMEOUTconnect"
@@ -228,23 +271,19 @@ pub fn convert_named(text: &str, source: &str) -> Conversion {
          users: []\n",
     );
 
-    if let Some(s) = idle {
+    if let Some(s) = c.idle {
         let _ = write!(
             y,
             "\nlimits:\n  idle_timeout: {s}s                  # stunnel TIMEOUTidle\n"
         );
     }
-    if let Some(level) = log_level {
+    if let Some(level) = c.log_level {
         let _ = write!(
             y,
             "\nlog:\n  level: {level}                        # stunnel debug\n"
         );
     }
-
-    Conversion {
-        yaml: y,
-        warnings: notes.finish(),
-    }
+    y
 }
 
 /// One `option = value` line.
