@@ -239,100 +239,10 @@ fn keys_from_proc<A: Argv + ?Sized>(p: Proc, argv: &A) -> Vec<KeyRef> {
         }
         // sortROGetKeys
         Proc::SortRo => vec![key(1, KS_RO | KS_ACCESS)],
-        // sortGetKeys: the last STORE wins; LIMIT/GET/BY skip their arguments.
-        Proc::Sort => {
-            let mut keys = vec![key(1, KS_RO | KS_ACCESS)];
-            let mut store = None;
-            let mut i = 2;
-            while i < argc {
-                // The skiplist loop in Redis tests "store" inside the loop over
-                // limit/get/by, so STORE is recognized on the first iteration already.
-                if arg_is(argv, i, "limit") {
-                    i += 2;
-                } else if arg_is(argv, i, "store") && i + 1 < argc {
-                    store = Some(i + 1);
-                } else if arg_is(argv, i, "get") || arg_is(argv, i, "by") {
-                    i += 1;
-                }
-                i += 1;
-            }
-            if let Some(pos) = store {
-                keys.push(key(pos, KS_OW | KS_UPDATE));
-            }
-            keys
-        }
-        // migrateGetKeys
-        Proc::Migrate => {
-            let (mut first, mut num) = (3usize, 1usize);
-            if argc > 6 {
-                let mut i = 6;
-                while i < argc {
-                    if arg_is(argv, i, "keys") {
-                        // A non-empty key argument with KEYS is a syntax error: no keys.
-                        if argv.arg(3).is_empty() {
-                            first = i + 1;
-                            num = argc - first;
-                        } else {
-                            num = 0;
-                        }
-                        break;
-                    }
-                    if arg_is(argv, i, "auth") {
-                        i += 1;
-                    } else if arg_is(argv, i, "auth2") {
-                        i += 2;
-                    }
-                    i += 1;
-                }
-            }
-            (0..num)
-                .map(|i| key(first + i, KS_RW | KS_ACCESS | KS_DELETE))
-                .collect()
-        }
-        // georadiusGetKeys: the last STORE/STOREDIST wins.
-        Proc::Georadius => {
-            let mut stored = None;
-            let mut i = 5;
-            while i < argc {
-                if (arg_is(argv, i, "store") || arg_is(argv, i, "storedist")) && i + 1 < argc {
-                    stored = Some(i + 1);
-                    i += 1;
-                }
-                i += 1;
-            }
-            let mut keys = vec![key(1, 0)];
-            if let Some(pos) = stored {
-                keys.push(key(pos, 0));
-            }
-            keys
-        }
-        // xreadGetKeys
-        Proc::Xread => {
-            let mut streams = None;
-            let mut i = 1;
-            while i < argc {
-                if arg_is(argv, i, "block") || arg_is(argv, i, "count") {
-                    i += 1;
-                } else if arg_is(argv, i, "group") {
-                    i += 2;
-                } else if arg_is(argv, i, "noack") {
-                } else if arg_is(argv, i, "streams") {
-                    streams = Some(i);
-                    break;
-                } else {
-                    break;
-                }
-                i += 1;
-            }
-            let Some(sp) = streams else {
-                return Vec::new();
-            };
-            let num = argc - sp - 1;
-            if num == 0 || !num.is_multiple_of(2) {
-                return Vec::new();
-            }
-            (sp + 1..argc - num / 2).map(|i| key(i, 0)).collect()
-        }
+        Proc::Sort => sort_keys(argv),
+        Proc::Migrate => migrate_keys(argv),
+        Proc::Georadius => georadius_keys(argv),
+        Proc::Xread => xread_keys(argv),
         // setGetKeys: GET (as a C string, any case) from argv[3] on makes it a read too.
         Proc::Set => {
             let get = (3..argc).any(|i| arg_is(argv, i, "get"));
@@ -342,30 +252,140 @@ fn keys_from_proc<A: Argv + ?Sized>(p: Proc, argv: &A) -> Vec<KeyRef> {
                 vec![key(1, KS_OW | KS_UPDATE)]
             }
         }
-        // bitfieldGetKeys
-        Proc::Bitfield => {
-            let mut readonly = true;
-            let mut i = 2;
-            while i < argc {
-                let remargs = argc - i - 1;
-                if arg_is(argv, i, "get") && remargs >= 2 {
-                    i += 2;
-                } else if (arg_is(argv, i, "set") || arg_is(argv, i, "incrby")) && remargs >= 3 {
-                    readonly = false;
-                    break;
-                } else if arg_is(argv, i, "overflow") && remargs >= 1 {
-                    i += 1;
-                } else {
-                    readonly = false;
-                    break;
-                }
-                i += 1;
-            }
-            if readonly {
-                vec![key(1, KS_RO | KS_ACCESS)]
-            } else {
-                vec![key(1, KS_RW | KS_ACCESS | KS_UPDATE)]
-            }
+        Proc::Bitfield => bitfield_keys(argv),
+    }
+}
+
+/// `sortGetKeys` in Redis's db.c: the last STORE wins; LIMIT/GET/BY skip their arguments.
+fn sort_keys<A: Argv + ?Sized>(argv: &A) -> Vec<KeyRef> {
+    let argc = argv.argc();
+    let key = |pos: usize, flags: u32| KeyRef { pos, flags };
+    let mut keys = vec![key(1, KS_RO | KS_ACCESS)];
+    let mut store = None;
+    let mut i = 2;
+    while i < argc {
+        // The skiplist loop in Redis tests "store" inside the loop over
+        // limit/get/by, so STORE is recognized on the first iteration already.
+        if arg_is(argv, i, "limit") {
+            i += 2;
+        } else if arg_is(argv, i, "store") && i + 1 < argc {
+            store = Some(i + 1);
+        } else if arg_is(argv, i, "get") || arg_is(argv, i, "by") {
+            i += 1;
         }
+        i += 1;
+    }
+    if let Some(pos) = store {
+        keys.push(key(pos, KS_OW | KS_UPDATE));
+    }
+    keys
+}
+
+/// `migrateGetKeys` in Redis's db.c.
+fn migrate_keys<A: Argv + ?Sized>(argv: &A) -> Vec<KeyRef> {
+    let argc = argv.argc();
+    let key = |pos: usize, flags: u32| KeyRef { pos, flags };
+    let (mut first, mut num) = (3usize, 1usize);
+    if argc > 6 {
+        let mut i = 6;
+        while i < argc {
+            if arg_is(argv, i, "keys") {
+                // A non-empty key argument with KEYS is a syntax error: no keys.
+                if argv.arg(3).is_empty() {
+                    first = i + 1;
+                    num = argc - first;
+                } else {
+                    num = 0;
+                }
+                break;
+            }
+            if arg_is(argv, i, "auth") {
+                i += 1;
+            } else if arg_is(argv, i, "auth2") {
+                i += 2;
+            }
+            i += 1;
+        }
+    }
+    (0..num)
+        .map(|i| key(first + i, KS_RW | KS_ACCESS | KS_DELETE))
+        .collect()
+}
+
+/// `georadiusGetKeys` in Redis's db.c: the last STORE/STOREDIST wins.
+fn georadius_keys<A: Argv + ?Sized>(argv: &A) -> Vec<KeyRef> {
+    let argc = argv.argc();
+    let key = |pos: usize, flags: u32| KeyRef { pos, flags };
+    let mut stored = None;
+    let mut i = 5;
+    while i < argc {
+        if (arg_is(argv, i, "store") || arg_is(argv, i, "storedist")) && i + 1 < argc {
+            stored = Some(i + 1);
+            i += 1;
+        }
+        i += 1;
+    }
+    let mut keys = vec![key(1, 0)];
+    if let Some(pos) = stored {
+        keys.push(key(pos, 0));
+    }
+    keys
+}
+
+/// `xreadGetKeys` in Redis's db.c.
+fn xread_keys<A: Argv + ?Sized>(argv: &A) -> Vec<KeyRef> {
+    let argc = argv.argc();
+    let key = |pos: usize, flags: u32| KeyRef { pos, flags };
+    let mut streams = None;
+    let mut i = 1;
+    while i < argc {
+        if arg_is(argv, i, "block") || arg_is(argv, i, "count") {
+            i += 1;
+        } else if arg_is(argv, i, "group") {
+            i += 2;
+        } else if arg_is(argv, i, "noack") {
+        } else if arg_is(argv, i, "streams") {
+            streams = Some(i);
+            break;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    let Some(sp) = streams else {
+        return Vec::new();
+    };
+    let num = argc - sp - 1;
+    if num == 0 || !num.is_multiple_of(2) {
+        return Vec::new();
+    }
+    (sp + 1..argc - num / 2).map(|i| key(i, 0)).collect()
+}
+
+/// `bitfieldGetKeys` in Redis's db.c.
+fn bitfield_keys<A: Argv + ?Sized>(argv: &A) -> Vec<KeyRef> {
+    let argc = argv.argc();
+    let key = |pos: usize, flags: u32| KeyRef { pos, flags };
+    let mut readonly = true;
+    let mut i = 2;
+    while i < argc {
+        let remargs = argc - i - 1;
+        if arg_is(argv, i, "get") && remargs >= 2 {
+            i += 2;
+        } else if (arg_is(argv, i, "set") || arg_is(argv, i, "incrby")) && remargs >= 3 {
+            readonly = false;
+            break;
+        } else if arg_is(argv, i, "overflow") && remargs >= 1 {
+            i += 1;
+        } else {
+            readonly = false;
+            break;
+        }
+        i += 1;
+    }
+    if readonly {
+        vec![key(1, KS_RO | KS_ACCESS)]
+    } else {
+        vec![key(1, KS_RW | KS_ACCESS | KS_UPDATE)]
     }
 }
