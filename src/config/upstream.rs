@@ -160,6 +160,91 @@ fn cluster_announce(
     Ok(out)
 }
 
+/// Where the upstream is: one address, the master a set of Sentinels name (its first
+/// Sentinel's address stands in until asked), or a cluster's first seed.
+fn target(
+    address_raw: Option<String>,
+    sentinel_raw: Option<super::RawSentinel>,
+    cluster: Option<&ClusterConfig>,
+    base: &Path,
+) -> Result<(UpstreamAddr, Option<SentinelConfig>), ConfigError> {
+    Ok(match (address_raw, sentinel_raw) {
+        (None, None) if cluster.is_some() => {
+            let (host, port) = cluster
+                .and_then(|c| c.seeds.first().cloned())
+                .unwrap_or_default();
+            (UpstreamAddr::Tcp { host, port }, None)
+        }
+        (Some(a), None) => (address("upstream.address", &a, base)?, None),
+        (None, Some(s)) => {
+            let s = sentinel(s, base)?;
+            let (host, port) = s.addresses.first().cloned().unwrap_or_default();
+            (UpstreamAddr::Tcp { host, port }, Some(s))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "upstream",
+                "set address (one Redis) or sentinel (the master Sentinels name), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                "upstream.address",
+                "missing: set address (host:port or unix:/path), sentinel or cluster",
+            ))
+        }
+    })
+}
+
+/// `upstream.tls`: the name a server's certificate is checked against is required where the
+/// address moves (Sentinel, cluster) or is a socket.
+fn upstream_tls(
+    raw: Option<super::RawUpstreamTls>,
+    addr: &UpstreamAddr,
+    moving: bool,
+    base: &Path,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    Ok(match raw {
+        None => None,
+        Some(t) => {
+            let server_name = match (t.server_name, addr) {
+                (Some(n), _) => n,
+                (None, _) if moving => {
+                    return Err(ConfigError::invalid(
+                        "upstream.tls.server_name",
+                        "required with sentinel or cluster (the nodes' addresses change)",
+                    ))
+                }
+                (None, UpstreamAddr::Tcp { host, .. }) => host.clone(),
+                (None, UpstreamAddr::Unix(_)) => {
+                    return Err(ConfigError::invalid(
+                        "upstream.tls.server_name",
+                        "required with a unix socket",
+                    ))
+                }
+            };
+            Some(UpstreamTls {
+                ca: t.ca.map(|p| resolve(base, &p)),
+                server_name,
+            })
+        }
+    })
+}
+
+/// `upstream.identity`: `per_user` unless `shared` is asked for.
+fn identity(raw: Option<&str>) -> Result<IdentityMode, ConfigError> {
+    Ok(match raw {
+        None | Some("per_user") => IdentityMode::PerUser,
+        Some("shared") => IdentityMode::Shared,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "upstream.identity",
+                format!("`{other}`: expected per_user or shared"),
+            ))
+        }
+    })
+}
+
 /// `upstream.sentinel`.
 fn sentinel(raw: super::RawSentinel, base: &Path) -> Result<SentinelConfig, ConfigError> {
     if raw.master.is_empty() {
@@ -248,33 +333,7 @@ pub(super) fn upstream(
         Some(m) => cluster_announce(m, base)?,
         None => Vec::new(),
     };
-    let (addr, sentinel) = match (raw.address, raw.sentinel) {
-        (None, None) if cluster.is_some() => {
-            let (host, port) = cluster
-                .as_ref()
-                .and_then(|c| c.seeds.first().cloned())
-                .unwrap_or_default();
-            (UpstreamAddr::Tcp { host, port }, None)
-        }
-        (Some(a), None) => (address("upstream.address", &a, base)?, None),
-        (None, Some(s)) => {
-            let s = sentinel(s, base)?;
-            let (host, port) = s.addresses.first().cloned().unwrap_or_default();
-            (UpstreamAddr::Tcp { host, port }, Some(s))
-        }
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(
-                "upstream",
-                "set address (one Redis) or sentinel (the master Sentinels name), not both",
-            ))
-        }
-        (None, None) => {
-            return Err(ConfigError::invalid(
-                "upstream.address",
-                "missing: set address (host:port or unix:/path), sentinel or cluster",
-            ))
-        }
-    };
+    let (addr, sentinel) = target(raw.address, raw.sentinel, cluster.as_ref(), base)?;
     let password = password("upstream", raw.password, raw.password_file, base)?;
     let username = match raw.username {
         Some(u) => Some(expand_env("upstream.username", &u)?),
@@ -286,41 +345,13 @@ pub(super) fn upstream(
             "a username needs password or password_file",
         ));
     }
-    let tls = match raw.tls {
-        None => None,
-        Some(t) => {
-            let server_name = match (t.server_name, &addr) {
-                (Some(n), _) => n,
-                (None, _) if sentinel.is_some() || cluster.is_some() => {
-                    return Err(ConfigError::invalid(
-                        "upstream.tls.server_name",
-                        "required with sentinel or cluster (the nodes' addresses change)",
-                    ))
-                }
-                (None, UpstreamAddr::Tcp { host, .. }) => host.clone(),
-                (None, UpstreamAddr::Unix(_)) => {
-                    return Err(ConfigError::invalid(
-                        "upstream.tls.server_name",
-                        "required with a unix socket",
-                    ))
-                }
-            };
-            Some(UpstreamTls {
-                ca: t.ca.map(|p| resolve(base, &p)),
-                server_name,
-            })
-        }
-    };
-    let identity = match raw.identity.as_deref() {
-        None | Some("per_user") => IdentityMode::PerUser,
-        Some("shared") => IdentityMode::Shared,
-        Some(other) => {
-            return Err(ConfigError::invalid(
-                "upstream.identity",
-                format!("`{other}`: expected per_user or shared"),
-            ))
-        }
-    };
+    let tls = upstream_tls(
+        raw.tls,
+        &addr,
+        sentinel.is_some() || cluster.is_some(),
+        base,
+    )?;
+    let identity = identity(raw.identity.as_deref())?;
     Ok(UpstreamConfig {
         identity,
         addr,
