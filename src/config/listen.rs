@@ -24,69 +24,7 @@ pub(super) fn listeners(
         let field = format!("listen[{i}].address");
         let addr = socket_addr(&field, &l.address)?;
         let tls = match l.tls {
-            RawTls::On(t) => {
-                let tls13_only = match t.min_version.as_deref() {
-                    None | Some("1.2") => false,
-                    Some("1.3") => true,
-                    Some(other) => {
-                        return Err(ConfigError::invalid(
-                            format!("listen[{i}].tls.min_version"),
-                            format!("`{other}` is not supported (use \"1.2\" or \"1.3\")"),
-                        ))
-                    }
-                };
-                let field = |f: &str| format!("listen[{i}].tls.{f}");
-                let auth = match t.client_auth.as_deref() {
-                    None | Some("none") => None,
-                    Some("optional") => Some(ClientAuth::Optional),
-                    Some("required") => Some(ClientAuth::Required),
-                    Some(other) => {
-                        return Err(ConfigError::invalid(
-                            field("client_auth"),
-                            format!("`{other}`: use none, optional or required"),
-                        ))
-                    }
-                };
-                let identity = match t.client_identity.as_deref() {
-                    None | Some("cn") => ClientIdentity::CommonName,
-                    Some("dns") => ClientIdentity::Dns,
-                    Some("uri") => ClientIdentity::Uri,
-                    Some(other) => {
-                        return Err(ConfigError::invalid(
-                            field("client_identity"),
-                            format!("`{other}`: use cn, dns or uri"),
-                        ))
-                    }
-                };
-                let client_certs = match (auth, &t.client_ca) {
-                    (None, None) => None,
-                    (None, Some(_)) => {
-                        return Err(ConfigError::invalid(
-                            field("client_auth"),
-                            "client_ca is set: say client_auth: optional or required",
-                        ))
-                    }
-                    (Some(_), None) => {
-                        return Err(ConfigError::invalid(
-                            field("client_ca"),
-                            "client_auth needs a client_ca",
-                        ))
-                    }
-                    (Some(auth), Some(ca)) => Some(ClientCerts {
-                        ca: resolve(base, ca),
-                        crls: t.crl.iter().map(|c| resolve(base, c)).collect(),
-                        auth,
-                        identity,
-                    }),
-                };
-                Some(ClientTls {
-                    cert: resolve(base, &t.cert),
-                    key: resolve(base, &t.key),
-                    tls13_only,
-                    session_tickets: t.session_tickets.unwrap_or(true),
-                    client_certs,
-                })
-            }
+            RawTls::On(t) => Some(server_tls(t, i, base)?),
             RawTls::Off => {
                 if !addr.ip().is_loopback() && !l.allow_plaintext_non_loopback {
                     return Err(ConfigError::invalid(
@@ -119,4 +57,70 @@ pub(super) fn listeners(
         });
     }
     Ok(listeners)
+}
+
+/// `listen[i].tls`: the certificate, the minimum version, and the client certificates asked
+/// for, with the CA they must chain to (both or neither).
+fn server_tls(t: super::RawServerTls, i: usize, base: &Path) -> Result<ClientTls, ConfigError> {
+    let tls13_only = match t.min_version.as_deref() {
+        None | Some("1.2") => false,
+        Some("1.3") => true,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                format!("listen[{i}].tls.min_version"),
+                format!("`{other}` is not supported (use \"1.2\" or \"1.3\")"),
+            ))
+        }
+    };
+    let field = |f: &str| format!("listen[{i}].tls.{f}");
+    let auth = match t.client_auth.as_deref() {
+        None | Some("none") => None,
+        Some("optional") => Some(ClientAuth::Optional),
+        Some("required") => Some(ClientAuth::Required),
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                field("client_auth"),
+                format!("`{other}`: use none, optional or required"),
+            ))
+        }
+    };
+    let identity = match t.client_identity.as_deref() {
+        None | Some("cn") => ClientIdentity::CommonName,
+        Some("dns") => ClientIdentity::Dns,
+        Some("uri") => ClientIdentity::Uri,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                field("client_identity"),
+                format!("`{other}`: use cn, dns or uri"),
+            ))
+        }
+    };
+    let client_certs = match (auth, &t.client_ca) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                field("client_auth"),
+                "client_ca is set: say client_auth: optional or required",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                field("client_ca"),
+                "client_auth needs a client_ca",
+            ))
+        }
+        (Some(auth), Some(ca)) => Some(ClientCerts {
+            ca: resolve(base, ca),
+            crls: t.crl.iter().map(|c| resolve(base, c)).collect(),
+            auth,
+            identity,
+        }),
+    };
+    Ok(ClientTls {
+        cert: resolve(base, &t.cert),
+        key: resolve(base, &t.key),
+        tls13_only,
+        session_tickets: t.session_tickets.unwrap_or(true),
+        client_certs,
+    })
 }
