@@ -308,90 +308,11 @@ impl Selector {
         } else if is("nocommands") || is("-@all") {
             self.deny_all();
         } else if first == b'~' || first == b'%' {
-            if self.all_keys {
-                return Err(Errno::Exist);
-            }
-            let mut flags = 0u8;
-            let mut offset = 1usize;
-            if first == b'%' {
-                while let Some(&c) = op.get(offset) {
-                    if c.eq_ignore_ascii_case(&b'R') && flags & KEY_READ == 0 {
-                        flags |= KEY_READ;
-                    } else if c.eq_ignore_ascii_case(&b'W') && flags & KEY_WRITE == 0 {
-                        flags |= KEY_WRITE;
-                    } else if c == b'~' {
-                        offset += 1;
-                        break;
-                    } else {
-                        return Err(Errno::Inval);
-                    }
-                    offset += 1;
-                }
-                // The CVE-2024-31227 fix shipped in 7.0.15 builds: `%~pat` (no R or W) is
-                // refused instead of creating a pattern that crashes `ACL LIST`.
-                if flags == 0 {
-                    return Err(Errno::Inval);
-                }
-            } else {
-                flags = KEY_READ | KEY_WRITE;
-            }
-            let pattern = op.get(offset..).unwrap_or_default();
-            if has_spaces(pattern) {
-                return Err(Errno::Inval);
-            }
-            match self.patterns.iter_mut().find(|p| p.pattern == pattern) {
-                Some(existing) => existing.flags |= flags,
-                None => self.patterns.push(KeyPattern {
-                    flags,
-                    pattern: pattern.to_vec(),
-                }),
-            }
-            self.all_keys = false;
+            self.add_key_pattern(op, first)?;
         } else if first == b'&' {
-            if self.all_channels {
-                return Err(Errno::IsDir);
-            }
-            let pattern = op.get(1..).unwrap_or_default();
-            if has_spaces(pattern) {
-                return Err(Errno::Inval);
-            }
-            if !self.channels.iter().any(|c| c == pattern) {
-                self.channels.push(pattern.to_vec());
-            }
-            self.all_channels = false;
+            self.add_channel(op)?;
         } else if first == b'+' && second != b'@' {
-            let name = cop.get(1..).unwrap_or_default();
-            match name.iter().rposition(|&c| c == b'|') {
-                None => {
-                    let cmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
-                    self.rules.push(CmdRule::Command(cmd.name.into(), true));
-                    self.change_perm(cmd, true);
-                }
-                Some(bar) => {
-                    let (base, sub) = (
-                        name.get(..bar).unwrap_or_default(),
-                        name.get(bar + 1..).unwrap_or_default(),
-                    );
-                    let cmd = lookup_by_fullname(base).ok_or(Errno::NoEnt)?;
-                    if cmd.name.contains('|') {
-                        return Err(Errno::Child);
-                    }
-                    if sub.is_empty() {
-                        return Err(Errno::Inval);
-                    }
-                    if cmd.subcommands.is_empty() {
-                        self.rules
-                            .push(CmdRule::FirstArg(cmd.name.into(), sub.to_vec()));
-                        if let Some(id) = command_id(cmd) {
-                            self.add_firstarg(id, sub);
-                        }
-                    } else {
-                        let subcmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
-                        self.rules.push(CmdRule::Command(subcmd.name.into(), true));
-                        self.change_perm(subcmd, true);
-                    }
-                }
-            }
+            self.allow_command(cop.get(1..).unwrap_or_default())?;
         } else if first == b'-' && second != b'@' {
             let cmd = lookup_by_fullname(cop.get(1..).unwrap_or_default()).ok_or(Errno::NoEnt)?;
             self.rules.push(CmdRule::Command(cmd.name.into(), false));
@@ -402,6 +323,104 @@ impl Selector {
             self.set_category(1u32 << idx, first == b'+');
         } else {
             return Err(Errno::Inval);
+        }
+        Ok(())
+    }
+
+    /// `~pattern` or `%RW~pattern` (`ACLSetSelector` in acl.c): a key pattern, its
+    /// permissions merged into an equal pattern's.
+    fn add_key_pattern(&mut self, op: &[u8], first: u8) -> Result<(), Errno> {
+        if self.all_keys {
+            return Err(Errno::Exist);
+        }
+        let mut flags = 0u8;
+        let mut offset = 1usize;
+        if first == b'%' {
+            while let Some(&c) = op.get(offset) {
+                if c.eq_ignore_ascii_case(&b'R') && flags & KEY_READ == 0 {
+                    flags |= KEY_READ;
+                } else if c.eq_ignore_ascii_case(&b'W') && flags & KEY_WRITE == 0 {
+                    flags |= KEY_WRITE;
+                } else if c == b'~' {
+                    offset += 1;
+                    break;
+                } else {
+                    return Err(Errno::Inval);
+                }
+                offset += 1;
+            }
+            // The CVE-2024-31227 fix shipped in 7.0.15 builds: `%~pat` (no R or W) is
+            // refused instead of creating a pattern that crashes `ACL LIST`.
+            if flags == 0 {
+                return Err(Errno::Inval);
+            }
+        } else {
+            flags = KEY_READ | KEY_WRITE;
+        }
+        let pattern = op.get(offset..).unwrap_or_default();
+        if has_spaces(pattern) {
+            return Err(Errno::Inval);
+        }
+        match self.patterns.iter_mut().find(|p| p.pattern == pattern) {
+            Some(existing) => existing.flags |= flags,
+            None => self.patterns.push(KeyPattern {
+                flags,
+                pattern: pattern.to_vec(),
+            }),
+        }
+        self.all_keys = false;
+        Ok(())
+    }
+
+    /// `&pattern`: a channel pattern, once.
+    fn add_channel(&mut self, op: &[u8]) -> Result<(), Errno> {
+        if self.all_channels {
+            return Err(Errno::IsDir);
+        }
+        let pattern = op.get(1..).unwrap_or_default();
+        if has_spaces(pattern) {
+            return Err(Errno::Inval);
+        }
+        if !self.channels.iter().any(|c| c == pattern) {
+            self.channels.push(pattern.to_vec());
+        }
+        self.all_channels = false;
+        Ok(())
+    }
+
+    /// `+command`, `+command|subcommand`, or `+command|firstarg` for a command without
+    /// subcommands (`ACLSetSelector`'s first-argument rules).
+    fn allow_command(&mut self, name: &[u8]) -> Result<(), Errno> {
+        match name.iter().rposition(|&c| c == b'|') {
+            None => {
+                let cmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
+                self.rules.push(CmdRule::Command(cmd.name.into(), true));
+                self.change_perm(cmd, true);
+            }
+            Some(bar) => {
+                let (base, sub) = (
+                    name.get(..bar).unwrap_or_default(),
+                    name.get(bar + 1..).unwrap_or_default(),
+                );
+                let cmd = lookup_by_fullname(base).ok_or(Errno::NoEnt)?;
+                if cmd.name.contains('|') {
+                    return Err(Errno::Child);
+                }
+                if sub.is_empty() {
+                    return Err(Errno::Inval);
+                }
+                if cmd.subcommands.is_empty() {
+                    self.rules
+                        .push(CmdRule::FirstArg(cmd.name.into(), sub.to_vec()));
+                    if let Some(id) = command_id(cmd) {
+                        self.add_firstarg(id, sub);
+                    }
+                } else {
+                    let subcmd = lookup_by_fullname(name).ok_or(Errno::NoEnt)?;
+                    self.rules.push(CmdRule::Command(subcmd.name.into(), true));
+                    self.change_perm(subcmd, true);
+                }
+            }
         }
         Ok(())
     }
