@@ -5,6 +5,11 @@
 #                                          # a noisy machine; user space only; slow, keep N small)
 #   scripts/profile.sh perf [P] [N]        # where the CPU time goes, kernel included
 #                                          # (perf record -g, software clock; report on stdout)
+#   scripts/profile.sh flame [P] [N] [DIR] # redward beside Redis's own TLS, same workload, one
+#                                          # after the other: flame graphs (inferno, `cargo
+#                                          # install inferno`) of redward, of the Redis behind it
+#                                          # and of Redis doing TLS itself, into DIR (default
+#                                          # docs/profile), and the syscalls each makes per request
 #
 # P = pipeline depth (default 16), N = requests (default 20000 for callgrind, 500000 for perf).
 # Uses target/release/redward (built if missing), a throwaway redis-server and dev certs in a
@@ -15,7 +20,7 @@ mode=${1:-callgrind}
 pipeline=${2:-16}
 case "$mode" in
 	callgrind) requests=${3:-20000} ;;
-	perf) requests=${3:-500000} ;;
+	perf | flame) requests=${3:-500000} ;;
 	*)
 		echo "usage: $0 callgrind|perf [pipeline] [requests]" >&2
 		exit 2
@@ -31,8 +36,12 @@ done
 	echo "profile.sh: valgrind is missing (apt-get install valgrind)" >&2
 	exit 2
 }
-[[ $mode == perf ]] && ! command -v perf >/dev/null && {
+[[ $mode != callgrind ]] && ! command -v perf >/dev/null && {
 	echo "profile.sh: perf is missing (apt-get install linux-perf)" >&2
+	exit 2
+}
+[[ $mode == flame ]] && ! command -v inferno-flamegraph >/dev/null && {
+	echo "profile.sh: inferno is missing (cargo install inferno)" >&2
 	exit 2
 }
 bin=$root/target/release/redward
@@ -68,7 +77,7 @@ workers: 1
 log: { level: warn }
 YAML
 bench() {
-	redis-benchmark --tls --cacert "$work/certs/ca.crt" -p "$proxy_port" --user app -a "$pw" \
+	redis-benchmark --tls --cacert "$work/certs/ca.crt" -p "${2:-$proxy_port}" --user app -a "$pw" \
 		-c 10 -n "$1" -P "$pipeline" -t get -q 2>&1 | tr '\r' '\n' | grep 'requests per second' | tail -1
 }
 wait_up() {
@@ -97,6 +106,50 @@ if [[ $mode == callgrind ]]; then
 	echo "instructions in redward while serving $requests requests: $total"
 	echo "instructions per request (approx., over $requests requests at -P $pipeline): $(( total / requests ))"
 	echo "(per-function breakdown: scripts/profile.sh perf, or KEEP=1 and callgrind_annotate on the output)"
+elif [[ $mode == flame ]]; then
+	out=${4:-$root/docs/profile}
+	mkdir -p "$out"
+	tls_port=$(free_port)
+	redis-server --port 0 --tls-port "$tls_port" --bind 127.0.0.1 --save '' --appendonly no \
+		--tls-cert-file "$work/certs/server.crt" --tls-key-file "$work/certs/server.key" \
+		--tls-ca-cert-file "$work/certs/ca.crt" --tls-auth-clients no \
+		--user default off --user app on ">$pw" '~*' '&*' '+@all' >"$work/redis-tls.log" 2>&1 &
+	tls_pid=$!
+	pids+=("$tls_pid")
+	"$bin" --config "$work/redward.yaml" >"$work/redward.log" 2>&1 &
+	rw=$!
+	pids+=("$rw")
+	wait_up
+	redis_pid=${pids[0]}
+	calls='syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex'
+	# profile NAME PORT PID...: one measured run against PORT, recording PID (a flame graph
+	# each) and counting the syscalls of all of them per request
+	profile() {
+		local name=$1 port=$2 p
+		local -a recs=()
+		shift 2
+		bench 20000 "$port" >/dev/null
+		for p in "$@"; do
+			perf record -F 4000 -g -p "$p" -o "$work/$name-$p.data" -- sleep 4 >/dev/null 2>&1 &
+			recs+=($!)
+		done
+		perf stat -e "$calls" -p "$(IFS=,; echo "$*")" -o "$work/$name.stat" -- sleep 4 >/dev/null 2>&1 &
+		recs+=($!)
+		echo "$name: $(bench "$requests" "$port")"
+		wait "${recs[@]}" || true
+		for p in "$@"; do
+			local label=$name
+			[[ $p == "$redis_pid" ]] && label=$name-redis
+			perf script -i "$work/$name-$p.data" 2>/dev/null | inferno-collapse-perf >"$out/$label.folded"
+			inferno-flamegraph --title "$label: GET -P $pipeline, 10 TLS clients" \
+				<"$out/$label.folded" >"$out/$label.svg"
+		done
+		echo "  syscalls while the $requests requests ran (4 s window), per request:"
+		awk -v n="$requests" '/syscalls:/ { gsub(",", "", $1); printf "    %-22s %.3f\n", $2, $1 / n }' "$work/$name.stat"
+	}
+	profile redward "$proxy_port" "$rw" "$redis_pid"
+	profile redis-tls "$tls_port" "$tls_pid"
+	echo "flame graphs and folded stacks in $out"
 else
 	"$bin" --config "$work/redward.yaml" >"$work/redward.log" 2>&1 &
 	rw=$!
