@@ -578,6 +578,15 @@ fn users(
 fn limits(
     l: super::RawLimits,
 ) -> Result<(ProtocolLimits, crate::limits::LimitSettings, bool), ConfigError> {
+    let limits = protocol_limits(&l)?;
+    let (connection_limits, shared_state_upstream) = connection_limits(&l)?;
+    let limits = buffer_limits(l, limits)?;
+    Ok((limits, connection_limits, shared_state_upstream))
+}
+
+/// What a request may be: its size, the pipeline depth, and the time a handshake, a login and
+/// a write may take.
+fn protocol_limits(l: &super::RawLimits) -> Result<ProtocolLimits, ConfigError> {
     let d = ProtocolLimits::default();
     let max_bulk_len = match l.max_bulk_len {
         None => d.max_bulk_len,
@@ -599,7 +608,7 @@ fn limits(
             ))
         }
     };
-    let limits = ProtocolLimits {
+    Ok(ProtocolLimits {
         handshake_timeout: nonzero(
             "limits.handshake_timeout",
             l.handshake_timeout,
@@ -624,16 +633,22 @@ fn limits(
             None => d.max_pipeline,
         },
         ..d
-    };
+    })
+}
 
-    let (connection_limits, shared_state_upstream) = connection_limits(&l)?;
+/// What may be buffered: replies per client (hard and soft), a shared connection's inbox per
+/// client, all clients together, and how many users there may be.
+fn buffer_limits(
+    l: super::RawLimits,
+    limits: ProtocolLimits,
+) -> Result<ProtocolLimits, ConfigError> {
     let out = l.output_buffer_limit.unwrap_or_default();
     let size = |field: &str, v: Option<u64>, default: usize| match v {
         Some(n) if n >= 1024 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
         Some(_) => Err(ConfigError::invalid(field, "must be at least 1kb")),
         None => Ok(default),
     };
-    let limits = ProtocolLimits {
+    Ok(ProtocolLimits {
         idle_timeout: l.idle_timeout.unwrap_or(Duration::ZERO),
         output_hard: size(
             "limits.output_buffer_limit.hard",
@@ -673,8 +688,7 @@ fn limits(
             None => DEFAULT_MAX_USERS,
         },
         ..limits
-    };
-    Ok((limits, connection_limits, shared_state_upstream))
+    })
 }
 
 /// A duration that must not be zero, or its default.
