@@ -110,6 +110,59 @@ fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// What `redward check` says the upstream is: one address, the master Sentinels name, a
+/// cluster found from seeds, or a cluster node beside which redward sits.
+fn describe_upstream(upstream: &redward::config::UpstreamConfig) -> String {
+    match &upstream.sentinel {
+        Some(s) => format!(
+            "the master Sentinel names `{}` (Sentinels {}; redward confirms with ROLE, follows \
+             +switch-master, re-checks every 5 s)",
+            s.master,
+            s.addresses
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => match &upstream.cluster {
+            Some(c) => format!(
+                "a Redis Cluster found from seeds {} (CLUSTER SHARDS, re-read every 5 s); a \
+                 listener per node on {}:{}-{}, announced as {}; node addresses dialled only \
+                 within {}; entry listeners go to the node that last answered",
+                c.seeds
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c.bind,
+                c.ports.0,
+                c.ports.1,
+                c.announce_host,
+                if c.allow.is_empty() {
+                    "the seeds' own addresses".to_owned()
+                } else {
+                    c.allow
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            None if !upstream.cluster_announce.is_empty() => format!(
+                "{} (a cluster node; MOVED/ASK and CLUSTER replies name {})",
+                upstream.addr,
+                upstream
+                    .cluster_announce
+                    .iter()
+                    .map(|((h, p), (ah, ap))| format!("{h}:{p} as {ah}:{ap}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => upstream.addr.to_string(),
+        },
+    }
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(cfg) => cfg,
@@ -138,54 +191,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     if let Err(e) = redward::upstream::Connector::new(&cfg.upstream) {
         return fail(EXIT_CONFIG, &redward::StartError::UpstreamTls(e));
     }
-    let upstream = match &cfg.upstream.sentinel {
-        Some(s) => format!(
-            "the master Sentinel names `{}` (Sentinels {}; redward confirms with ROLE, follows \
-             +switch-master, re-checks every 5 s)",
-            s.master,
-            s.addresses
-                .iter()
-                .map(|(h, p)| format!("{h}:{p}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        None => match &cfg.upstream.cluster {
-            Some(c) => format!(
-                "a Redis Cluster found from seeds {} (CLUSTER SHARDS, re-read every 5 s); a \
-                 listener per node on {}:{}-{}, announced as {}; node addresses dialled only \
-                 within {}; entry listeners go to the node that last answered",
-                c.seeds
-                    .iter()
-                    .map(|(h, p)| format!("{h}:{p}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                c.bind,
-                c.ports.0,
-                c.ports.1,
-                c.announce_host,
-                if c.allow.is_empty() {
-                    "the seeds' own addresses".to_owned()
-                } else {
-                    c.allow
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            ),
-            None if !cfg.upstream.cluster_announce.is_empty() => format!(
-                "{} (a cluster node; MOVED/ASK and CLUSTER replies name {})",
-                cfg.upstream.addr,
-                cfg.upstream
-                    .cluster_announce
-                    .iter()
-                    .map(|((h, p), (ah, ap))| format!("{h}:{p} as {ah}:{ap}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => cfg.upstream.addr.to_string(),
-        },
-    };
+    let upstream = describe_upstream(&cfg.upstream);
     println!(
         "upstream {}{}, {}",
         upstream,
