@@ -71,7 +71,7 @@ cluster_ports() {
 
 # Nodes with AUTH in front of everything but the cluster bus (which has none in Redis).
 cluster_start() {
-	local i ok info p
+	local i
 	NODE_PIDS=()
 	for i in 0 1 2; do
 		mkdir -p "$WORK/n$i"
@@ -87,23 +87,34 @@ cluster_start() {
 	REDISCLI_AUTH=$PROXY_PW redis-cli --user proxy --no-auth-warning --cluster create \
 		"${NODES[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$LOGS/create.log" 2>&1 ||
 		{ cat "$LOGS/create.log" >&2; die "redis-cli --cluster create failed"; }
+	wait_cluster_ok "the cluster" "${NODES[@]}"
+}
+
+# wait_cluster_ok WHAT PORT... [-- DIRECT-ARGS...]: until every node says cluster_state:ok and
+# knows all three (30 s), asked with `direct` (and DIRECT-ARGS, such as --tls)
+wait_cluster_ok() {
+	local what=$1 ok info p
+	shift
+	local -a ports=() how=()
+	while (($#)) && [[ $1 != -- ]]; do ports+=("$1"); shift; done
+	(($#)) && shift && how=("$@")
 	for _ in $(seq 300); do
 		ok=0
-		for p in "${NODES[@]}"; do
-			info=$(direct -p "$p" CLUSTER INFO 2>/dev/null) || true
+		for p in "${ports[@]}"; do
+			info=$(direct "${how[@]}" -p "$p" CLUSTER INFO 2>/dev/null) || true
 			[[ $info == *cluster_state:ok* && $info == *cluster_known_nodes:3* ]] && ok=$((ok + 1))
 		done
 		((ok == 3)) && return 0
 		sleep 0.1
 	done
-	die "the cluster did not reach cluster_state:ok on every node within 30 s"
+	die "$what did not reach cluster_state:ok on every node within 30 s"
 }
 
 # tls_cluster_start CERTDIR: a second cluster, TLS only (`tls-port`, `tls-cluster yes`,
 # `tls-replication yes`, plaintext `port 0`): Redis's own TLS, the reference redward is weighed
 # against. Its nodes take TLS_NODES/TLS_BUSES (set by cluster_ports); sets TLS_NODE_PIDS.
 tls_cluster_start() {
-	local certs=$1 i ok info p
+	local certs=$1 i
 	shift
 	local -a tls=(--tls-cert-file "$certs/server.crt" --tls-key-file "$certs/server.key"
 		--tls-ca-cert-file "$certs/ca.crt" --tls-auth-clients no)
@@ -124,16 +135,7 @@ tls_cluster_start() {
 		--cluster create "${TLS_NODES[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
 		>"$LOGS/tls-create.log" 2>&1 ||
 		{ cat "$LOGS/tls-create.log" >&2; die "redis-cli --cluster create (TLS) failed"; }
-	for _ in $(seq 300); do
-		ok=0
-		for p in "${TLS_NODES[@]}"; do
-			info=$(direct --tls --cacert "$certs/ca.crt" -p "$p" CLUSTER INFO 2>/dev/null) || true
-			[[ $info == *cluster_state:ok* && $info == *cluster_known_nodes:3* ]] && ok=$((ok + 1))
-		done
-		((ok == 3)) && return 0
-		sleep 0.1
-	done
-	die "the TLS cluster did not reach cluster_state:ok on every node within 30 s"
+	wait_cluster_ok "the TLS cluster" "${TLS_NODES[@]}" -- --tls --cacert "$certs/ca.crt"
 }
 
 redward_start() {

@@ -150,24 +150,6 @@ async fn ids_that_are_not_redwards_clients_never_reach_its_own_connections() {
     canary.finish().await;
 }
 
-/// `kind` with redward's upstream user and the app user, or `None` (skipped, saying why).
-fn server(kind: ServerKind) -> Option<Redis> {
-    match Redis::start_kind(
-        kind,
-        vec![
-            "user default off".to_owned(),
-            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
-            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
-        ],
-    ) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            eprintln!("skipping {}: {e}", kind.name());
-            None
-        }
-    }
-}
-
 /// A connection straight to `redis`, logged in as the app user.
 async fn direct(redis: &Redis) -> Raw {
     let mut c = Raw::plain(&redis.addr()).await;
@@ -206,7 +188,9 @@ async fn redirect_views(mut target: Raw, mut reader: Raw) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn getredir_and_trackinginfo_name_redwards_ids() {
     for kind in ServerKind::ALL {
-        let Some(redis) = server(kind) else { continue };
+        let Some(redis) = matrix_server(kind) else {
+            continue;
+        };
         let proxy = proxy().start(&redis).await;
         let straight = redirect_views(direct(&redis).await, direct(&redis).await).await;
         let through = redirect_views(logged_in(&proxy).await, logged_in(&proxy).await).await;
@@ -222,7 +206,9 @@ async fn getredir_and_trackinginfo_name_redwards_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_maxage_acts_on_redwards_clients_where_the_server_takes_it() {
     for kind in ServerKind::ALL {
-        let Some(redis) = server(kind) else { continue };
+        let Some(redis) = matrix_server(kind) else {
+            continue;
+        };
         let proxy = proxy().start(&redis).await;
         let mut straight = direct(&redis).await;
         let mut old = logged_in(&proxy).await;

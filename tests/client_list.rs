@@ -94,19 +94,8 @@ async fn scripted_clients(
 
 /// The same clients straight against `kind` and through redward in front of it.
 async fn compare(kind: ServerKind) {
-    let redis = match Redis::start_kind(
-        kind,
-        vec![
-            "user default off".to_owned(),
-            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
-            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
-        ],
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("skipping {}: {e}", kind.name());
-            return;
-        }
+    let Some(redis) = matrix_server(kind) else {
+        return;
     };
     let proxy = proxy().start(&redis).await;
     let addr = redis.addr();
@@ -173,19 +162,8 @@ fn slowlog_client(reply: &redis::Value, args: &[&str]) -> Option<(String, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowlog_names_the_client_where_redward_knows_it() {
     for kind in ServerKind::ALL {
-        let redis = match Redis::start_kind(
-            kind,
-            vec![
-                "user default off".to_owned(),
-                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
-                format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
-            ],
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("skipping {}: {e}", kind.name());
-                continue;
-            }
+        let Some(redis) = matrix_server(kind) else {
+            continue;
         };
         let _: () = redis::cmd("CONFIG")
             .arg("SET")

@@ -250,19 +250,8 @@ async fn redis_py_client_side_caching_resp3() {
         return;
     }
     for kind in ServerKind::ALL {
-        let redis = match Redis::start_kind(
-            kind,
-            vec![
-                "user default off".to_owned(),
-                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
-                format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
-            ],
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("skipping {}: {e}", kind.name());
-                continue;
-            }
+        let Some(redis) = matrix_server(kind) else {
+            continue;
         };
         let proxy = proxy().start(&redis).await;
         let name = if kind == ServerKind::Valkey {

@@ -220,21 +220,12 @@ fn signal(pid: &str, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_counts_only_replicas_that_have_the_clients_writes() {
     for kind in ServerKind::ALL {
-        let acl = vec![
-            "user default off".to_owned(),
-            format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
-            format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
-        ];
-        let master = match Redis::start_kind(kind, acl.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("skipping {}: {e}", kind.name());
-                continue;
-            }
+        let Some(master) = matrix_server(kind) else {
+            continue;
         };
         let replica = Redis::start_with(RedisOptions {
             server: kind,
-            ..RedisOptions::with_acl(acl).args([
+            ..RedisOptions::with_acl(matrix_acl()).args([
                 "--replicaof".to_owned(),
                 "127.0.0.1".to_owned(),
                 master.port.to_string(),

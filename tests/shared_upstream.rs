@@ -457,19 +457,8 @@ async fn script_kill_reaches_a_busy_redis_from_a_database_other_than_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_pause_holds_the_writers_alone_and_shared_reads_flow() {
     for kind in ServerKind::ALL {
-        let redis = match Redis::start_kind(
-            kind,
-            vec![
-                "user default off".to_owned(),
-                format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
-                format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
-            ],
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("skipping {}: {e}", kind.name());
-                continue;
-            }
+        let Some(redis) = matrix_server(kind) else {
+            continue;
         };
         // One shared connection: without care, a held write holds everyone on it.
         let proxy = proxy()

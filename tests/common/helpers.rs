@@ -30,3 +30,25 @@ pub async fn admin_metrics(addr: SocketAddr) -> String {
     s.read_to_string(&mut out).await.expect("read");
     out
 }
+
+/// A server of the matrix with redward's upstream user and the app user (`default` off), or
+/// `None` when `kind` cannot run here (the test skips it, saying why).
+pub fn matrix_server(kind: super::ServerKind) -> Option<super::Redis> {
+    match super::Redis::start_kind(kind, super::matrix_acl()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("skipping {}: {e}", kind.name());
+            None
+        }
+    }
+}
+
+/// The ACL lines of [`matrix_server`]: `default` off, redward's upstream user, the app user.
+pub fn matrix_acl() -> Vec<String> {
+    use super::{APP_PASSWORD, APP_USER, UPSTREAM_PASSWORD, UPSTREAM_USER};
+    vec![
+        "user default off".to_owned(),
+        format!("user {UPSTREAM_USER} on >{UPSTREAM_PASSWORD} ~* &* +@all"),
+        format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
+    ]
+}
