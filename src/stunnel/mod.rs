@@ -646,6 +646,32 @@ const SYSTEMD: &str = "handled by systemd (or the container runtime), not by red
 const CLIENT_CERTS: &str =
     "client certificate verification is not supported yet: redward authenticates clients by AUTH only";
 
+/// `TIMEOUTidle`/`TIMEOUTconnect`: carried over unless not a number, or a zero connect timeout.
+fn timeout_note(o: &Opt) -> Option<String> {
+    match seconds(o.value) {
+        None => Some("not a number of seconds; not converted".into()),
+        Some(0) if o.lower == "timeoutconnect" => {
+            Some("0 is not a usable connect timeout; redward's default (5s) applies".into())
+        }
+        Some(_) => None,
+    }
+}
+
+/// `sslVersion`/`sslVersionMin` (lowercased `lv`) against redward's TLS 1.2 and 1.3.
+fn tls_version_note(o: &Opt, lv: &str) -> Option<String> {
+    match lv {
+        "tlsv1.3" | "all" => None,
+        "tlsv1.2" if o.lower == "sslversion" => Some(
+            "stunnel allowed only TLS 1.2; redward's min_version \"1.2\" also accepts TLS 1.3".into(),
+        ),
+        "tlsv1.2" => None,
+        "sslv2" | "sslv3" | "tlsv1" | "tlsv1.1" => Some(
+            "redward speaks TLS 1.2 and 1.3 only (min_version \"1.2\"); clients limited to older versions cannot connect".into(),
+        ),
+        _ => Some("unknown TLS version; min_version \"1.2\" used".into()),
+    }
+}
+
 /// Why an option is not carried over, or `None` when it is (or needs nothing: it already is
 /// what redward does).
 fn unconverted(o: &Opt) -> Option<String> {
@@ -660,32 +686,12 @@ fn unconverted(o: &Opt) -> Option<String> {
         // Carried over where the listeners, upstream, limits and log are built.
         "accept" | "connect" | "client" | "debug" => return None,
         "cert" | "key" => return relative("certificate"),
-        "timeoutidle" | "timeoutconnect" => {
-            return match seconds(v) {
-                None => Some("not a number of seconds; not converted".into()),
-                Some(0) if o.lower == "timeoutconnect" => {
-                    Some("0 is not a usable connect timeout; redward's default (5s) applies".into())
-                }
-                Some(_) => None,
-            }
-        }
+        "timeoutidle" | "timeoutconnect" => return timeout_note(o),
         "sessionresume" if is_no(v) => {
             "session_tickets: false, but redward still resumes TLS 1.2 sessions by session ID"
         }
         "sessionresume" => return None,
-        "sslversion" | "sslversionmin" => {
-            return match lv.as_str() {
-                "tlsv1.3" | "all" => None,
-                "tlsv1.2" if o.lower == "sslversion" => Some(
-                    "stunnel allowed only TLS 1.2; redward's min_version \"1.2\" also accepts TLS 1.3".into(),
-                ),
-                "tlsv1.2" => None,
-                "sslv2" | "sslv3" | "tlsv1" | "tlsv1.1" => Some(
-                    "redward speaks TLS 1.2 and 1.3 only (min_version \"1.2\"); clients limited to older versions cannot connect".into(),
-                ),
-                _ => Some("unknown TLS version; min_version \"1.2\" used".into()),
-            }
-        }
+        "sslversion" | "sslversionmin" => return tls_version_note(o, &lv),
         "sslversionmax" if lv == "tlsv1.3" || lv == "all" => return None,
         "sslversionmax" => "redward has no maximum TLS version: TLS 1.3 is accepted",
         "options" => return openssl_options(v),
