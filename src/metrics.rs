@@ -90,6 +90,96 @@ pub struct Metrics {
     pub cluster_node_unconfirmed: Counter,
 }
 
+/// The metrics of a deployment beyond one Redis: Sentinel, cluster, per-user identities and
+/// users changed at run time.
+struct DeploymentMetrics {
+    upstream_failovers: Counter,
+    upstream_master: Family<Address, Gauge>,
+    cluster_nodes: Gauge,
+    cluster_redirections: Counter,
+    acl_changes: Counter,
+    upstream_users: Gauge,
+    upstream_user_connections: Family<UpstreamUser, Gauge>,
+    cluster_nodes_refused: Counter,
+    cluster_nodes_added: Counter,
+    cluster_nodes_removed: Counter,
+    cluster_node_unconfirmed: Counter,
+}
+
+impl DeploymentMetrics {
+    fn register(reg: &mut Registrar) -> DeploymentMetrics {
+        let upstream_failovers: Counter = reg.add(
+            "upstream_failovers",
+            "Master switches seen through Sentinel (upstream.sentinel)",
+        );
+        let upstream_master: Family<Address, Gauge> = reg.add(
+            "upstream_master",
+            "1 for the address Sentinel names as master now, 0 for earlier masters",
+        );
+        let cluster_nodes: Gauge = reg.add(
+            "cluster_nodes",
+            "Cluster nodes redward has a listener for (upstream.cluster)",
+        );
+        let cluster_redirections: Counter = reg.add(
+            "cluster_redirections",
+            "MOVED and ASK replies rewritten to name redward's node listeners",
+        );
+        let acl_changes: Counter = reg.add(
+            "acl_changes",
+            "ACL SETUSER, DELUSER, SAVE and LOAD through redward that succeeded",
+        );
+        let upstream_users: Gauge = reg.add(
+            "upstream_users",
+            "Redis users redward keeps for its users (upstream.identity: per_user)",
+        );
+        let upstream_user_connections: Family<UpstreamUser, Gauge> = reg.add(
+            "upstream_user_connections",
+            "Upstream connections open, by the Redis user they are logged in as",
+        );
+        let cluster_nodes_refused: Counter = reg.add(
+            "cluster_nodes_refused",
+            "Cluster node addresses outside upstream.cluster.node_listeners.allow, not dialled",
+        );
+        let cluster_nodes_added: Counter = reg.add(
+            "cluster_nodes_added",
+            "Cluster node listeners opened (a node appeared at an admitted address)",
+        );
+        let cluster_nodes_removed: Counter = reg.add(
+            "cluster_nodes_removed",
+            "Cluster node listeners closed (their node left the topology for the grace period)",
+        );
+        let cluster_node_unconfirmed: Counter = reg.add("cluster_node_unconfirmed", "Node listener connections closed unused: the server did not confirm the node's id (CLUSTER MYID)");
+        DeploymentMetrics {
+            upstream_failovers,
+            upstream_master,
+            cluster_nodes,
+            cluster_redirections,
+            acl_changes,
+            upstream_users,
+            upstream_user_connections,
+            cluster_nodes_refused,
+            cluster_nodes_added,
+            cluster_nodes_removed,
+            cluster_node_unconfirmed,
+        }
+    }
+}
+
+/// Registers each metric under its name and help and hands back the handle to it.
+struct Registrar<'a>(&'a mut Registry);
+
+impl Registrar<'_> {
+    fn add<M: prometheus_client::registry::Metric + Clone + Default>(
+        &mut self,
+        name: &str,
+        help: &str,
+    ) -> M {
+        let metric = M::default();
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -117,178 +207,68 @@ impl Metrics {
 
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("redward");
-        let connections_open = Gauge::default();
-        registry.register(
-            "connections_open",
-            "Client connections open now",
-            connections_open.clone(),
-        );
-        let connections_accepted = Counter::default();
-        registry.register(
+        let mut reg = Registrar(&mut registry);
+        let connections_open: Gauge = reg.add("connections_open", "Client connections open now");
+        let connections_accepted: Counter = reg.add(
             "connections_accepted",
             "Client connections admitted (allow-list and limits passed)",
-            connections_accepted.clone(),
         );
-        let refused = Family::<Reason, Counter>::default();
-        registry.register(
+        let refused: Family<Reason, Counter> = reg.add(
             "connections_refused",
             "Client connections closed at accept, by reason",
-            refused.clone(),
         );
         let r = |reason| refused.get_or_create(&Reason { reason }).clone();
-        let tls_handshake_failures = Counter::default();
-        registry.register(
+        let tls_handshake_failures: Counter = reg.add(
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
-            tls_handshake_failures.clone(),
         );
-        let commands = Family::<Result_, Counter>::default();
-        registry.register(
-            "commands",
-            "Client commands by result: forwarded to Redis, answered by redward, denied by ACL, rate limited",
-            commands.clone(),
-        );
+        let commands: Family<Result_, Counter> = reg.add("commands", "Client commands by result: forwarded to Redis, answered by redward, denied by ACL, rate limited");
         let c = |result| commands.get_or_create(&Result_ { result }).clone();
-        let auth_failures = Counter::default();
-        registry.register(
-            "auth_failures",
-            "Failed AUTH/HELLO AUTH attempts",
-            auth_failures.clone(),
-        );
-        let auth_lockouts = Counter::default();
-        registry.register(
+        let auth_failures: Counter = reg.add("auth_failures", "Failed AUTH/HELLO AUTH attempts");
+        let auth_lockouts: Counter = reg.add(
             "auth_lockouts",
             "Logins refused because the source address is locked out",
-            auth_lockouts.clone(),
         );
-        let denials = Family::<Reason, Counter>::default();
-        registry.register(
-            "acl_denials",
-            "Commands refused by ACL rules, by reason",
-            denials.clone(),
-        );
+        let denials: Family<Reason, Counter> =
+            reg.add("acl_denials", "Commands refused by ACL rules, by reason");
         let d = |reason| denials.get_or_create(&Reason { reason }).clone();
-        let upstream_errors = Family::<Reason, Counter>::default();
-        registry.register(
+        let upstream_errors: Family<Reason, Counter> = reg.add(
             "upstream_errors",
             "Upstream Redis failures: connect (incl. redward's own AUTH) or mid-stream",
-            upstream_errors.clone(),
         );
         let u = |reason| upstream_errors.get_or_create(&Reason { reason }).clone();
-        let upstream_open = Family::<Kind, Gauge>::default();
-        registry.register(
+        let upstream_open: Family<Kind, Gauge> = reg.add(
             "upstream_connections",
             "Open connections to Redis: shared by clients, or a client's own",
-            upstream_open.clone(),
         );
         let upstream_shared = upstream_open
             .get_or_create(&Kind { kind: "shared" })
             .clone();
         let upstream_own = upstream_open.get_or_create(&Kind { kind: "own" }).clone();
-        let upstream_moves = Counter::default();
-        registry.register(
-            "upstream_moves",
-            "Clients moved from a shared upstream connection to their own (a command needing connection state)",
-            upstream_moves.clone(),
-        );
-        let client_memory = Gauge::default();
-        registry.register(
-            "client_memory_bytes",
-            "Bytes buffered for clients (requests, replies, shared-connection inboxes), the sum limits.max_client_memory bounds",
-            client_memory.clone(),
-        );
-        let clients_evicted = Counter::default();
-        registry.register(
-            "clients_evicted",
-            "Clients disconnected because all clients together buffered more than limits.max_client_memory",
-            clients_evicted.clone(),
-        );
+        let upstream_moves: Counter = reg.add("upstream_moves", "Clients moved from a shared upstream connection to their own (a command needing connection state)");
+        let client_memory: Gauge = reg.add("client_memory_bytes", "Bytes buffered for clients (requests, replies, shared-connection inboxes), the sum limits.max_client_memory bounds");
+        let clients_evicted: Counter = reg.add("clients_evicted", "Clients disconnected because all clients together buffered more than limits.max_client_memory");
         let request_duration = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0,
         ]);
-        registry.register(
+        reg.0.register(
             "request_duration_seconds",
             "Time from a forwarded request to the end of its reply (one reply in eight is sampled)",
             request_duration.clone(),
         );
-        let upstream_failovers = Counter::default();
-        registry.register(
-            "upstream_failovers",
-            "Master switches seen through Sentinel (upstream.sentinel)",
-            upstream_failovers.clone(),
-        );
-        let upstream_master = Family::<Address, Gauge>::default();
-        registry.register(
-            "upstream_master",
-            "1 for the address Sentinel names as master now, 0 for earlier masters",
-            upstream_master.clone(),
-        );
-        let cluster_nodes = Gauge::default();
-        registry.register(
-            "cluster_nodes",
-            "Cluster nodes redward has a listener for (upstream.cluster)",
-            cluster_nodes.clone(),
-        );
-        let cluster_redirections = Counter::default();
-        registry.register(
-            "cluster_redirections",
-            "MOVED and ASK replies rewritten to name redward's node listeners",
-            cluster_redirections.clone(),
-        );
-        let acl_changes = Counter::default();
-        registry.register(
-            "acl_changes",
-            "ACL SETUSER, DELUSER, SAVE and LOAD through redward that succeeded",
-            acl_changes.clone(),
-        );
-        let upstream_users = Gauge::default();
-        registry.register(
-            "upstream_users",
-            "Redis users redward keeps for its users (upstream.identity: per_user)",
-            upstream_users.clone(),
-        );
-        let upstream_user_connections = Family::<UpstreamUser, Gauge>::default();
-        registry.register(
-            "upstream_user_connections",
-            "Upstream connections open, by the Redis user they are logged in as",
-            upstream_user_connections.clone(),
-        );
-        let cluster_nodes_refused = Counter::default();
-        registry.register(
-            "cluster_nodes_refused",
-            "Cluster node addresses outside upstream.cluster.node_listeners.allow, not dialled",
-            cluster_nodes_refused.clone(),
-        );
-        let cluster_nodes_added = Counter::default();
-        registry.register(
-            "cluster_nodes_added",
-            "Cluster node listeners opened (a node appeared at an admitted address)",
-            cluster_nodes_added.clone(),
-        );
-        let cluster_nodes_removed = Counter::default();
-        registry.register(
-            "cluster_nodes_removed",
-            "Cluster node listeners closed (their node left the topology for the grace period)",
-            cluster_nodes_removed.clone(),
-        );
-        let cluster_node_unconfirmed = Counter::default();
-        registry.register(
-            "cluster_node_unconfirmed",
-            "Node listener connections closed unused: the server did not confirm the node's id (CLUSTER MYID)",
-            cluster_node_unconfirmed.clone(),
-        );
+        let more = DeploymentMetrics::register(&mut reg);
         Metrics {
-            upstream_failovers,
-            upstream_master,
-            cluster_nodes,
-            cluster_redirections,
-            cluster_nodes_refused,
-            upstream_users,
-            acl_changes,
-            upstream_user_connections,
-            cluster_nodes_added,
-            cluster_nodes_removed,
-            cluster_node_unconfirmed,
+            upstream_failovers: more.upstream_failovers,
+            upstream_master: more.upstream_master,
+            cluster_nodes: more.cluster_nodes,
+            cluster_redirections: more.cluster_redirections,
+            cluster_nodes_refused: more.cluster_nodes_refused,
+            upstream_users: more.upstream_users,
+            acl_changes: more.acl_changes,
+            upstream_user_connections: more.upstream_user_connections,
+            cluster_nodes_added: more.cluster_nodes_added,
+            cluster_nodes_removed: more.cluster_nodes_removed,
+            cluster_node_unconfirmed: more.cluster_node_unconfirmed,
             connections_open,
             connections_accepted,
             refused_not_allowed: r("not_allowed"),
