@@ -459,18 +459,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
                     } else {
                         warn!(error = %e, "upstream unavailable (shared connection)");
                     }
-                    // Nothing was sent: every queued request is answered as unavailable.
-                    wbuf.clear();
-                    let mut q = lock(&mux.queue);
-                    q.out.clear();
-                    for w in q.waiting.drain(..) {
-                        w.wake();
-                    }
-                    let routes: Vec<Route> = inflight.drain(..).chain(q.routes.drain(..)).collect();
-                    drop(q);
-                    for r in routes {
-                        r.inbox.update(|st| st.unavailable += r.replies);
-                    }
+                    unavailable(&mux, &mut wbuf, &mut inflight);
                     continue;
                 }
             }
@@ -497,22 +486,43 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             Event::MasterChanged => Some(MuxError::MasterChanged),
         };
         if let Some(why) = failed {
-            crate::learn::upstream_failed();
-            if inflight.is_empty() {
-                debug!(reason = %why, "idle shared upstream connection closed");
-            } else {
-                metrics.upstream_stream_errors.inc();
-                warn!(side = %why.side(), reason = %why, in_flight = inflight.len(), "shared upstream connection lost");
-            }
-            // Requests written (or partly written) are lost; queued ones go on a new connection.
-            for r in inflight.drain(..) {
-                r.inbox.update(|st| st.lost = true);
-            }
+            lost(&why, &mut inflight, &metrics);
             wbuf.clear();
             conn = None;
             metrics.upstream_shared.dec();
             per_user.dec();
         }
+    }
+}
+
+/// The connection could not be opened, so nothing was sent: every request written for it or
+/// queued is answered as unavailable, and clients waiting for room in the queue are woken.
+fn unavailable(mux: &Mux, wbuf: &mut BytesMut, inflight: &mut VecDeque<Route>) {
+    wbuf.clear();
+    let mut q = lock(&mux.queue);
+    q.out.clear();
+    for w in q.waiting.drain(..) {
+        w.wake();
+    }
+    let routes: Vec<Route> = inflight.drain(..).chain(q.routes.drain(..)).collect();
+    drop(q);
+    for r in routes {
+        r.inbox.update(|st| st.unavailable += r.replies);
+    }
+}
+
+/// The connection broke (`why`): requests written, or partly written, are lost for their
+/// clients; queued ones go on a new connection.
+fn lost(why: &MuxError, inflight: &mut VecDeque<Route>, metrics: &Metrics) {
+    crate::learn::upstream_failed();
+    if inflight.is_empty() {
+        debug!(reason = %why, "idle shared upstream connection closed");
+    } else {
+        metrics.upstream_stream_errors.inc();
+        warn!(side = %why.side(), reason = %why, in_flight = inflight.len(), "shared upstream connection lost");
+    }
+    for r in inflight.drain(..) {
+        r.inbox.update(|st| st.lost = true);
     }
 }
 

@@ -387,6 +387,15 @@ impl State {
         }
         self.counts.completed = self.counts.completed.wrapping_add(1);
         self.slots.pop();
+        if hook != Hook::None {
+            self.after_hooked_reply(hook, &info)?;
+        }
+        Ok(())
+    }
+
+    /// What a reply whose request carried a hook changes in the client's state (only on
+    /// success, but for redward's own re-login, whose failure ends the session).
+    fn after_hooked_reply(&mut self, hook: Hook, info: &FrameInfo) -> Result<(), SessionError> {
         match hook {
             Hook::None => {}
             Hook::Hello => match info.kind {
