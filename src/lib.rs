@@ -221,6 +221,9 @@ async fn start_shared_state(
         stop.clone(),
     );
     let _ = shared.shared_limits.set(limits);
+    shared
+        .reserved_names
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // Users changed at run time, shared through Redis (`shared_users.rs`).
     let install: shared_users::Install = {
         let shared = Arc::clone(shared);
@@ -435,6 +438,23 @@ impl Server {
         }
         if let Some(cluster) = &cluster {
             let _ = shared.cluster.set(Arc::clone(cluster) as _);
+            if cfg
+                .upstream
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.shared_ports)
+            {
+                // The port map lives in the cluster under `redward:` (`cluster/port_map.rs`).
+                shared
+                    .reserved_names
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if let (Some(ids), false) = (&identities, cfg.shared_state_upstream) {
+                    ids.confine(upstream::confine::Confine {
+                        state_db: u32::MAX,
+                        databases: 1,
+                    });
+                }
+            }
         } else if !cfg.upstream.cluster_announce.is_empty() {
             let fixed = announce::Fixed::new(&cfg.upstream.cluster_announce);
             let _ = shared.cluster.set(Arc::new(fixed));

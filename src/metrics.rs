@@ -88,6 +88,8 @@ pub struct Metrics {
     pub cluster_nodes_removed: Counter,
     /// Node listener connections closed because the server did not confirm the node's id.
     pub cluster_node_unconfirmed: Counter,
+    /// Calls to the cluster's shared port map that failed, and ports it disagreed on.
+    pub cluster_port_map_errors: Counter,
 }
 
 /// The metrics of a deployment beyond one Redis: Sentinel, cluster, per-user identities and
@@ -104,6 +106,7 @@ struct DeploymentMetrics {
     cluster_nodes_added: Counter,
     cluster_nodes_removed: Counter,
     cluster_node_unconfirmed: Counter,
+    cluster_port_map_errors: Counter,
 }
 
 impl DeploymentMetrics {
@@ -149,7 +152,12 @@ impl DeploymentMetrics {
             "Cluster node listeners closed (their node left the topology for the grace period)",
         );
         let cluster_node_unconfirmed: Counter = reg.add("cluster_node_unconfirmed", "Node listener connections closed unused: the server did not confirm the node's id (CLUSTER MYID)");
+        let cluster_port_map_errors: Counter = reg.add(
+            "cluster_port_map_errors",
+            "Reads or changes of the cluster's shared node port map that failed, and nodes it gave another port than this instance serves them on",
+        );
         DeploymentMetrics {
+            cluster_port_map_errors,
             upstream_failovers,
             upstream_master,
             cluster_nodes,
@@ -269,6 +277,7 @@ impl Metrics {
             cluster_nodes_added: more.cluster_nodes_added,
             cluster_nodes_removed: more.cluster_nodes_removed,
             cluster_node_unconfirmed: more.cluster_node_unconfirmed,
+            cluster_port_map_errors: more.cluster_port_map_errors,
             connections_open,
             connections_accepted,
             refused_not_allowed: r("not_allowed"),

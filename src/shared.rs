@@ -49,6 +49,10 @@ pub struct Shared {
     /// `limits.shared_state: upstream`: failed logins also counted in Redis, and the names
     /// that counting uses reserved (`shared_limits.rs`). Set once, when the server runs.
     pub shared_limits: std::sync::OnceLock<crate::shared_limits::SharedLimits>,
+    /// Names under `redward:` are no client's (`shared_limits::reserved`): set with shared
+    /// state, and in front of a cluster whose port map redward keeps in it
+    /// (`cluster/port_map.rs`).
+    pub reserved_names: std::sync::atomic::AtomicBool,
     /// Redis's number of databases (probed with `SELECT` at start-up, `Connector::databases`);
     /// 0 until learned. `SELECT`
     /// rides shared connections only for a database known to exist.
@@ -133,6 +137,7 @@ impl Shared {
             clients: Arc::new(Clients::default()),
             pause: crate::pause::Pause::default(),
             shared_limits: std::sync::OnceLock::new(),
+            reserved_names: std::sync::atomic::AtomicBool::new(false),
             databases: std::sync::atomic::AtomicU32::new(0),
             state_db: std::sync::atomic::AtomicU32::new(u32::MAX),
             cluster: std::sync::OnceLock::new(),

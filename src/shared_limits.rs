@@ -163,24 +163,40 @@ fn contains_prefix(arg: &[u8]) -> bool {
     memchr::memmem::find(arg, KEY_PREFIX).is_some()
 }
 
-/// Whether a request reaches a reserved key, channel or database (`state_db`, if the state
-/// is hidden in one); asked only of requests that [`mentions_reserved`] let through.
-///
-/// `scripts_confined`: the user's scripts and functions run as an upstream user whose own
-/// rules keep them from the state (`upstream/confine.rs`), so they are not refused here.
+/// What [`reserved`] guards for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard {
+    /// The hidden database, if the state is hidden in one.
+    pub state_db: Option<u32>,
+    /// The user's scripts and functions run as an upstream user whose own rules keep them
+    /// from the state (`upstream/confine.rs`), so they are not refused here.
+    pub scripts_confined: bool,
+    /// Shared state (`shared_state: upstream`) lives in Redis: every command of
+    /// [`UNGUARDED`] is refused. Otherwise (a cluster's port map alone, which the instances
+    /// rebuild if it is wiped, `cluster/port_map.rs`) only scripts and functions are, which
+    /// could write it.
+    pub whole_dataset: bool,
+}
+
+/// Whether a request reaches a reserved key, channel or database; asked only of requests
+/// that [`mentions_reserved`] let through.
 pub fn reserved(
     spec: &crate::commands::CommandSpec,
     req: &crate::resp::Request<'_>,
-    state_db: Option<u32>,
-    scripts_confined: bool,
+    guard: Guard,
 ) -> Option<Refusal> {
     use crate::acl::Denied;
     let base = spec.name.split('|').next().unwrap_or(spec.name);
-    let confined_script = scripts_confined && SCRIPTS.contains(&base);
-    if UNGUARDED.contains(&base) && !confined_script {
+    let script = SCRIPTS.contains(&base);
+    let refused = if script {
+        !guard.scripts_confined
+    } else {
+        guard.whole_dataset && UNGUARDED.contains(&base)
+    };
+    if refused {
         return Some(Refusal::Denied(Denied::Command));
     }
-    if let Some(db) = state_db {
+    if let Some(db) = guard.state_db {
         if names_db(base, req, db) {
             return Some(Refusal::NoSuchDb);
         }

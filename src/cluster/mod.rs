@@ -4,12 +4,16 @@
 //!
 //! `upstream.cluster`: redward discovers the nodes (`CLUSTER SHARDS` from the seeds, then
 //! every 5 s and whenever a reply names a node it does not know) and opens one listener per
-//! node, on ports taken in order from `node_listeners.ports`, with the first listener's
+//! node, on ports from `node_listeners.ports`, with the first listener's
 //! settings (TLS, allow/deny, limits). Each node listener's sessions go to that node, over
 //! their own pool of shared connections. Replies name `announce_host` and those ports. The
 //! entry listeners go to whichever node last described the cluster (`Target::Chosen`).
 //!
 //! (The sidecar shape, `upstream.cluster_announce`, is a fixed map: `announce::Fixed`.)
+//!
+//! Every instance in front of the same cluster announces each node on the same port: the
+//! ports come from one map kept in the cluster itself (`port_map.rs`; `port_map: local`
+//! keeps the older behaviour, ports taken in discovery order by this process alone).
 //!
 //! A node is known by its id and keeps its listener and port while it exists, whatever
 //! address it announces; only admitted addresses are dialled, and every connection confirms
@@ -19,6 +23,7 @@
 
 mod admit;
 mod nodes;
+mod port_map;
 mod ports;
 pub mod topology;
 
@@ -52,6 +57,13 @@ pub enum ClusterError {
     /// More nodes than ports left in the range.
     #[error("{node}: upstream.cluster.node_listeners.ports has no port left")]
     NoPortLeft { node: String },
+    /// The port the shared map gives a node is taken on this host.
+    #[error("{node}: upstream.cluster.node_listeners.ports: port {port}, agreed with the other instances, cannot be bound ({why}); retrying")]
+    Bind {
+        node: String,
+        port: u16,
+        why: String,
+    },
 }
 
 /// Why one node did not describe the cluster.
@@ -115,6 +127,10 @@ pub struct Cluster {
     /// The node the entry listeners go to (`Target::Chosen`), so the entry point outlives
     /// any one node, its first seed included.
     entry: ArcSwap<Option<Entry>>,
+    /// The ports shared with every other instance (`port_map: cluster`, the default).
+    port_map: Option<port_map::PortMap>,
+    /// `redward_cluster_port_map_errors_total`.
+    map_errors: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -149,6 +165,10 @@ impl Cluster {
             known: ArcSwap::default(),
             nodes: nodes::NodeListeners::new(cfg, settings, connector, metrics),
             entry: ArcSwap::default(),
+            port_map: cfg
+                .shared_ports
+                .then(|| port_map::PortMap::new(cfg.ports, cfg.quarantine)),
+            map_errors: metrics.cluster_port_map_errors.clone(),
         });
         match cluster.read_topology().await {
             Ok(reading) => cluster.learn(&reading).await?,
@@ -224,10 +244,7 @@ impl Cluster {
             why: TopologyError::Empty,
         };
         for entry in candidates {
-            let target = match &entry {
-                Entry::Seed(addr) => Target::Fixed(addr.clone()),
-                Entry::Node(t) => Target::Chosen(Arc::clone(t) as _),
-            };
+            let target = entry.target();
             let connector = self.nodes.connector().to_target(target);
             let why = match ask(&connector).await {
                 Ok(reading) if !reading.nodes.is_empty() => {
@@ -260,11 +277,98 @@ impl Cluster {
             });
         }
         let gone = self.confirm_absent(reading).await;
-        let (known, failed) = self.nodes.learn(found, &admitted, &gone, &self.host);
+        let route = self.route(found, &admitted);
+        let agreed = match (&self.port_map, &route) {
+            (Some(map), Some(route)) => Some(self.agree(map, route, found, &admitted).await),
+            (Some(_), None) => Some(HashMap::new()),
+            (None, _) => None,
+        };
+        let (known, failed, closed) =
+            self.nodes
+                .learn(found, &admitted, &gone, &self.host, agreed.as_ref());
         if **self.known.load() != known {
             self.known.store(Arc::new(known));
         }
+        if let (Some(map), Some(route), false) = (&self.port_map, &route, closed.is_empty()) {
+            if let Err(e) = map.release(route, &closed).await {
+                self.map_errors.inc();
+                warn!(error = %e, "cluster: ports of nodes that left not freed in the shared port map (they stay taken)");
+            }
+        }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// How to reach the shared port map: from the node that described the cluster, through
+    /// this reading's admitted nodes. `None` before any node has answered.
+    fn route<'a>(
+        &'a self,
+        found: &'a [Node],
+        admitted: &[Result<std::net::IpAddr, admit::Refusal>],
+    ) -> Option<port_map::Route<'a>> {
+        let entry = (**self.entry.load()).clone()?;
+        let nodes = found
+            .iter()
+            .zip(admitted)
+            .filter_map(|(n, a)| Some((n, *a.as_ref().ok()?, self.nodes.port_of(n))))
+            .collect();
+        Some(port_map::Route {
+            connector: self.nodes.connector(),
+            entry: entry.target(),
+            nodes,
+        })
+    }
+
+    /// Each node's port from the shared map: the served ones' confirmed (and restored to a
+    /// map that lost them), the new admitted ones' claimed. A node the map gives no port gets
+    /// no listener yet; a failed call leaves every new node for the next reading.
+    async fn agree(
+        &self,
+        map: &port_map::PortMap,
+        route: &port_map::Route<'_>,
+        found: &[Node],
+        admitted: &[Result<std::net::IpAddr, admit::Refusal>],
+    ) -> HashMap<String, u16> {
+        let served = self.nodes.served_ports();
+        let mut asked: Vec<(String, u16, bool)> = Vec::new();
+        for (n, a) in found.iter().zip(admitted) {
+            let Some(key) = self.nodes.key_of(n) else {
+                continue;
+            };
+            match served.get(&key) {
+                Some(p) => asked.push((key, *p, false)),
+                None if a.is_ok() => asked.push((key, 0, true)),
+                None => {}
+            }
+        }
+        let claims: Vec<port_map::Claim<'_>> = asked
+            .iter()
+            .map(|(key, hint, new)| port_map::Claim {
+                key,
+                hint: *hint,
+                new: *new,
+            })
+            .collect();
+        let mut out = HashMap::new();
+        match map.claim(route, &claims).await {
+            Ok(ports) => {
+                for ((key, hint, _), port) in asked.iter().zip(ports) {
+                    if *hint != 0 && port != 0 && port != *hint {
+                        self.map_errors.inc();
+                        warn!(node = %key, ours = hint, map = port, "cluster: the shared port map gives a node another port than this instance serves it on; keeping ours until the node leaves");
+                    }
+                    // 0 for a new node: no port free (`NoPortLeft`); for a served one: the map
+                    // lost it and this instance's port is another node's now (kept as ours).
+                    if port != 0 || *hint == 0 {
+                        out.insert(key.clone(), port);
+                    }
+                }
+            }
+            Err(e) => {
+                self.map_errors.inc();
+                warn!(error = %e, "cluster: shared port map not read; new nodes wait for the next reading");
+            }
+        }
+        out
     }
 
     /// The served nodes `reading` lacks that another node's view lacks too. One node's view
@@ -295,6 +399,15 @@ impl Cluster {
                 warn!(error = %e, "cluster: no second view of the nodes missing from the topology");
                 std::collections::HashSet::new()
             }
+        }
+    }
+}
+
+impl Entry {
+    fn target(&self) -> Target {
+        match self {
+            Entry::Seed(addr) => Target::Fixed(addr.clone()),
+            Entry::Node(t) => Target::Chosen(Arc::clone(t) as _),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The listener per node, kept by node id (`node_listeners`): opened when a node at an
 //! admitted address appears, kept (and its port with it) while the node exists whatever
 //! address it announces, closed when the node has been missing from the topology for
-//! [`GRACE`] and [`MISSED_READINGS`] readings in a row. Its port then waits out a quarantine
-//! before another node may get it (`ports.rs`).
+//! `node_listeners.grace` and [`MISSED_READINGS`] readings in a row. Its port then waits out
+//! `node_listeners.quarantine` before another node may get it (`ports.rs` for this instance
+//! alone, `port_map.rs` for every instance: the port a node listens on is then the one the
+//! map gives it).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -24,13 +26,10 @@ use crate::listener::{Listener, ListenerSettings};
 use crate::shared::Shared;
 use crate::upstream::{Connector, Target};
 
-/// How long a node may be missing from the topology before its listener closes...
-const GRACE: Duration = Duration::from_secs(15);
-/// ...and in how many readings in a row (readings can come sooner than every 5 s: a reply
-/// naming an unknown node asks for one, and anyone can send such a reply).
+/// In how many readings in a row a node must be missing, beside the grace period, before
+/// its listener closes (readings can come sooner than every 5 s: a reply naming an unknown
+/// node asks for one, and anyone can send such a reply).
 const MISSED_READINGS: u32 = 3;
-/// How long a freed port waits before another node may get it.
-const QUARANTINE: Duration = Duration::from_secs(60);
 
 /// The counters and the gauge of node listeners (`metrics.rs`).
 struct Meters {
@@ -85,6 +84,9 @@ pub(super) struct NodeListeners {
     pub(super) admission: Admission,
     meters: Meters,
     state: Mutex<State>,
+    /// `node_listeners.grace` and `.quarantine`.
+    grace: Duration,
+    quarantine: Duration,
 }
 
 struct Running {
@@ -135,8 +137,10 @@ impl NodeListeners {
             },
             state: Mutex::new(State {
                 served: HashMap::new(),
-                ports: Ports::new(cfg.ports, QUARANTINE),
+                ports: Ports::new(cfg.ports, cfg.quarantine),
             }),
+            grace: cfg.grace,
+            quarantine: cfg.quarantine,
         }
     }
 
@@ -220,6 +224,16 @@ impl NodeListeners {
         out.into_iter().map(|(_, t)| t).collect()
     }
 
+    /// The port each served node listens on, by its key.
+    pub(super) fn served_ports(&self) -> HashMap<String, u16> {
+        let state = lock(&self.state);
+        state
+            .served
+            .iter()
+            .map(|(k, s)| (k.clone(), s.port))
+            .collect()
+    }
+
     /// The listeners' ports and the addresses they dial (for logs and tests).
     pub(super) fn listeners(&self) -> Vec<(u16, String)> {
         let state = lock(&self.state);
@@ -238,15 +252,18 @@ impl NodeListeners {
     /// One reading of the topology, with each node's admitted address (or why it has none):
     /// listeners opened, followed, kept or closed, and what replies call each node. `gone`:
     /// the served nodes this reading lacks that a second view lacks too; only these count
-    /// toward closing a listener. The error returned is [`ClusterError::NoPortLeft`] for the
-    /// first node that got no port (the others are still served).
+    /// toward closing a listener. `agreed`: with the shared port map, the port each node
+    /// must listen on (a new node missing from it gets no listener yet). The error returned
+    /// is for the first node that got no port (the others are still served); the pairs are
+    /// the nodes whose listener closed, and their ports.
     pub(super) fn learn(
         &self,
         found: &[Node],
         admitted: &[Result<IpAddr, Refusal>],
         gone: &HashSet<String>,
         host: &Arc<str>,
-    ) -> (Known, Option<ClusterError>) {
+        agreed: Option<&HashMap<String, u16>>,
+    ) -> (Known, Option<ClusterError>, Vec<(String, u16)>) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let mut failed = None;
@@ -256,9 +273,20 @@ impl NodeListeners {
             };
             let port = self.port_of(n);
             if !state.served.contains_key(&key) {
+                let ours = match agreed.map(|a| a.get(&key)) {
+                    None => None,
+                    Some(Some(0)) => {
+                        failed.get_or_insert(ClusterError::NoPortLeft {
+                            node: format!("{}:{port}", shown(&n.ip)),
+                        });
+                        continue;
+                    }
+                    Some(Some(p)) => Some(*p),
+                    Some(None) => continue, // the map was not read: the next reading
+                };
                 match admitted {
                     Ok(ip) => {
-                        if let Err(e) = self.open(&mut state, &key, n, (*ip, port), now) {
+                        if let Err(e) = self.open(&mut state, &key, n, (*ip, port), now, ours) {
                             failed.get_or_insert(e);
                             continue;
                         }
@@ -284,13 +312,18 @@ impl NodeListeners {
             }
             s.names = names(n, port, s.target.addr());
         }
-        self.forget_missing(&mut state, gone, now);
-        (known(&state, host), failed)
+        let closed = self.forget_missing(&mut state, gone, now);
+        (known(&state, host), failed, closed)
     }
 
     /// Nodes two views lacked: counted, and closed once missing long enough. (A node only
-    /// one view lacked keeps its count as it was.)
-    fn forget_missing(&self, state: &mut State, absent: &HashSet<String>, now: Instant) {
+    /// one view lacked keeps its count as it was.) Returns the nodes closed, with their ports.
+    fn forget_missing(
+        &self,
+        state: &mut State,
+        absent: &HashSet<String>,
+        now: Instant,
+    ) -> Vec<(String, u16)> {
         let mut gone = Vec::new();
         for (key, s) in &mut state.served {
             if !absent.contains(key) {
@@ -298,10 +331,11 @@ impl NodeListeners {
             }
             let (since, readings) = s.missing.get_or_insert((now, 0));
             *readings += 1;
-            if now.saturating_duration_since(*since) >= GRACE && *readings >= MISSED_READINGS {
+            if now.saturating_duration_since(*since) >= self.grace && *readings >= MISSED_READINGS {
                 gone.push(key.clone());
             }
         }
+        let mut closed = Vec::with_capacity(gone.len());
         for key in gone {
             let Some(s) = state.served.remove(&key) else {
                 continue;
@@ -314,11 +348,14 @@ impl NodeListeners {
             state.ports.release(s.port, now);
             self.meters.listening.dec();
             self.meters.removed.inc();
-            info!(node = %key, port = s.port, quarantine_s = QUARANTINE.as_secs(), "cluster: a node left the topology; its listener is closed");
+            info!(node = %key, port = s.port, quarantine_s = self.quarantine.as_secs(), "cluster: a node left the topology; its listener is closed");
+            closed.push((key, s.port));
         }
+        closed
     }
 
-    /// A listener for a new node at its admitted `addr`, on the next free port.
+    /// A listener for a new node at its admitted `addr`: on port `agreed` (the shared map's),
+    /// or else on the next free port of this instance's own.
     fn open(
         &self,
         state: &mut State,
@@ -326,23 +363,24 @@ impl NodeListeners {
         n: &Node,
         addr: (IpAddr, u16),
         now: Instant,
+        agreed: Option<u16>,
     ) -> Result<(), ClusterError> {
-        let (listener, ours) = loop {
-            let p = state
-                .ports
-                .take(now)
-                .ok_or_else(|| ClusterError::NoPortLeft {
-                    node: format!("{}:{}", shown(&n.ip), addr.1),
-                })?;
+        let (listener, ours) = if let Some(p) = agreed {
+            // Another port would disagree with the other instances: none, until this binds.
             let bound = crate::bind(SocketAddr::new(self.bind, p))
                 .and_then(|tcp| Listener::new(tcp, Arc::clone(&self.settings)));
             match bound {
-                Ok(l) => break (l, p),
+                Ok(l) => (l, p),
                 Err(e) => {
-                    debug!(port = p, error = %e, "cluster: node listener port taken");
-                    state.ports.release(p, now);
+                    return Err(ClusterError::Bind {
+                        port: p,
+                        node: format!("{}:{}", shown(&n.ip), addr.1),
+                        why: e.to_string(),
+                    })
                 }
             }
+        } else {
+            self.take_port(state, n, addr, now)?
         };
         let target = Arc::new(NodeTarget::new(
             ours,
@@ -381,6 +419,33 @@ impl NodeListeners {
             },
         );
         Ok(())
+    }
+
+    /// The next free port of this instance's own range that binds (`port_map: local`).
+    fn take_port(
+        &self,
+        state: &mut State,
+        n: &Node,
+        addr: (IpAddr, u16),
+        now: Instant,
+    ) -> Result<(Listener, u16), ClusterError> {
+        loop {
+            let p = state
+                .ports
+                .take(now)
+                .ok_or_else(|| ClusterError::NoPortLeft {
+                    node: format!("{}:{}", shown(&n.ip), addr.1),
+                })?;
+            let bound = crate::bind(SocketAddr::new(self.bind, p))
+                .and_then(|tcp| Listener::new(tcp, Arc::clone(&self.settings)));
+            match bound {
+                Ok(l) => return Ok((l, p)),
+                Err(e) => {
+                    debug!(port = p, error = %e, "cluster: node listener port taken");
+                    state.ports.release(p, now);
+                }
+            }
+        }
     }
 
     /// A node address not admitted: counted, and logged a few times per burst (whoever can

@@ -271,6 +271,16 @@ pub struct RawNodeListeners {
     /// default: the seeds' own addresses (`cluster/admit.rs`).
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+    /// Where the node -> port map lives: `cluster` (default: in the cluster itself, shared by
+    /// every instance, `cluster/port_map.rs`) or `local` (this process only).
+    #[serde(default)]
+    pub port_map: Option<String>,
+    /// How long a node may be missing from the topology before its listener closes.
+    #[serde(default, deserialize_with = "duration")]
+    pub grace: Option<Duration>,
+    /// How long a freed port waits before another node may get it.
+    #[serde(default, deserialize_with = "duration")]
+    pub quarantine: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

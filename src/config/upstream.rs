@@ -130,12 +130,32 @@ fn cluster(raw: super::RawCluster, base: &Path) -> Result<ClusterConfig, ConfigE
             "list at least one network, or leave it out for the seeds' own addresses",
         ));
     }
+    let shared_ports = match n.port_map.as_deref() {
+        None | Some("cluster") => true,
+        Some("local") => false,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "upstream.cluster.node_listeners.port_map",
+                format!("`{other}`: cluster (shared by every instance) or local"),
+            ))
+        }
+    };
+    let grace = n.grace.unwrap_or(std::time::Duration::from_secs(15));
+    if grace.is_zero() {
+        return Err(ConfigError::invalid(
+            "upstream.cluster.node_listeners.grace",
+            "more than 0 (a node missing from one reading is not gone)",
+        ));
+    }
     Ok(ClusterConfig {
         seeds,
         bind,
         ports: (first, last),
         announce_host: n.announce_host,
         allow,
+        shared_ports,
+        grace,
+        quarantine: n.quarantine.unwrap_or(std::time::Duration::from_secs(60)),
     })
 }
 

@@ -285,6 +285,13 @@ pub struct ClusterConfig {
     /// `node_listeners.allow`: the networks node addresses must be in; empty: the seeds'
     /// own addresses, each a host route (`cluster/admit.rs`).
     pub allow: Vec<ipnet::IpNet>,
+    /// `node_listeners.port_map: cluster` (the default): the ports are agreed with every other
+    /// instance through a map kept in the cluster (`cluster/port_map.rs`); `false`: `local`.
+    pub shared_ports: bool,
+    /// `node_listeners.grace` (default 15 s).
+    pub grace: std::time::Duration,
+    /// `node_listeners.quarantine` (default 60 s).
+    pub quarantine: std::time::Duration,
 }
 
 /// `upstream.sentinel`.

@@ -184,14 +184,20 @@ impl State {
             self.reject(Bytes::from_static(replies::SCRIPTS_NEED_PER_USER));
             return true;
         }
-        if self.shared.shared_limits.get().is_some() && crate::shared_limits::mentions_reserved(req)
+        if self
+            .shared
+            .reserved_names
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && crate::shared_limits::mentions_reserved(req)
         {
-            // The names shared limits keep in Redis are no client's, whatever its ACL.
+            // The names redward keeps in Redis are no client's, whatever its ACL.
             if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
-                let confined = self.scripts_confined(user);
-                if let Some(r) =
-                    crate::shared_limits::reserved(spec, req, self.shared.state_db(), confined)
-                {
+                let guard = crate::shared_limits::Guard {
+                    state_db: self.shared.state_db(),
+                    scripts_confined: self.scripts_confined(user),
+                    whole_dataset: self.shared.shared_limits.get().is_some(),
+                };
+                if let Some(r) = crate::shared_limits::reserved(spec, req, guard) {
                     self.counts.refused += 1;
                     self.shared.metrics.commands_denied.inc();
                     self.reject(Bytes::from(r.reply(&user.name, spec, req)));

@@ -25,7 +25,8 @@ pub const RESERVED: &[u8] = b"redward:";
 /// Where the shared state is, for confining.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Confine {
-    /// The hidden database.
+    /// The hidden database; `u32::MAX` for none (in front of a cluster, whose one database
+    /// holds the port map, `cluster/port_map.rs`: only the key patterns confine).
     pub state_db: u32,
     /// How many databases Redis has.
     pub databases: u32,
@@ -82,8 +83,12 @@ fn selector(sel: &Selector, c: &Confine) -> Result<Vec<String>, String> {
             }
         }
     }
-    out.push("-flushall".to_owned());
-    out.push("-swapdb".to_owned());
+    if c.state_db != u32::MAX {
+        // A wipe of the port map alone is repaired by the instances; the hidden database's
+        // state is not.
+        out.push("-flushall".to_owned());
+        out.push("-swapdb".to_owned());
+    }
     Ok(out)
 }
 
