@@ -347,6 +347,48 @@ fn upstream_cluster_is_exclusive_and_checked_field_by_field() {
 }
 
 #[test]
+fn cluster_port_map_grace_and_quarantine_are_checked_by_name() {
+    let certs = Certs::new();
+    let base = valid(&certs, "127.0.0.1:0");
+    let with = |more: &str| {
+        base.replace(
+            "  address: \"127.0.0.1:1\"\n",
+            &format!(
+                "  cluster: {{ seeds: [\"127.0.0.1:30001\"], node_listeners: {{ bind: \"127.0.0.1\", ports: \"7101-7199\", announce_host: h{more} }} }}\n"
+            ),
+        )
+    };
+    assert_refused(
+        &with(", port_map: shared"),
+        &["upstream.cluster.node_listeners.port_map"],
+    );
+    assert_refused(
+        &with(", grace: 0s"),
+        &["upstream.cluster.node_listeners.grace"],
+    );
+    assert_refused(&with(", quarantine: soon"), &["invalid duration `soon`"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redward.yaml");
+    std::fs::write(&path, with("")).unwrap();
+    let c = redward::config::load(&path)
+        .expect("valid")
+        .upstream
+        .cluster;
+    let c = c.expect("cluster");
+    assert!(c.shared_ports, "the map is shared by default");
+    assert_eq!(c.grace, std::time::Duration::from_secs(15));
+    assert_eq!(c.quarantine, std::time::Duration::from_secs(60));
+    std::fs::write(&path, with(", port_map: local, quarantine: 5m")).unwrap();
+    let c = redward::config::load(&path)
+        .expect("valid")
+        .upstream
+        .cluster;
+    let c = c.expect("cluster");
+    assert!(!c.shared_ports);
+    assert_eq!(c.quarantine, std::time::Duration::from_secs(300));
+}
+
+#[test]
 fn cluster_node_listeners_allow_takes_networks_and_refuses_anything_else() {
     let certs = Certs::new();
     let base = valid(&certs, "127.0.0.1:0");

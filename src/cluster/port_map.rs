@@ -256,10 +256,7 @@ impl Route<'_> {
         let unknown = || PortMapError::Unknown(to.chars().take(64).collect());
         let (host, port) = to.rsplit_once(':').ok_or_else(unknown)?;
         let port: u16 = port.parse().map_err(|_| unknown())?;
-        let from_host = match from {
-            Target::Fixed(UpstreamAddr::Tcp { host, .. }) => Some(host.clone()),
-            _ => None,
-        };
+        let from_host = from.host_now();
         let found = self.nodes.iter().find(|(n, ip, dialled)| {
             let named = if host.is_empty() || host == "?" {
                 from_host.as_deref() == Some(ip.to_string().as_str())

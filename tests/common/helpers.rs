@@ -52,3 +52,16 @@ pub fn matrix_acl() -> Vec<String> {
         format!("user {APP_USER} on >{APP_PASSWORD} ~* &* +@all"),
     ]
 }
+
+impl super::Redis {
+    /// Stops this server and starts it again on `port`, with the same directory (a cluster
+    /// node keeps its `nodes.conf`, so its id), as a rescheduled pod comes back.
+    pub fn restart_at(&mut self, port: u16) {
+        self.kill();
+        self.port = port;
+        assert!(
+            self.spawn().expect("spawn redis-server"),
+            "redis-server did not start on port {port}"
+        );
+    }
+}
