@@ -23,7 +23,9 @@
 #   redward   redward's TLS entry listener (CLUSTER NODES there names redward's node listeners)
 # (redis-benchmark keeps the address it was given for the node that CLUSTER NODES marks `myself`,
 # so through redward a third of the clients use the entry listener, the rest the node listeners)
-# with the workloads SET/GET at -P 1 and -P 16. Warm-up runs per target and workload size -n
+# with the single-node comparison's workloads (compare.sh) that --cluster can run: SET/GET at
+# -P 1 and -P 16, churn (GET, -k 0: a new connection, TLS handshake and login per request), and
+# GET at -P 1 and -P 16 in RESP3 (-3). Warm-up runs per target and workload size -n
 # so that a run lasts about --seconds; then each round runs every workload on every target, the
 # order rotating from round to round. Per run: ops/s, p50/p99 latency (--csv), CPU seconds of
 # redward and of the three redis-servers (/proc/PID/stat utime+stime before and after), and the
@@ -52,7 +54,7 @@ ROUNDS=3
 SECS=2
 OUT=""
 INSTALL=1
-WORKLOADS=(set-P1 get-P1 set-P16 get-P16)
+WORKLOADS=(set-P1 get-P1 set-P16 get-P16 churn get-P1-resp3 get-P16-resp3)
 CLIENTS=50
 while (($#)); do
 	case $1 in
@@ -168,10 +170,16 @@ echo "round,workload,target,n,rps,p50_ms,p99_ms,wall_s,redward_cpu_s,redis_cpu_s
 	>"$OUT/runs.csv"
 # run_one ROUND WORKLOAD TARGET N: one redis-benchmark run, a row in runs.csv; sets RPS, WALL
 run_one() {
-	local round=$1 wl=$2 t=$3 n=$4 op=${2%-P*} pipe=${2#*-P} args rc=0 c0 c1 r0 r1 w0 w1 row
+	local round=$1 wl=$2 t=$3 n=$4 op pipe=1 args rc=0 c0 c1 r0 r1 w0 w1 row
 	local rps="" p50="" p99="" err="" line k0 k1 e0 e1 reached errs
+	local -a more=()
+	case $wl in
+	churn) op=get; more=(-k 0) ;;
+	*-resp3) op=${wl%%-*}; pipe=${wl#*-P}; pipe=${pipe%-resp3}; more=(-3) ;;
+	*) op=${wl%%-*}; pipe=${wl#*-P} ;;
+	esac
 	args=(--cluster -h 127.0.0.1 --user app -a "$APP_PW" -c "$CLIENTS" -n "$n" -r 100000 -d 64
-		-P "$pipe" -t "$op" --csv)
+		-P "$pipe" -t "$op" "${more[@]}" --csv)
 	local -a pids=("${NODE_PIDS[@]}")
 	case $t in
 	direct) args+=(-p "${NODES[0]}") ;;
@@ -207,6 +215,7 @@ run_one() {
 	fi
 	while IFS= read -r line; do
 		[[ -z $line || $line == "WARNING: Could not fetch server CONFIG"* ]] && continue
+		[[ $line == "WARNING: Keepalive disabled"* ]] && continue # churn's -k 0, on purpose
 		err+="${err:+; }${line:0:200}"
 	done < <(grep -ah . "$WORK/err"; grep -ai 'error' "$WORK/out" | grep -v '^"' || true)
 	[[ -n $rps ]] || err+="${err:+; }redis-benchmark printed no result"
@@ -232,7 +241,8 @@ log "warm-up: short runs per target and workload size -n for ~${SECS} s runs; re
 declare -A SIZE
 for wl in "${WORKLOADS[@]}"; do
 	guess=20000
-	[[ $wl == *-P16 ]] && guess=200000
+	[[ $wl == *-P16* ]] && guess=200000
+	[[ $wl == churn ]] && guess=3000
 	warm=$(awk -v g="$guess" -v s="$SECS" -v c="$CLIENTS" \
 		'BEGIN { if (s > 3) s = 3; n = int(g * s * 0.3); print (n < 4 * c ? 4 * c : n) }')
 	for t in direct tls redward; do

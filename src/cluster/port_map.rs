@@ -138,6 +138,9 @@ pub struct Claim<'a> {
 pub struct PortMap {
     range: String,
     quarantine_ms: u64,
+    /// The node that last answered for the map, asked first next time (no `-MOVED` per
+    /// reading while the map's slot stays where it is).
+    holder: std::sync::Mutex<Option<UpstreamAddr>>,
 }
 
 impl PortMap {
@@ -145,6 +148,7 @@ impl PortMap {
         PortMap {
             range: format!("{first}-{last}"),
             quarantine_ms: u64::try_from(quarantine.as_millis()).unwrap_or(u64::MAX),
+            holder: std::sync::Mutex::new(None),
         }
     }
 
@@ -163,7 +167,7 @@ impl PortMap {
             args.push(c.hint.to_string().into_bytes());
             args.push(if c.new { &b"new"[..] } else { b"keep" }.to_vec());
         }
-        match at.eval(CLAIM, &args).await? {
+        match self.eval(at, CLAIM, &args).await? {
             OwnedFrame::Array(ports) if ports.len() == claims.len() => Ok(ports
                 .iter()
                 .map(|p| match p {
@@ -193,7 +197,7 @@ impl PortMap {
             args.push(key.as_bytes().to_vec());
             args.push(port.to_string().into_bytes());
         }
-        match at.eval(RELEASE, &args).await? {
+        match self.eval(at, RELEASE, &args).await? {
             OwnedFrame::Integer(_) => Ok(()),
             OwnedFrame::Error(e) => Err(PortMapError::Refused(e.chars().take(200).collect())),
             _ => Err(PortMapError::Unexpected),
@@ -210,9 +214,50 @@ pub struct Route<'a> {
     pub nodes: Vec<(&'a Node, IpAddr, u16)>,
 }
 
+impl PortMap {
+    /// `EVAL script 1 KEY args...` at the last holder if this reading still has it, else at
+    /// the route's entry; the node that answers is the holder from then on.
+    async fn eval(
+        &self,
+        at: &Route<'_>,
+        script: &str,
+        args: &[Vec<u8>],
+    ) -> Result<OwnedFrame, PortMapError> {
+        let lock = || {
+            self.holder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let last = lock().clone().filter(|addr| at.has(addr));
+        let start = last.map_or_else(|| at.entry.clone(), Target::Fixed);
+        let (reply, answered) = at.eval(start, script, args).await?;
+        *lock() = match answered {
+            Target::Fixed(addr) => Some(addr),
+            _ => None,
+        };
+        Ok(reply)
+    }
+}
+
 impl Route<'_> {
-    /// `EVAL script 1 KEY args...`, following up to [`HOPS`] redirections.
-    async fn eval(&self, script: &str, args: &[Vec<u8>]) -> Result<OwnedFrame, PortMapError> {
+    /// Whether `addr` is one of this reading's admitted nodes.
+    fn has(&self, addr: &UpstreamAddr) -> bool {
+        let UpstreamAddr::Tcp { host, port } = addr else {
+            return false;
+        };
+        self.nodes
+            .iter()
+            .any(|(_, ip, p)| p == port && ip.to_string() == *host)
+    }
+
+    /// `EVAL script 1 KEY args...` from `target`, following up to [`HOPS`] redirections; the
+    /// reply, and the node that gave it.
+    async fn eval(
+        &self,
+        mut target: Target,
+        script: &str,
+        args: &[Vec<u8>],
+    ) -> Result<(OwnedFrame, Target), PortMapError> {
         let mut req = Vec::new();
         let head: [&[u8]; 4] = [b"EVAL", script.as_bytes(), b"1", KEY.as_bytes()];
         let parts: Vec<&[u8]> = head
@@ -220,14 +265,13 @@ impl Route<'_> {
             .chain(args.iter().map(Vec::as_slice))
             .collect();
         encode_command(&mut req, parts.into_iter());
-        let mut target = self.entry.clone();
         for _ in 0..HOPS {
             let reply = self.once(target.clone(), &req).await?;
             let OwnedFrame::Error(e) = &reply else {
-                return Ok(reply);
+                return Ok((reply, target));
             };
             let Some(to) = e.strip_prefix("MOVED ").and_then(|r| r.split(' ').nth(1)) else {
-                return Ok(reply);
+                return Ok((reply, target));
             };
             target = self.node_at(to, &target)?;
         }
