@@ -203,7 +203,14 @@ pub fn after_connect(connector: &Connector) {
         return; // one is running; it sees the server as it is now
     }
     LAST_LEARNED.store(now, Ordering::Relaxed);
-    let connector = connector.clone();
+    // Asked as redward itself, in RESP2 and database 0, whatever the connection that was
+    // opened: a RESP3 pool's set-up would make the replies RESP3 (which `learn_on` does not
+    // read), and a narrow user's identity may not run `INFO` or `COMMAND`.
+    let connector = connector.with_setup(crate::upstream::Setup {
+        resp3: false,
+        db: 0,
+        user: None,
+    });
     tokio::spawn(async move {
         learn_and_log(&connector, connector.connect_timeout()).await;
         LEARNING.store(false, Ordering::Release);

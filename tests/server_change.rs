@@ -172,3 +172,48 @@ async fn a_rule_naming_a_command_only_the_server_behind_knows_starts_in_front_of
         "{got}"
     );
 }
+
+/// The same restart noticed by RESP3 clients alone: the server is learned again over a
+/// connection of redward's own in RESP2, not the RESP3 pool that reconnected (whose replies
+/// the learning does not read), nor a narrow user's identity (which may not run `COMMAND`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_into_valkey_is_learned_when_only_resp3_clients_reconnect() {
+    if let Err(e) = ServerKind::Valkey.binary() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let mut redis = Redis::start();
+    let proxy = proxy()
+        .user("limited", "on >pw ~* -@all +ping")
+        .start(&redis)
+        .await;
+    let resp3 = |user: &'static str, pw: &'static str, args: &'static [&'static str]| {
+        let proxy = &proxy;
+        async move {
+            let mut c = proxy.raw().await;
+            c.send(&cmd(&["HELLO", "3", "AUTH", user, pw])).await;
+            c.replies(1).await;
+            c.send(&cmd(args)).await;
+            text(&c.replies(1).await)
+        }
+    };
+    assert_eq!(
+        resp3("limited", "pw", &["GET", "k"]).await,
+        "-NOPERM this user has no permissions to run the 'get' command\r\n"
+    );
+    redis.restart_as(ServerKind::Valkey);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = resp3(APP_USER, APP_PASSWORD, &["PING"]).await;
+        let _ = resp3("limited", "pw", &["PING"]).await;
+        let got = resp3("limited", "pw", &["GET", "k"]).await;
+        if got == "-NOPERM User limited has no permissions to run the 'get' command\r\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not learned within 30 s: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
