@@ -204,15 +204,28 @@ fn redis_py_balanced(certs: &Certs, a: &Instance, n: usize) -> (u64, u64, Vec<u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_instance_announces_every_node_on_the_same_port_across_restarts() {
+    same_ports_across_restarts(ServerKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_announces_every_node_on_the_same_port_across_restarts_on_valkey() {
+    if let Err(e) = ServerKind::Valkey.binary() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    same_ports_across_restarts(ServerKind::Valkey).await;
+}
+
+async fn same_ports_across_restarts(kind: ServerKind) {
     let certs = certs();
-    let mut cluster = RedisCluster::start(3);
+    let mut cluster = RedisCluster::start_kind(kind, 3);
     let range = shared_range(8);
     let a = Instance::start(&certs, "127.0.0.2", cluster.nodes[0].port, range, "").await;
     let before = a.until_nodes(&certs, 3).await;
 
     // A node joins (a replica of the first shard) while only A runs: A puts it last; B,
     // started after, from another seed, discovers it within the first shard.
-    cluster.add_node(Some(0));
+    cluster.add_node_kind(kind, Some(0));
     let joined = cluster.id(3);
     let on_a = a.until_nodes(&certs, 4).await;
     for (id, port) in &before {

@@ -64,7 +64,12 @@ impl RedisCluster {
 
     /// Adds a node: a replica of node `replica_of`, or an empty master.
     pub fn add_node(&mut self, replica_of: Option<usize>) {
-        let (node, bus) = RedisCluster::node(ServerKind::Redis, None);
+        self.add_node_kind(ServerKind::Redis, replica_of);
+    }
+
+    /// The same with `kind`'s server.
+    pub fn add_node_kind(&mut self, kind: ServerKind, replica_of: Option<usize>) {
+        let (node, bus) = RedisCluster::node(kind, None);
         let mut cmd = self.cli_cluster(&["add-node", &node.addr(), &self.nodes[0].addr()]);
         if let Some(m) = replica_of {
             cmd.args(["--cluster-slave", "--cluster-master-id", &self.id(m)]);
