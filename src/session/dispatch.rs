@@ -4,19 +4,6 @@
 
 use super::*;
 
-/// Redis 7.0's refusal of a protected command (`processCommand`, `CMD_PROTECTED`) when
-/// `enable-debug-command` / `enable-module-command` are left at their default, `no`.
-pub(super) fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
-    let base = fullname.split('|').next().unwrap_or(fullname);
-    match base {
-        "debug" => Some(replies::DEBUG_NOT_ALLOWED),
-        "module" => Some(replies::MODULE_NOT_ALLOWED),
-        _ => None,
-    }
-}
-
-/// Commands redward answers itself that Redis refuses in a RESP2 subscriber's context (the
-/// others reach Redis, which refuses them with its own text).
 /// `SCRIPT KILL` and `FUNCTION KILL`: what Redis answers while a script is busy, in whatever
 /// database (`allow-busy`; `SHUTDOWN` never reaches Redis through redward).
 fn taken_while_busy(req: &Request<'_>) -> bool {
@@ -24,31 +11,6 @@ fn taken_while_busy(req: &Request<'_>) -> bool {
     req.argc() == 2
         && (name.eq_ignore_ascii_case(b"script") || name.eq_ignore_ascii_case(b"function"))
         && req.arg(1).eq_ignore_ascii_case(b"kill")
-}
-
-/// EVAL, EVALSHA, FCALL and their `_RO` forms: what runs `redis.call` with the connection's
-/// upstream user's rights.
-fn runs_a_script(name: &[u8]) -> bool {
-    [
-        &b"eval"[..],
-        b"evalsha",
-        b"eval_ro",
-        b"evalsha_ro",
-        b"fcall",
-        b"fcall_ro",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-}
-
-pub(super) fn answered_here(req: &Request<'_>, is_acl: bool) -> bool {
-    let name = req.name();
-    is_acl
-        || name.eq_ignore_ascii_case(b"auth")
-        || name.eq_ignore_ascii_case(b"hello")
-        || (name.eq_ignore_ascii_case(b"client")
-            && req.argc() == 3
-            && req.arg(1).eq_ignore_ascii_case(b"reply"))
 }
 
 impl State {
@@ -91,26 +53,25 @@ impl State {
         if !self.charge_command_rate(&user) {
             return Outcome::Done;
         }
-        // Redis's order (`processCommand`): existence, arity, then the ACL check. A user with
-        // every permission takes the fast path: Redis makes the same checks with the same
-        // texts, and commands unknown to redward's table (newer Redis, modules) still work.
         let is_acl = name.eq_ignore_ascii_case(b"acl");
-        // Resolved once here when the ACL check needs it; the shared-connection decision
-        // below reuses it.
-        let resolved = if !user.unrestricted || is_acl {
-            match self.check_acl(&user, req) {
-                Some(spec) => Some(spec),
-                None => return Outcome::Done,
+        if (self.client.subs.any() || self.client.pubsub_pending > 0)
+            && admission::answered_here(req, is_acl)
+            && self.slots.upstream_pending() > 0
+        {
+            // Whether the client is in a RESP2 subscriber's context, where Redis refuses
+            // what redward would answer itself, is known once the (un)subscribe
+            // confirmations before it are in.
+            return Outcome::WaitForReplies;
+        }
+        // Every policy decision, in Redis's order (`admission.rs`).
+        let ctx = self.admission_context(&user);
+        let resolved = match admission::admit(&user, req, &ctx) {
+            admission::Verdict::Admit(spec) => spec,
+            admission::Verdict::Refuse(r) => {
+                self.refuse(&user, req, r);
+                return Outcome::Done;
             }
-        } else {
-            None
         };
-        if self.refused_by_policy(&user, req, resolved) {
-            return Outcome::Done;
-        }
-        if let Some(outcome) = self.refused_in_context(req, is_acl) {
-            return outcome;
-        }
         if is_acl {
             if let Some(outcome) = self.acl_admin(req, &user) {
                 return outcome;
@@ -166,80 +127,60 @@ impl State {
         outcome
     }
 
-    /// The policy beyond the client's own rules: under `upstream.identity: shared` no script
-    /// from a narrow user (it would run with redward's rights), and with shared state no
-    /// reserved name or the hidden database (`shared_limits::reserved`). `true`: refused.
-    fn refused_by_policy(
-        &mut self,
-        user: &Arc<User>,
-        req: &Request<'_>,
-        resolved: Option<&'static commands::CommandSpec>,
-    ) -> bool {
-        let name = req.name();
-        if !user.unrestricted && self.shared.connector.identities().is_none() && runs_a_script(name)
-        {
-            // `upstream.identity: shared`: a script would run with redward's own rights.
-            self.counts.refused += 1;
-            self.shared.metrics.commands_denied.inc();
-            self.reject(Bytes::from_static(replies::SCRIPTS_NEED_PER_USER));
-            return true;
-        }
-        if self
+    /// What the admission step needs to know of where this client is.
+    fn admission_context(&mut self, user: &Arc<User>) -> admission::Context {
+        let reserved = self
             .shared
             .reserved_names
             .load(std::sync::atomic::Ordering::Relaxed)
-            && crate::shared_limits::mentions_reserved(req)
-        {
-            // The names redward keeps in Redis are no client's, whatever its ACL.
-            if let Some(spec) = resolved.or_else(|| commands::resolve(req).ok()) {
-                let guard = crate::shared_limits::Guard {
-                    state_db: self.shared.state_db(),
-                    scripts_confined: self.scripts_confined(user),
-                    whole_dataset: self.shared.shared_limits.get().is_some(),
-                };
-                if let Some(r) = crate::shared_limits::reserved(spec, req, guard) {
-                    self.counts.refused += 1;
-                    self.shared.metrics.commands_denied.inc();
-                    self.reject(Bytes::from(r.reply(&user.name, spec, req)));
-                    return true;
-                }
-            }
+            .then(|| crate::shared_limits::Guard {
+                state_db: self.shared.state_db(),
+                scripts_confined: self.scripts_confined(user),
+                whole_dataset: self.shared.shared_limits.get().is_some(),
+            });
+        admission::Context {
+            in_multi: self.client.in_multi,
+            pubsub_context: self.pubsub_context(),
+            identity_shared: self.shared.connector.identities().is_none(),
+            reserved,
+            logs_in_as_default: self.shared.connector.logs_in_as_default(),
         }
-        false
     }
 
-    /// Refusals that depend on where the client is: a RESP2 subscriber's context, its own
-    /// credential in `CONFIG SET`, and what redward answers itself queued in MULTI.
-    fn refused_in_context(&mut self, req: &Request<'_>, is_acl: bool) -> Option<Outcome> {
-        let name = req.name();
-        if (self.client.subs.any() || self.client.pubsub_pending > 0) && answered_here(req, is_acl)
-        {
-            // Redis refuses these in a RESP2 subscriber's context (`processCommand`); redward
-            // would otherwise answer them itself. Whether the client is a subscriber then is
-            // known once the (un)subscribe confirmations before it are in.
-            if self.slots.upstream_pending() > 0 {
-                return Some(Outcome::WaitForReplies);
-            }
-        }
-        if self.pubsub_context() && answered_here(req, is_acl) {
-            let fullname = commands::resolve(req).map_or("", |s| s.name);
-            self.reject(Bytes::from(format!(
-                "-ERR Can't execute '{fullname}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
-            )));
-            return Some(Outcome::Done);
-        }
-        if name.eq_ignore_ascii_case(b"config") && self.changes_own_credential(req) {
-            self.reject(Bytes::from_static(replies::OWN_CREDENTIAL));
-            return Some(Outcome::Done);
-        }
-        if self.client.in_multi {
-            if let Some(reply) = client_cmd::refused_in_multi(req) {
+    /// Carries out a refusal: the reply (as `rejectCommand` for an unknown command or an ACL
+    /// denial), the counts, the metrics and the audit trail.
+    fn refuse(&mut self, user: &User, req: &Request<'_>, refusal: admission::Refusal) {
+        use admission::Refusal;
+        match refusal {
+            Refusal::Unknown(reply) => self.refuse_before_run(req, Bytes::from(reply)),
+            Refusal::Acl {
+                spec,
+                denied,
+                reply,
+            } => {
                 self.counts.refused += 1;
-                self.reject(reply);
-                return Some(Outcome::Done);
+                self.shared.metrics.commands_denied.inc();
+                match denied {
+                    Denied::Command => self.shared.metrics.acl_denied_command.inc(),
+                    Denied::Key { .. } => self.shared.metrics.acl_denied_key.inc(),
+                    Denied::Channel { .. } => self.shared.metrics.acl_denied_channel.inc(),
+                };
+                self.audit_denied(user, spec, req, denied);
+                self.refuse_before_run(req, Bytes::from(reply));
+            }
+            Refusal::Sort(text) => self.local(Bytes::from_static(text)),
+            Refusal::Policy(reply) => {
+                self.counts.refused += 1;
+                self.shared.metrics.commands_denied.inc();
+                self.reject(Bytes::from(reply));
+            }
+            Refusal::Context { reply, counted } => {
+                if counted {
+                    self.counts.refused += 1;
+                }
+                self.reject(Bytes::from(reply));
             }
         }
-        None
     }
 
     /// The connection the request rides, ready for it: its own opened if it needs one (set
@@ -357,48 +298,6 @@ impl State {
             return Some(Outcome::Done);
         }
         None
-    }
-
-    /// The ACL check in Redis's order (existence and arity, then permissions), with Redis's
-    /// texts, the audit trail and the metrics. `Some(spec)`: allowed (the spec is reused by
-    /// later steps); `None`: refused, and answered.
-    fn check_acl(
-        &mut self,
-        user: &User,
-        req: &Request<'_>,
-    ) -> Option<&'static commands::CommandSpec> {
-        let spec = match commands::resolve(req) {
-            Ok(spec) => spec,
-            Err(e) => {
-                // Unknown to redward means refused: it cannot be checked.
-                self.refuse_before_run(req, Bytes::from(e.reply(req)));
-                return None;
-            }
-        };
-        if let Err(d) = acl::check(user, spec, req) {
-            self.counts.refused += 1;
-            self.shared.metrics.commands_denied.inc();
-            match d {
-                Denied::Command => self.shared.metrics.acl_denied_command.inc(),
-                Denied::Key { .. } => self.shared.metrics.acl_denied_key.inc(),
-                Denied::Channel { .. } => self.shared.metrics.acl_denied_channel.inc(),
-            };
-            self.audit_denied(user, spec, req, d);
-            // Redis refuses DEBUG and MODULE as protected commands before its ACL check
-            // (`processCommand`, with the default enable-*-command no): same text here.
-            let reply = match protected_refusal(spec.name) {
-                Some(text) => Bytes::from_static(text),
-                None => Bytes::from(d.reply_as(&user.name, spec, req)),
-            };
-            self.refuse_before_run(req, reply);
-            return None;
-        }
-        if let Some(refusal) = acl::sort_refusal(user, spec, req) {
-            // Redis refuses these inside SORT itself (not a NOPERM, not in ACL LOG).
-            self.local(Bytes::from_static(refusal));
-            return None;
-        }
-        Some(spec)
     }
 
     /// Refuses a request before it runs, as Redis's `rejectCommand` does: an `EXEC` refused
@@ -591,19 +490,6 @@ impl State {
     /// QUIT and RESET. (Exact once every earlier reply is in.)
     pub(super) fn pubsub_context(&self) -> bool {
         !self.client.resp3 && self.client.subs.any()
-    }
-
-    /// Whether a CONFIG request would change the credential redward logs in to Redis with:
-    /// `CONFIG SET requirepass` (in any of its parameter pairs) while redward is Redis's
-    /// `default` user. Every later upstream connection would fail, for every client; ACL
-    /// SETUSER and friends are refused for the same reason (`acl_cmd.rs`).
-    pub(super) fn changes_own_credential(&self, req: &Request<'_>) -> bool {
-        req.argc() >= 4
-            && req.arg(1).eq_ignore_ascii_case(b"set")
-            && self.shared.connector.logs_in_as_default()
-            && (2..req.argc())
-                .step_by(2)
-                .any(|i| req.arg(i).eq_ignore_ascii_case(b"requirepass"))
     }
 
     /// `CLIENT REPLY ON|OFF|SKIP` is carried out by redward (`clientCommand` in

@@ -37,6 +37,7 @@
 
 mod acl_admin;
 mod acl_cmd;
+mod admission;
 mod client_cmd;
 mod client_views;
 mod deadlines;
@@ -67,7 +68,7 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::acl::{self, Denied, User};
+use crate::acl::{Denied, User};
 use crate::audit::{Event, Reason};
 use crate::auth::{self, AuthOutcome, LoggedIn};
 use crate::commands;
