@@ -79,12 +79,14 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         return skip("kubernetes-validate", "pip install kubernetes-validate");
     };
     let dir = repo().join("deploy/kubernetes");
-    // The single-pod example, the Sentinel one (several redward replicas) and the cluster
-    // one (a redward sidecar beside each cluster node) beside it.
+    // The single-pod example, the Sentinel one (several redward replicas), the cluster one
+    // (a redward sidecar beside each cluster node) and the tier of redward instances in
+    // front of that cluster beside it.
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .chain(std::fs::read_dir(dir.join("sentinel")).unwrap())
         .chain(std::fs::read_dir(dir.join("cluster")).unwrap())
+        .chain(std::fs::read_dir(dir.join("cluster-proxy")).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         // Not a Kubernetes object: kubernetes-validate has no schema for it. It is checked
@@ -92,7 +94,7 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 15, "manifests missing: {files:?}");
+    assert!(files.len() >= 20, "manifests missing: {files:?}");
 
     let out = Command::new(&validate)
         .arg("--strict")
@@ -183,6 +185,10 @@ fn example_configs_parse() {
             configmap_yaml_at("deploy/kubernetes/cluster/configmap.yaml"),
         ),
         (
+            "cluster-proxy/configmap.yaml data.redward.yaml",
+            configmap_yaml_at("deploy/kubernetes/cluster-proxy/configmap.yaml"),
+        ),
+        (
             "config/docker.yaml",
             std::fs::read_to_string(repo().join("config/docker.yaml")).unwrap(),
         ),
@@ -205,6 +211,7 @@ fn configmap_config_passes_redward_check() {
     for path in [
         "deploy/kubernetes/configmap.yaml",
         "deploy/kubernetes/cluster/configmap.yaml",
+        "deploy/kubernetes/cluster-proxy/configmap.yaml",
     ] {
         passes_redward_check(path);
     }
