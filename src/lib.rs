@@ -202,6 +202,42 @@ async fn housekeeping(shared: Arc<shared::Shared>) {
     }
 }
 
+/// A cluster behind (`upstream.cluster`, or the sidecar's `cluster_announce`): what replies
+/// naming nodes are rewritten with. With the shared port map, names under `redward:` are
+/// no client's (`cluster/port_map.rs`) and the upstream users' key patterns leave them out.
+fn announce_cluster(
+    shared: &shared::Shared,
+    cfg: &Config,
+    cluster: Option<&Arc<cluster::Cluster>>,
+    identities: Option<&Arc<upstream::identity::Identities>>,
+) {
+    let Some(cluster) = cluster else {
+        if !cfg.upstream.cluster_announce.is_empty() {
+            let fixed = announce::Fixed::new(&cfg.upstream.cluster_announce);
+            let _ = shared.cluster.set(Arc::new(fixed));
+        }
+        return;
+    };
+    let _ = shared.cluster.set(Arc::clone(cluster) as _);
+    if !cfg
+        .upstream
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.shared_ports)
+    {
+        return;
+    }
+    shared
+        .reserved_names
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    if let (Some(ids), false) = (identities, cfg.shared_state_upstream) {
+        ids.confine(upstream::confine::Confine {
+            state_db: u32::MAX,
+            databases: 1,
+        });
+    }
+}
+
 /// `limits.shared_state: upstream`: lockouts, run-time users and command rates kept in
 /// database `db` of the Redis behind, each followed by a task of its own until `stop`.
 async fn start_shared_state(
@@ -436,29 +472,7 @@ impl Server {
                 .databases
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some(cluster) = &cluster {
-            let _ = shared.cluster.set(Arc::clone(cluster) as _);
-            if cfg
-                .upstream
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.shared_ports)
-            {
-                // The port map lives in the cluster under `redward:` (`cluster/port_map.rs`).
-                shared
-                    .reserved_names
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                if let (Some(ids), false) = (&identities, cfg.shared_state_upstream) {
-                    ids.confine(upstream::confine::Confine {
-                        state_db: u32::MAX,
-                        databases: 1,
-                    });
-                }
-            }
-        } else if !cfg.upstream.cluster_announce.is_empty() {
-            let fixed = announce::Fixed::new(&cfg.upstream.cluster_announce);
-            let _ = shared.cluster.set(Arc::new(fixed));
-        }
+        announce_cluster(&shared, cfg, cluster.as_ref(), identities.as_ref());
         if cfg.shared_state_upstream {
             let db = state_database(cfg.shared_state_database, databases)?;
             shared

@@ -181,30 +181,11 @@ where
     let result = loop {
         // At most one clock read per turn (not per request), and only if something needs it.
         st.now = None;
-        // 1. Requests already read: frame, check and dispatch as many as the bounds allow.
-        if let Err(e) = st.take_requests(&mut inb, &mut conn).await {
-            break Err(e);
-        }
-        st.report_commands();
-        if st.flow.handover {
-            // SYNC/PSYNC went out: from here on the connection is a replication stream.
-            break Ok(());
-        }
-        // 2. Replies already read: find their ends and move them, in slot order, to the client.
-        if let Err(e) = st.take_replies(&mut inb.scanner, &mut inb.uin) {
-            break Err(e);
-        }
-        if st.flow.pin_wait && st.slots.upstream_pending() == 0 {
-            // Every reply the waiting request waited for is in: dispatch it again.
-            st.flow.pin_wait = false;
-            continue;
-        }
-        if let Err(e) = st.check_output_limits(&mut deadlines.soft_since) {
-            break Err(e);
-        }
-        // 3. Done? (QUIT or a protocol error answered, or a drain finished.)
-        if st.finished() {
-            break Ok(());
+        // 1-3. What was read: requests dispatched, replies moved to the client; done?
+        match st.work(&mut inb, &mut conn, &mut deadlines).await {
+            Turn::Wait => {}
+            Turn::Again => continue,
+            Turn::End(result) => break result,
         }
         inb.shrink_if_idle(st.slots.is_empty());
         let held = inb.capacity() + st.out.capacity() + st.client.held();
@@ -212,22 +193,7 @@ where
         st.client.buffers = (inb.cin.len(), st.out.cout.len(), held);
 
         // 4. Wait for the next thing to do.
-        let want = Want {
-            write_client: !st.out.cout.is_empty() || st.out.client_flush,
-            write_upstream: !st.out.uout.is_empty(),
-            read_client: st.reading_requests(),
-            read_upstream: !matches!(conn, Conn::None) && st.out.cout.len() < st.client_out_cap(),
-        };
-        let waiting = Waiting {
-            for_login: st.login.is_none() && !st.flow.closing,
-            // Never for subscribers, MONITOR, or a client waiting for a reply (a blocking
-            // command): only for a connection with nothing going on.
-            idle: st.slots.is_empty() && !st.streaming(),
-            to_write: want.write_client,
-        };
-        deadlines.publish_at(st.publish_owed.then(|| st.published + state::PUBLISH_EVERY));
-        deadlines.arm(|| st.now(), waiting);
-        inb.reserve(want, &conn);
+        let want = st.arm_wait(&mut inb, &conn, &mut deadlines);
         let io = std::future::poll_fn(|cx| {
             poll_io(cx, &mut client, &mut conn, &mut st.out, &mut inb, want)
         });
@@ -265,6 +231,78 @@ where
 
     // 5. Goodbye: hand over to replication, or write what is owed, briefly, and close.
     goodbye(client, conn, st, &inb, result, &shutdown).await
+}
+
+/// What a turn of the session loop does after its work on what was read.
+enum Turn {
+    /// Wait for I/O, a deadline or a signal.
+    Wait,
+    /// Work again at once (a request that waited can be dispatched now).
+    Again,
+    /// The session ends.
+    End(Result<(), SessionError>),
+}
+
+impl State {
+    /// Phases 1-3 of a turn. 1: requests already read, framed, checked and dispatched as far
+    /// as the bounds allow. 2: replies already read, moved in slot order to the client.
+    /// 3: done? (QUIT or a protocol error answered, a drain finished, a handover.)
+    async fn work(
+        &mut self,
+        inb: &mut Inbound,
+        conn: &mut Conn,
+        deadlines: &mut Deadlines,
+    ) -> Turn {
+        if let Err(e) = self.take_requests(inb, conn).await {
+            return Turn::End(Err(e));
+        }
+        self.report_commands();
+        if self.flow.handover {
+            // SYNC/PSYNC went out: from here on the connection is a replication stream.
+            return Turn::End(Ok(()));
+        }
+        if let Err(e) = self.take_replies(&mut inb.scanner, &mut inb.uin) {
+            return Turn::End(Err(e));
+        }
+        if self.flow.pin_wait && self.slots.upstream_pending() == 0 {
+            // Every reply the waiting request waited for is in: dispatch it again.
+            self.flow.pin_wait = false;
+            return Turn::Again;
+        }
+        if let Err(e) = self.check_output_limits(&mut deadlines.soft_since) {
+            return Turn::End(Err(e));
+        }
+        if self.finished() {
+            return Turn::End(Ok(()));
+        }
+        Turn::Wait
+    }
+
+    /// Phase 4's preparation: what to wait for, the deadlines that apply while waiting, and
+    /// room to read into.
+    fn arm_wait(&mut self, inb: &mut Inbound, conn: &Conn, deadlines: &mut Deadlines) -> Want {
+        let want = Want {
+            write_client: !self.out.cout.is_empty() || self.out.client_flush,
+            write_upstream: !self.out.uout.is_empty(),
+            read_client: self.reading_requests(),
+            read_upstream: !matches!(conn, Conn::None)
+                && self.out.cout.len() < self.client_out_cap(),
+        };
+        let waiting = Waiting {
+            for_login: self.login.is_none() && !self.flow.closing,
+            // Never for subscribers, MONITOR, or a client waiting for a reply (a blocking
+            // command): only for a connection with nothing going on.
+            idle: self.slots.is_empty() && !self.streaming(),
+            to_write: want.write_client,
+        };
+        deadlines.publish_at(
+            self.publish_owed
+                .then(|| self.published + state::PUBLISH_EVERY),
+        );
+        deadlines.arm(|| self.now(), waiting);
+        inb.reserve(want, conn);
+        want
+    }
 }
 
 /// The last phase: a SYNC/PSYNC handover becomes a plain replication stream; otherwise the

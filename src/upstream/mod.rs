@@ -279,6 +279,9 @@ impl Connector {
     }
 
     /// Resolves the target, connects, and logs in.
+    /// Phases: the transport (TCP, TLS or a socket), what must be confirmed before or after
+    /// the credential (a Sentinel-named master's role, a cluster node's id), the login, then
+    /// the set-up ([`Connector::set_up`]).
     async fn connect_inner(&self) -> Result<UpstreamStream, UpstreamError> {
         let resolved = self.target.resolve().await?;
         let addr = resolved.to_string();
@@ -287,31 +290,7 @@ impl Connector {
             addr: addr.to_owned(),
             source,
         };
-        let mut stream = match &resolved {
-            UpstreamAddr::Unix(path) => {
-                UpstreamStream::Unix(UnixStream::connect(path).await.map_err(connect_err)?)
-            }
-            UpstreamAddr::Tcp { host, port } => {
-                let tcp = TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(connect_err)?;
-                // Requests are small and latency-bound; Nagle would hold them back.
-                tcp.set_nodelay(true).map_err(connect_err)?;
-                match &self.tls {
-                    None => UpstreamStream::Tcp(tcp),
-                    Some((connector, name)) => {
-                        let tls = connector
-                            .connect(name.clone(), tcp)
-                            .await
-                            .map_err(|source| UpstreamError::Tls {
-                                addr: addr.to_owned(),
-                                source,
-                            })?;
-                        UpstreamStream::Tls(Box::new(tls))
-                    }
-                }
-            }
-        };
+        let mut stream = self.transport(&resolved, addr).await?;
         // The Sentinel client guidelines: confirm the role before sending anything, and so
         // before the credential where the server answers ROLE without a login; a server that
         // wants the login first (`-NOAUTH`) gets it, then ROLE (a quorum of Sentinels named
@@ -356,11 +335,59 @@ impl Connector {
             self.target.not_master("ROLE did not say master");
             return Err(UpstreamError::NotMaster(addr.to_owned()));
         }
+        self.set_up(&mut stream, addr).await?;
+        Ok(stream)
+    }
+
+    /// The connection itself: a Unix socket, or TCP (no Nagle) with TLS when configured.
+    async fn transport(
+        &self,
+        resolved: &UpstreamAddr,
+        addr: &str,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        let connect_err = |source| UpstreamError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        Ok(match resolved {
+            UpstreamAddr::Unix(path) => {
+                UpstreamStream::Unix(UnixStream::connect(path).await.map_err(connect_err)?)
+            }
+            UpstreamAddr::Tcp { host, port } => {
+                let tcp = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(connect_err)?;
+                // Requests are small and latency-bound; Nagle would hold them back.
+                tcp.set_nodelay(true).map_err(connect_err)?;
+                match &self.tls {
+                    None => UpstreamStream::Tcp(tcp),
+                    Some((connector, name)) => {
+                        let tls = connector
+                            .connect(name.clone(), tcp)
+                            .await
+                            .map_err(|source| UpstreamError::Tls {
+                                addr: addr.to_owned(),
+                                source,
+                            })?;
+                        UpstreamStream::Tls(Box::new(tls))
+                    }
+                }
+            }
+        })
+    }
+
+    /// After the login: the set-up (`HELLO 3`, `SELECT`), the `WAIT` fence, then the
+    /// client's own upstream user (`upstream.identity: per_user`).
+    async fn set_up(&self, stream: &mut UpstreamStream, addr: &str) -> Result<(), UpstreamError> {
+        let connect_err = |source| UpstreamError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
         let (setup, replies) = self.setup.requests();
         {
             stream.write_all(&setup).await.map_err(connect_err)?;
             stream.flush().await.map_err(connect_err)?;
-            read_setup_replies(&mut stream, replies, self.setup.resp3)
+            read_setup_replies(stream, replies, self.setup.resp3)
                 .await
                 .map_err(|e| match e {
                     SetupFailure::Io(source) => connect_err(source),
@@ -374,16 +401,16 @@ impl Connector {
                 .map_err(connect_err)?;
             stream.flush().await.map_err(connect_err)?;
             let mut buf = BytesMut::with_capacity(128);
-            read_reply(&mut stream, &mut buf, 4096)
+            read_reply(stream, &mut buf, 4096)
                 .await
                 .map_err(connect_err)?;
         }
         if let (Some(tag), Some(ids)) = (self.setup.user, &self.identities) {
             let identity = ids.by_tag(tag).ok_or(UpstreamError::IdentityGone)?;
             ids.saw(&self.target);
-            self.log_in_as(&mut stream, ids, &identity, addr).await?;
+            self.log_in_as(stream, ids, &identity, addr).await?;
         }
-        Ok(stream)
+        Ok(())
     }
 
     /// Logs a set-up connection in as a redward user's upstream user (`identity.rs`): with
