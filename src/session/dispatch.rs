@@ -1,6 +1,7 @@
-//! Dispatch: each request's checks in Redis's order (existence and arity, login, command
-//! rate, ACL), the commands redward answers itself (AUTH, HELLO, ACL, CLIENT REPLY, RESET,
-//! QUIT), and the route to Redis: the shared connection, or the client's own.
+//! Dispatch: each request in order: the protocol check, login, the command rate, the
+//! admission step (`admission.rs`: every policy decision, as one pure function), the commands
+//! redward answers itself (AUTH, HELLO, ACL, CLIENT REPLY, RESET, QUIT), and the route to
+//! Redis: the shared connection, or the client's own.
 
 use super::*;
 
