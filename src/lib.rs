@@ -460,7 +460,14 @@ impl Server {
         };
         let pool = (cfg.upstream.shared_connections > 0)
             .then(|| mux::Pools::start(cfg.upstream.shared_connections, &connector, &metrics));
-        let databases = if cfg.shared_state_upstream && cfg.shared_state_database.is_none() {
+        let in_cluster =
+            cfg.upstream.cluster.is_some() || !cfg.upstream.cluster_announce.is_empty();
+        let databases = if in_cluster {
+            // A cluster node has database 0 alone and refuses every other SELECT ("not
+            // allowed in cluster mode"): nothing to probe, and 255 refusals in its error
+            // counters otherwise.
+            None
+        } else if cfg.shared_state_upstream && cfg.shared_state_database.is_none() {
             probe_databases(&connector).await
         } else {
             connector.databases().await
