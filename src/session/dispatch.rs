@@ -14,6 +14,37 @@ fn taken_while_busy(req: &Request<'_>) -> bool {
         && req.arg(1).eq_ignore_ascii_case(b"kill")
 }
 
+/// What redward answers or hands over itself, by command name.
+#[derive(Debug, Clone, Copy)]
+enum Local {
+    /// AUTH: checked against redward's users.
+    Auth,
+    /// HELLO: the protocol and login, on a connection set up for it.
+    Hello,
+    /// QUIT: `+OK`, then close.
+    Quit,
+    /// RESET (no arguments): the connection's state, as `resetCommand` leaves it.
+    Reset,
+    /// CLIENT REPLY, and the CLIENT subcommands of `client_cmd.rs`.
+    Client,
+    /// SELECT on a shared connection: a move to that database's shared connections.
+    Select,
+    /// SYNC/PSYNC on the client's own connection: the replication handover.
+    Sync,
+}
+
+/// The commands [`State::answer_locally`] looks at; any other goes to Redis as usual.
+const LOCAL: &[(&str, Local)] = &[
+    ("auth", Local::Auth),
+    ("hello", Local::Hello),
+    ("quit", Local::Quit),
+    ("reset", Local::Reset),
+    ("client", Local::Client),
+    ("select", Local::Select),
+    ("sync", Local::Sync),
+    ("psync", Local::Sync),
+];
+
 impl State {
     pub(super) fn dispatch(&mut self, req: &Request<'_>, raw: &[u8], conn: ConnKind) -> Outcome {
         self.refresh();
@@ -24,8 +55,13 @@ impl State {
         let sub = (req.argc() > 1).then(|| req.arg(1));
         self.client.last_cmd.set(req.name(), sub);
         let outcome = self.dispatch_inner(req, raw, conn);
-        if outcome == Outcome::Done {
-            self.flow.retrying = false;
+        if outcome != Outcome::Done {
+            // The same request comes back: its admission holds for it alone.
+            if let Some(a) = self.flow.admitted.as_mut() {
+                a.request = Admitted::fingerprint(raw);
+            }
+        } else {
+            self.flow.admitted = None;
             if self.counts.forwarded + self.counts.refused == before {
                 self.counts.unreported_local += 1;
             }
@@ -51,28 +87,19 @@ impl State {
         let Some(user) = self.login.as_ref().map(|l| Arc::clone(l.user())) else {
             return self.dispatch_unauthenticated(req, raw, conn);
         };
-        if !self.charge_command_rate(&user) {
-            return Outcome::Done;
-        }
         let is_acl = name.eq_ignore_ascii_case(b"acl");
-        if (self.client.subs.any() || self.client.pubsub_pending > 0)
-            && admission::answered_here(req, is_acl)
-            && self.slots.upstream_pending() > 0
-        {
-            // Whether the client is in a RESP2 subscriber's context, where Redis refuses
-            // what redward would answer itself, is known once the (un)subscribe
-            // confirmations before it are in.
-            return Outcome::WaitForReplies;
-        }
-        // Every policy decision, in Redis's order (`admission.rs`).
-        let ctx = self.admission_context(&user);
-        let resolved = match admission::admit(&user, req, &ctx) {
-            admission::Verdict::Admit(spec) => spec,
-            admission::Verdict::Refuse(r) => {
-                self.refuse(&user, req, r);
-                return Outcome::Done;
-            }
+        let resolved = match self.flow.admitted.take() {
+            // Back after a wait: admitted already, the route is found again.
+            Some(a) if a.request == Admitted::fingerprint(raw) => a.spec,
+            _ => match self.admit(&user, req, is_acl) {
+                Ok(spec) => spec,
+                Err(outcome) => return outcome,
+            },
         };
+        self.flow.admitted = Some(Admitted {
+            spec: resolved,
+            request: 0,
+        });
         if is_acl {
             if let Some(outcome) = self.acl_admin(req, &user) {
                 return outcome;
@@ -126,6 +153,37 @@ impl State {
             self.slots.set_rewrite_last(hook);
         }
         outcome
+    }
+
+    /// Once per request: the wait for a subscriber's state where it decides, the command
+    /// rate, then the admission step (`admission.rs`: every policy decision, in Redis's
+    /// order). `Err`: the request waits, or was refused and answered.
+    fn admit(
+        &mut self,
+        user: &Arc<User>,
+        req: &Request<'_>,
+        is_acl: bool,
+    ) -> Result<Option<&'static commands::CommandSpec>, Outcome> {
+        if (self.client.subs.any() || self.client.pubsub_pending > 0)
+            && admission::answered_here(req, is_acl)
+            && self.slots.upstream_pending() > 0
+        {
+            // Whether the client is in a RESP2 subscriber's context, where Redis refuses
+            // what redward would answer itself, is known once the (un)subscribe
+            // confirmations before it are in. Nothing is charged before that wait.
+            return Err(Outcome::WaitForReplies);
+        }
+        if !self.charge_command_rate(user) {
+            return Err(Outcome::Done);
+        }
+        let ctx = self.admission_context(user);
+        match admission::admit(user, req, &ctx) {
+            admission::Verdict::Admit(spec) => Ok(spec),
+            admission::Verdict::Refuse(r) => {
+                self.refuse(user, req, r);
+                Err(Outcome::Done)
+            }
+        }
     }
 
     /// What the admission step needs to know of where this client is.
@@ -242,63 +300,51 @@ impl State {
         self.send_own(&discard, Hook::None, false);
     }
 
-    /// The commands redward answers itself, or hands over itself (AUTH, HELLO, QUIT, RESET,
-    /// CLIENT REPLY and the CLIENT subcommands of `client_cmd.rs`, SELECT on a shared
-    /// connection, SYNC/PSYNC's handover). `None`: the request goes to Redis as usual.
+    /// The commands redward answers itself, or hands over itself ([`LOCAL`]). `None`: the
+    /// request goes to Redis as usual.
     fn answer_locally(&mut self, req: &Request<'_>, raw: &[u8], conn: ConnKind) -> Option<Outcome> {
         let name = req.name();
-        if name.eq_ignore_ascii_case(b"auth") {
-            match commands::resolve(req) {
-                Ok(_) => self.do_auth(req),
-                Err(e) => self.local(Bytes::from(e.reply(req))),
+        let local = LOCAL
+            .iter()
+            .find(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))?
+            .1;
+        match local {
+            Local::Auth => {
+                match commands::resolve(req) {
+                    Ok(_) => self.do_auth(req),
+                    Err(e) => self.local(Bytes::from(e.reply(req))),
+                }
+                Some(Outcome::Done)
             }
-            return Some(Outcome::Done);
-        }
-        if name.eq_ignore_ascii_case(b"hello") {
-            return Some(self.do_hello(req, raw, conn));
-        }
-        if name.eq_ignore_ascii_case(b"quit") {
-            self.client.flags.closing = true;
-            self.client.changed = true;
-            self.local(Bytes::from_static(replies::OK));
-            self.close_after_replies();
-            return Some(Outcome::Done);
-        }
-        if name.eq_ignore_ascii_case(b"reset") && req.argc() == 1 {
-            return Some(self.do_reset(raw, conn));
-        }
-        if name.eq_ignore_ascii_case(b"client")
-            && req.argc() == 3
-            && req.arg(1).eq_ignore_ascii_case(b"reply")
-        {
-            self.client_reply(req.arg(2));
-            return Some(Outcome::Done);
-        }
-        if name.eq_ignore_ascii_case(b"client") {
-            if let Some(outcome) = self.client_command(req) {
-                return Some(outcome);
+            Local::Hello => Some(self.do_hello(req, raw, conn)),
+            Local::Quit => {
+                self.client.flags.closing = true;
+                self.client.changed = true;
+                self.local(Bytes::from_static(replies::OK));
+                self.close_after_replies();
+                Some(Outcome::Done)
             }
-        }
-        if conn == ConnKind::Shared && !self.flow.prefer_own && name.eq_ignore_ascii_case(b"select")
-        {
-            if let Some(outcome) = self.select_shared(req, raw) {
-                return Some(outcome);
+            Local::Reset if req.argc() == 1 => Some(self.do_reset(raw, conn)),
+            Local::Client if req.argc() == 3 && req.arg(1).eq_ignore_ascii_case(b"reply") => {
+                self.client_reply(req.arg(2));
+                Some(Outcome::Done)
             }
-        }
-        if (name.eq_ignore_ascii_case(b"sync") || name.eq_ignore_ascii_case(b"psync"))
-            && conn == ConnKind::Dedicated
-            && !self.client.in_multi
-        {
-            // Every earlier reply goes to the client first; then the bytes are Redis's.
-            if self.slots.upstream_pending() > 0 {
-                return Some(Outcome::WaitForReplies);
+            Local::Client => self.client_command(req),
+            Local::Select if conn == ConnKind::Shared && !self.flow.prefer_own => {
+                self.select_shared(req, raw)
             }
-            self.release_front();
-            self.forward(req, raw);
-            self.flow.handover = true;
-            return Some(Outcome::Done);
+            Local::Sync if conn == ConnKind::Dedicated && !self.client.in_multi => {
+                // Every earlier reply goes to the client first; then the bytes are Redis's.
+                if self.slots.upstream_pending() > 0 {
+                    return Some(Outcome::WaitForReplies);
+                }
+                self.release_front();
+                self.forward(req, raw);
+                self.flow.handover = true;
+                Some(Outcome::Done)
+            }
+            Local::Reset | Local::Select | Local::Sync => None,
         }
-        None
     }
 
     /// Refuses a request before it runs, as Redis's `rejectCommand` does: an `EXEC` refused
@@ -324,12 +370,7 @@ impl State {
     /// CPU and write the audit trail. This instance's share first, then the user's rate across
     /// instances (when shared). `false`: refused, and answered.
     fn charge_command_rate(&mut self, user: &User) -> bool {
-        let Some(rate) = self
-            .live
-            .command_rates
-            .get(&user.name)
-            .filter(|_| !self.flow.retrying)
-        else {
+        let Some(rate) = self.live.command_rates.get(&user.name) else {
             return true;
         };
         let shared_ok = || {

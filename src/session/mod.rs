@@ -90,7 +90,7 @@ pub use slots::{Expect, Family, FlagChange, Hook, Slot, Slots};
 use deadlines::{Deadlines, Waiting};
 use io::{poll_io, replicate, Conn, ConnKind, Inbound, IoEvent, Want};
 use reply_path::Subscriptions;
-use state::{ReplyMode, State};
+use state::{Admitted, ReplyMode, State};
 
 /// Bytes read from a socket at a time (and the read buffer's minimum spare room).
 const READ_CHUNK: usize = 16 * 1024;

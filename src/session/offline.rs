@@ -44,12 +44,10 @@ impl Offline {
                 // connection of its own is dispatched as if it had one.
                 match st.dispatch(&req, raw, ConnKind::Shared) {
                     Outcome::Reattach(setup) => {
-                        st.flow.retrying = true;
                         st.client.setup = setup;
                         st.dispatch(&req, raw, ConnKind::Shared);
                     }
                     Outcome::NeedUpstream => {
-                        st.flow.retrying = true;
                         st.dispatch(&req, raw, ConnKind::Dedicated);
                     }
                     // (Replies come only through `replies`: a subscriber's state waits.)

@@ -59,12 +59,10 @@ impl State {
                 Outcome::Done => {}
                 Outcome::WaitForReplies => {
                     // The same request comes back once the replies are in: not a new command.
-                    self.flow.retrying = true;
                     self.flow.pin_wait = true;
                     break;
                 }
                 Outcome::Reattach(setup) => {
-                    self.flow.retrying = true;
                     if self.slots.upstream_pending() > 0 {
                         // Moving between shared connections: every reply owed on the old ones
                         // comes first. The request waits.
@@ -75,7 +73,6 @@ impl State {
                     continue; // dispatch the same request again, on the new connections
                 }
                 Outcome::NeedUpstream => {
-                    self.flow.retrying = true;
                     if matches!(conn, Conn::Dedicated(_)) {
                         // dispatch asked for a connection it already has: a bug, never a loop.
                         return Err(SessionError::Internal(
@@ -174,7 +171,7 @@ impl State {
                 }
                 self.local(Bytes::from_static(e.client_reply()));
                 self.end_of_command();
-                self.flow.retrying = false;
+                self.flow.admitted = None;
                 false
             }
         }

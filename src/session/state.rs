@@ -68,6 +68,28 @@ impl ClientState {
     }
 }
 
+/// A request admitted but not yet done (it waits for replies, a reattach or a connection of
+/// its own). Routing is safe to run again; the command rate and the admission step run once
+/// per request. The request's bytes are fingerprinted, so a verdict never carries over to
+/// another request: a mismatch means admission runs afresh.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Admitted {
+    pub(super) spec: Option<&'static crate::commands::CommandSpec>,
+    /// [`Admitted::fingerprint`] of the request's bytes; 0 until the request first waits.
+    pub(super) request: u64,
+}
+
+impl Admitted {
+    /// Set only when a request waits, and checked when it comes back: never on the path of a
+    /// request answered at once.
+    pub(super) fn fingerprint(raw: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        raw.hash(&mut h);
+        h.finish() | 1
+    }
+}
+
 /// Where the connection's loop stands.
 #[derive(Debug, Default)]
 pub(super) struct Flow {
@@ -80,9 +102,9 @@ pub(super) struct Flow {
     /// A request waits for every earlier reply to come in (to move off the shared connection,
     /// or to be answered once the state those replies report is known).
     pub(super) pin_wait: bool,
-    /// The request being dispatched was dispatched before and had to wait: its command-rate
-    /// token is already taken.
-    pub(super) retrying: bool,
+    /// The request being dispatched was admitted (rate charged, admission passed) and had to
+    /// wait: routing runs again, admission does not ([`Admitted`]).
+    pub(super) admitted: Option<Admitted>,
     /// This client had a large reply: it moves to its own connection at its next request.
     pub(super) prefer_own: bool,
     /// Shutting down: no more requests are read; the session ends once what is in flight is

@@ -17,6 +17,11 @@ users:
     rules: "on >secret ~* &* +@all"
   - name: app
     rules: "on >pw resetchannels -@all +@read +@write ~app:*"
+  - name: rated
+    rules: "on >pw ~* &* +@all"
+    commands_per_second: 2
+  - name: narrow
+    rules: "on >pw ~app:* +@all"
 "#;
 
 fn shared() -> Arc<Shared> {
@@ -132,7 +137,7 @@ fn a_command_that_keeps_connection_state_asks_for_the_clients_own_connection() {
         let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(state_command));
         assert_eq!(outcomes, [Outcome::NeedUpstream], "{state_command:?}");
         assert!(st.out.uout.is_empty(), "nothing sent before the move");
-        st.flow.retrying = false;
+        st.flow.admitted = None;
     }
     let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["GET", "k"]));
     assert_eq!(outcomes, [Outcome::Done]);
@@ -172,7 +177,7 @@ fn name_database_and_protocol_live_in_redward_for_a_client_on_shared_connections
     let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["SELECT", "16"]));
     assert_eq!(outcomes, [Outcome::Done]);
     assert_eq!(sent(&mut st), "-ERR DB index is out of range\r\n");
-    st.flow.retrying = false;
+    st.flow.admitted = None;
     let outcomes = dispatch_all(&mut st, ConnKind::Shared, &cmd(&["HELLO", "3"]));
     assert_eq!(
         outcomes,
@@ -271,4 +276,45 @@ async fn shutdown_ends_an_idle_logged_in_session_cleanly() {
     stop.cancel();
     let result = session.await.expect("session task");
     assert!(result.is_ok(), "{result:?}");
+}
+
+#[test]
+fn a_request_that_waits_is_admitted_once_and_its_verdict_is_its_own() {
+    // The command rate is charged once per request, not once per dispatch: MULTI asks for a
+    // connection of its own, comes back, and costs one token of the two.
+    let mut st = state();
+    log_in(&mut st, "rated", "pw");
+    let multi = cmd(&["MULTI"]);
+    assert_eq!(
+        dispatch_all(&mut st, ConnKind::Shared, &multi),
+        [Outcome::NeedUpstream]
+    );
+    assert_eq!(
+        dispatch_all(&mut st, ConnKind::Dedicated, &multi),
+        [Outcome::Done]
+    );
+    assert_eq!(
+        dispatch_all(&mut st, ConnKind::Dedicated, &cmd(&["GET", "k"])),
+        [Outcome::Done]
+    );
+    assert_eq!(st.counts.refused, 0, "two requests, two tokens");
+    dispatch_all(&mut st, ConnKind::Dedicated, &cmd(&["GET", "k"]));
+    assert_eq!(st.counts.refused, 1, "the third is over the rate");
+
+    // A verdict never carries over to another request: after a request waited, a different
+    // one is admitted afresh (here refused by the user's key patterns).
+    let mut st = state();
+    log_in(&mut st, "narrow", "pw");
+    assert_eq!(
+        dispatch_all(&mut st, ConnKind::Shared, &cmd(&["MULTI"])),
+        [Outcome::NeedUpstream]
+    );
+    assert!(st.flow.admitted.is_some());
+    let outcomes = dispatch_all(&mut st, ConnKind::Dedicated, &cmd(&["GET", "secret"]));
+    assert_eq!(outcomes, [Outcome::Done]);
+    assert!(st.flow.admitted.is_none());
+    assert!(
+        sent(&mut st).starts_with("-NOPERM"),
+        "admitted afresh and refused"
+    );
 }
