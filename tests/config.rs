@@ -366,7 +366,10 @@ fn cluster_port_map_grace_and_quarantine_are_checked_by_name() {
         &with(", grace: 0s"),
         &["upstream.cluster.node_listeners.grace"],
     );
-    assert_refused(&with(", quarantine: soon"), &["invalid duration `soon`"]);
+    assert_refused(
+        &with(", quarantine: soon"),
+        &["upstream.cluster.node_listeners.quarantine: invalid duration `soon`"],
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("redward.yaml");
     std::fs::write(&path, with("")).unwrap();

@@ -465,12 +465,27 @@ pub fn parse(text: &str) -> Result<RawConfig, String> {
         with_snippet: false,
         strict_booleans: true,
     };
-    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        e.to_string()
+    // The field an error is about, as a path (`upstream.cluster.node_listeners.quarantine`):
+    // a value's own error (a bad duration, size or address) does not know its field's name.
+    let mut field = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            field = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    parsed.map_err(|e| {
+        let message = e
+            .to_string()
             .lines()
             .map(str::trim)
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" ");
+        if field.is_empty() || field == "." {
+            message
+        } else {
+            format!("{field}: {message}")
+        }
     })
 }
 
