@@ -257,9 +257,6 @@ async fn start_shared_state(
         stop.clone(),
     );
     let _ = shared.shared_limits.set(limits);
-    shared
-        .reserved_names
-        .store(true, std::sync::atomic::Ordering::Relaxed);
     // Users changed at run time, shared through Redis (`shared_users.rs`).
     let install: shared_users::Install = {
         let shared = Arc::clone(shared);
@@ -485,6 +482,14 @@ impl Server {
             shared
                 .state_db
                 .store(db, std::sync::atomic::Ordering::Relaxed);
+            // Guarded from the first client on: the listeners accept before the shared
+            // state's tasks have started (`run`).
+            shared
+                .reserved_names
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .state_in_redis
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(ids) = &identities {
                 ids.confine(upstream::confine::Confine {
                     state_db: db,

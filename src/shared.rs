@@ -53,6 +53,9 @@ pub struct Shared {
     /// state, and in front of a cluster whose port map redward keeps in it
     /// (`cluster/port_map.rs`).
     pub reserved_names: std::sync::atomic::AtomicBool,
+    /// `limits.shared_state: upstream`: what wipes or shows the whole dataset is refused too
+    /// (`shared_limits::Guard::whole_dataset`). Set at start-up, before any client.
+    pub state_in_redis: std::sync::atomic::AtomicBool,
     /// Redis's number of databases (probed with `SELECT` at start-up, `Connector::databases`);
     /// 0 until learned. `SELECT`
     /// rides shared connections only for a database known to exist.
@@ -138,6 +141,7 @@ impl Shared {
             pause: crate::pause::Pause::default(),
             shared_limits: std::sync::OnceLock::new(),
             reserved_names: std::sync::atomic::AtomicBool::new(false),
+            state_in_redis: std::sync::atomic::AtomicBool::new(false),
             databases: std::sync::atomic::AtomicU32::new(0),
             state_db: std::sync::atomic::AtomicU32::new(u32::MAX),
             cluster: std::sync::OnceLock::new(),

@@ -195,7 +195,10 @@ impl State {
             .then(|| crate::shared_limits::Guard {
                 state_db: self.shared.state_db(),
                 scripts_confined: self.scripts_confined(user),
-                whole_dataset: self.shared.shared_limits.get().is_some(),
+                whole_dataset: self
+                    .shared
+                    .state_in_redis
+                    .load(std::sync::atomic::Ordering::Relaxed),
             });
         admission::Context {
             in_multi: self.client.in_multi,
