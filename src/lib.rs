@@ -487,9 +487,6 @@ impl Server {
             shared
                 .reserved_names
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            shared
-                .state_in_redis
-                .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(ids) = &identities {
                 ids.confine(upstream::confine::Confine {
                     state_db: db,

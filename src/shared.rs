@@ -53,16 +53,13 @@ pub struct Shared {
     /// state, and in front of a cluster whose port map redward keeps in it
     /// (`cluster/port_map.rs`).
     pub reserved_names: std::sync::atomic::AtomicBool,
-    /// `limits.shared_state: upstream`: what wipes or shows the whole dataset is refused too
-    /// (`shared_limits::Guard::whole_dataset`). Set at start-up, before any client.
-    pub state_in_redis: std::sync::atomic::AtomicBool,
     /// Redis's number of databases (probed with `SELECT` at start-up, `Connector::databases`);
     /// 0 until learned. `SELECT`
     /// rides shared connections only for a database known to exist.
     pub databases: std::sync::atomic::AtomicU32,
     /// With `limits.shared_state: upstream`, the database that state lives in, hidden from
-    /// clients (`shared_limits::reserved`); `u32::MAX` when there is none (the state then
-    /// lives in database 0, guarded by name only).
+    /// clients (`shared_limits::reserved`); `u32::MAX` without shared state (`bind` refuses to
+    /// start it without a database of its own).
     pub state_db: std::sync::atomic::AtomicU32,
     /// A Redis Cluster behind (`upstream.cluster` or `cluster_announce`): what replies that
     /// name nodes are rewritten with. Set once, at start-up.
@@ -141,7 +138,6 @@ impl Shared {
             pause: crate::pause::Pause::default(),
             shared_limits: std::sync::OnceLock::new(),
             reserved_names: std::sync::atomic::AtomicBool::new(false),
-            state_in_redis: std::sync::atomic::AtomicBool::new(false),
             databases: std::sync::atomic::AtomicU32::new(0),
             state_db: std::sync::atomic::AtomicU32::new(u32::MAX),
             cluster: std::sync::OnceLock::new(),

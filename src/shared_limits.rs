@@ -105,7 +105,7 @@ const UNGUARDED: &[&str] = &[
 
 /// The commands that run scripts and functions: with `upstream.identity: per_user`, Redis
 /// itself keeps them from the state (`upstream/confine.rs`).
-const SCRIPTS: &[&str] = &[
+pub(crate) const SCRIPTS: &[&str] = &[
     "eval",
     "evalsha",
     "eval_ro",
@@ -166,16 +166,14 @@ fn contains_prefix(arg: &[u8]) -> bool {
 /// What [`reserved`] guards for one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Guard {
-    /// The hidden database, if the state is hidden in one.
+    /// The hidden database of the shared state (`shared_state: upstream`). With one, every
+    /// command of [`UNGUARDED`] is refused; without (a cluster's port map alone, which the
+    /// instances rebuild if it is wiped, `cluster/port_map.rs`) only scripts and functions
+    /// are, which could write it.
     pub state_db: Option<u32>,
     /// The user's scripts and functions run as an upstream user whose own rules keep them
     /// from the state (`upstream/confine.rs`), so they are not refused here.
     pub scripts_confined: bool,
-    /// Shared state (`shared_state: upstream`) lives in Redis: every command of
-    /// [`UNGUARDED`] is refused. Otherwise (a cluster's port map alone, which the instances
-    /// rebuild if it is wiped, `cluster/port_map.rs`) only scripts and functions are, which
-    /// could write it.
-    pub whole_dataset: bool,
 }
 
 /// Whether a request reaches a reserved key, channel or database; asked only of requests
@@ -187,11 +185,10 @@ pub fn reserved(
 ) -> Option<Refusal> {
     use crate::acl::Denied;
     let base = spec.name.split('|').next().unwrap_or(spec.name);
-    let script = SCRIPTS.contains(&base);
-    let refused = if script {
+    let refused = if SCRIPTS.contains(&base) {
         !guard.scripts_confined
     } else {
-        guard.whole_dataset && UNGUARDED.contains(&base)
+        guard.state_db.is_some() && UNGUARDED.contains(&base)
     };
     if refused {
         return Some(Refusal::Denied(Denied::Command));

@@ -367,18 +367,12 @@ impl NodeListeners {
     ) -> Result<(), ClusterError> {
         let (listener, ours) = if let Some(p) = agreed {
             // Another port would disagree with the other instances: none, until this binds.
-            let bound = crate::bind(SocketAddr::new(self.bind, p))
-                .and_then(|tcp| Listener::new(tcp, Arc::clone(&self.settings)));
-            match bound {
-                Ok(l) => (l, p),
-                Err(e) => {
-                    return Err(ClusterError::Bind {
-                        port: p,
-                        node: format!("{}:{}", shown(&n.ip), addr.1),
-                        why: e.to_string(),
-                    })
-                }
-            }
+            let l = self.listen_on(p).map_err(|e| ClusterError::Bind {
+                port: p,
+                node: format!("{}:{}", shown(&n.ip), addr.1),
+                why: e.to_string(),
+            })?;
+            (l, p)
         } else {
             self.take_port(state, n, addr, now)?
         };
@@ -421,6 +415,12 @@ impl NodeListeners {
         Ok(())
     }
 
+    /// A listener on `port` of `node_listeners.bind`, with the first listener's settings.
+    fn listen_on(&self, port: u16) -> std::io::Result<Listener> {
+        crate::bind(SocketAddr::new(self.bind, port))
+            .and_then(|tcp| Listener::new(tcp, Arc::clone(&self.settings)))
+    }
+
     /// The next free port of this instance's own range that binds (`port_map: local`).
     fn take_port(
         &self,
@@ -436,9 +436,7 @@ impl NodeListeners {
                 .ok_or_else(|| ClusterError::NoPortLeft {
                     node: format!("{}:{}", shown(&n.ip), addr.1),
                 })?;
-            let bound = crate::bind(SocketAddr::new(self.bind, p))
-                .and_then(|tcp| Listener::new(tcp, Arc::clone(&self.settings)));
-            match bound {
+            match self.listen_on(p) {
                 Ok(l) => return Ok((l, p)),
                 Err(e) => {
                     debug!(port = p, error = %e, "cluster: node listener port taken");

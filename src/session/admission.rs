@@ -183,19 +183,12 @@ pub(super) fn protected_refusal(fullname: &str) -> Option<&'static [u8]> {
     }
 }
 
-/// EVAL, EVALSHA, FCALL and their `_RO` forms: what runs `redis.call` with the connection's
-/// upstream user's rights.
-fn runs_a_script(name: &[u8]) -> bool {
-    [
-        &b"eval"[..],
-        b"evalsha",
-        b"eval_ro",
-        b"evalsha_ro",
-        b"fcall",
-        b"fcall_ro",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
+/// EVAL, EVALSHA, FCALL and their `_RO` forms (`shared_limits::SCRIPTS`): what runs
+/// `redis.call` with the connection's upstream user's rights.
+pub(super) fn runs_a_script(name: &[u8]) -> bool {
+    crate::shared_limits::SCRIPTS
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
 /// Commands redward answers itself that Redis refuses in a RESP2 subscriber's context (the

@@ -64,7 +64,6 @@ fn guarded() -> Context {
         reserved: Some(crate::shared_limits::Guard {
             state_db: Some(15),
             scripts_confined: false,
-            whole_dataset: true,
         }),
         ..Context::default()
     }
@@ -206,7 +205,6 @@ fn reserved_names_are_no_clients_whatever_its_acl() {
         reserved: Some(crate::shared_limits::Guard {
             state_db: None,
             scripts_confined: true,
-            whole_dataset: false,
         }),
         ..Context::default()
     };

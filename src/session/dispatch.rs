@@ -176,7 +176,7 @@ impl State {
         if !self.charge_command_rate(user) {
             return Err(Outcome::Done);
         }
-        let ctx = self.admission_context(user);
+        let ctx = self.admission_context(user, req);
         match admission::admit(user, req, &ctx) {
             admission::Verdict::Admit(spec) => Ok(spec),
             admission::Verdict::Refuse(r) => {
@@ -187,18 +187,16 @@ impl State {
     }
 
     /// What the admission step needs to know of where this client is.
-    fn admission_context(&mut self, user: &Arc<User>) -> admission::Context {
+    fn admission_context(&mut self, user: &Arc<User>, req: &Request<'_>) -> admission::Context {
         let reserved = self
             .shared
             .reserved_names
             .load(std::sync::atomic::Ordering::Relaxed)
             .then(|| crate::shared_limits::Guard {
                 state_db: self.shared.state_db(),
-                scripts_confined: self.scripts_confined(user),
-                whole_dataset: self
-                    .shared
-                    .state_in_redis
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                // Asked only of scripts, the one place it counts: not a lookup per request.
+                scripts_confined: admission::runs_a_script(req.name())
+                    && self.scripts_confined(user),
             });
         admission::Context {
             in_multi: self.client.in_multi,
