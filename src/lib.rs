@@ -23,8 +23,9 @@
 //! - [`runtime_users`]: users changed at run time (`ACL SETUSER`, `DELUSER`, `SAVE`, `LOAD`)
 //!   beside the configuration's. [`audit`]: denials, failed logins and user changes (log,
 //!   `ACL LOG`, JSON lines). [`clients`]: the registry `CLIENT LIST`/`KILL` read.
-//! - [`cluster`]: `upstream.cluster`, a listener per node; [`announce`]: the rewriting of
-//!   what a cluster says about its nodes (pure).
+//! - [`cluster`]: `upstream.cluster`, a listener per node on the port every instance agrees
+//!   on (a map kept in the cluster); [`announce`]: the rewriting of what a cluster says about
+//!   its nodes (pure).
 //! - [`admin`]: the metrics and health endpoint. [`notify`]: the service manager's readiness
 //!   notification. [`stunnel`]: reading an stunnel.conf into a redward configuration.
 //! - [`pause`]: `CLIENT PAUSE` as redward follows it. [`proxy_header`]: the PROXY protocol
