@@ -4,6 +4,9 @@
 //! is read into a tree of borrowed items, only the fields that name a node are replaced, and
 //! the tree is written back in Redis's order (no map reordering, no number reformatting).
 //!
+//! The rewrites reach a session's replies as reply hooks ([`ClusterReply`], [`ExecReply`]),
+//! attached where the upstream's kind is asked about a request (`upstream/kind.rs`).
+//!
 //! Pure: no I/O, no locks. What a node is announced as comes from an [`Announce`]: a
 //! [`Fixed`] map (`upstream.cluster_announce`, a sidecar beside one node) or the discovered
 //! cluster (`cluster.rs`, a listener per node). The field names follow `clusterReplyShards`,
@@ -11,7 +14,10 @@
 
 use std::borrow::Cow;
 
+use bytes::BytesMut;
+
 use crate::resp::item::{parse, parse_u16, write, Item};
+use crate::resp::{FrameInfo, Rewrite};
 
 /// The endpoint redward announces for a node: the host clients are told, and the port of
 /// redward's listener for that node.
@@ -182,6 +188,35 @@ pub fn exec_reply(queued: &[(usize, Reply)], bytes: &[u8], announce: &dyn Announ
     let mut out = Vec::with_capacity(bytes.len() + 64);
     write(&item, &mut out);
     out
+}
+
+/// A `CLUSTER SLOTS`/`SHARDS`/`NODES`/`REPLICAS` reply on its way to the client, naming
+/// redward's endpoints for the nodes: the reply hook a cluster upstream attaches
+/// (`upstream/kind.rs`).
+#[derive(Debug)]
+pub struct ClusterReply {
+    pub kind: Reply,
+    pub announce: std::sync::Arc<dyn Announce>,
+}
+
+impl Rewrite for ClusterReply {
+    fn rewrite(&self, reply: &[u8], _info: &FrameInfo, out: &mut BytesMut) {
+        out.extend_from_slice(&self::reply(self.kind, reply, &*self.announce));
+    }
+}
+
+/// EXEC's reply to a transaction that queued such `CLUSTER` requests: those elements are
+/// rewritten ([`exec_reply`]).
+#[derive(Debug)]
+pub struct ExecReply {
+    pub queued: Vec<(usize, Reply)>,
+    pub announce: std::sync::Arc<dyn Announce>,
+}
+
+impl Rewrite for ExecReply {
+    fn rewrite(&self, reply: &[u8], _info: &FrameInfo, out: &mut BytesMut) {
+        out.extend_from_slice(&exec_reply(&self.queued, reply, &*self.announce));
+    }
 }
 
 fn rewrite(kind: Reply, item: &mut Item<'_>, announce: &dyn Announce) {

@@ -401,43 +401,28 @@ impl State {
         self.forward_as(conn, req, &Request::built(&data, &ranges), &[])
     }
 
-    /// For a `CLUSTER` request whose reply names nodes, behind a cluster: the hook that
-    /// names redward's endpoints instead. (Inside MULTI the reply comes within EXEC's, and
-    /// is not rewritten.)
-    /// Inside MULTI such a request is remembered by its place, and EXEC's reply gets the hook
-    /// for those places.
+    /// The reply hook the upstream's kind wants for this request (behind a cluster, a
+    /// `CLUSTER` request whose reply names nodes, or the EXEC of a transaction that queued
+    /// one: `upstream/kind.rs`). A MONITOR client's replies are not rewritten.
     fn cluster_reply(&mut self, req: &Request<'_>) -> Option<std::sync::Arc<dyn super::Rewrite>> {
-        // Not behind a cluster: one atomic load, nothing else.
-        let cluster = self.shared.cluster.get()?;
-        let name = req.name();
-        let exec = name.eq_ignore_ascii_case(b"exec");
-        if !exec && (req.argc() < 2 || !name.eq_ignore_ascii_case(b"cluster")) {
-            return None;
-        }
         if self.client.monitor {
             return None;
         }
-        if exec {
-            if self.client.multi_cluster.is_empty() {
-                return None;
-            }
-            let queued = std::mem::take(&mut self.client.multi_cluster);
-            return Some(std::sync::Arc::new(super::reply_hook::ExecReply {
-                queued,
-                cluster: std::sync::Arc::clone(cluster),
-            }));
-        }
-        let kind = crate::announce::Reply::of(req.arg(1))?;
-        if self.client.in_multi {
-            // This request was just queued: its reply is EXEC's element `queued - 1`.
-            let place = self.client.multi_queued.saturating_sub(1);
-            self.client.multi_cluster.push((place, kind));
-            return None;
-        }
-        Some(std::sync::Arc::new(super::reply_hook::ClusterReply {
-            kind,
-            cluster: std::sync::Arc::clone(cluster),
-        }))
+        // Field by field, not `self.upstream()`: the transaction's places are borrowed too.
+        let target = self
+            .node
+            .as_deref()
+            .unwrap_or(&self.shared.connector)
+            .target();
+        let kind = crate::upstream::kind::Kind::new(target, self.shared.cluster.get());
+        kind.reply_hook(
+            req,
+            crate::upstream::kind::Txn {
+                in_multi: self.client.in_multi,
+                queued: self.client.multi_queued,
+                topology: &mut self.client.multi_topology,
+            },
+        )
     }
 
     /// Forwards a request on the connection of kind `conn` and expects its replies.

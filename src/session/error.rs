@@ -19,8 +19,9 @@ pub enum SessionError {
     UnexpectedReply,
     #[error("upstream rejected redward's AUTH after RESET")]
     UpstreamReauth,
-    /// The Sentinel-named master changed under this client's own connection.
-    #[error("the Sentinel-named master changed")]
+    /// The Sentinel-named master, or the cluster node's address, changed under this client's
+    /// own connection (`Target::change` says which).
+    #[error("the upstream's master or node changed")]
     MasterChanged,
     #[error("a reply to be rewritten is over the size redward holds")]
     ReplyTooLarge,

@@ -24,11 +24,14 @@
 //!   replies, check bounds, wait for the next event, and say goodbye;
 //! - `login.rs`: AUTH, HELLO, RESET and the requests of a client not yet logged in; the only
 //!   way to the session's [`LoggedIn`] proof;
-//! - `dispatch.rs`: each request's checks in order (protocol, login, rate, ACL, local
-//!   answers), then forwarding;
+//! - `dispatch.rs`: each request framed, admitted once (`admission.rs`: a pure verdict of
+//!   user, request and connection state holding all policy), answered here if it is one of
+//!   redward's own commands (its `LOCAL` table), else routed and forwarded;
 //! - `route.rs`: which upstream connection a request takes, and moving to the client's own;
 //! - `reply_path.rs`: Redis's replies and redward's own back to the client in request order,
-//!   with the reply hook (`reply_hook.rs`) on the one path every reply takes;
+//!   with the reply hook (`reply_hook.rs`) on the one path every reply takes. What a fixed,
+//!   Sentinel-followed or cluster upstream changes there is asked of the upstream's kind
+//!   (`upstream/kind.rs`), never decided in the session;
 //! - `state.rs`: the state the phases share; `deadlines.rs`: every wait's deadline;
 //!   `io.rs`: the sockets; `error.rs`: why a session ended and whose fault that was;
 //!   `slots.rs`: reply order; `acl_cmd.rs`: the ACL subcommands; `offline.rs`: the same
@@ -209,7 +212,8 @@ where
                 continue;
             }
             () = crate::mux::fired(st.epoch.as_ref()) => {
-                warn!(%peer, "the Sentinel-named master changed; closing this client's connection to the old one");
+                let why = st.connector().target().change();
+                warn!(%peer, "{why}; closing this client's connection to the old one");
                 break Err(SessionError::MasterChanged);
             }
             () = &mut killed => {

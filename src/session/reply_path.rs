@@ -3,6 +3,7 @@
 //! order, following pub/sub, MONITOR, HELLO and RESET as they go by.
 
 use super::*;
+use crate::upstream::kind::ErrorReply;
 
 /// Counts of subscriptions Redis holds for this connection, as its confirmations report them.
 #[derive(Debug, Default, Clone, Copy)]
@@ -111,7 +112,7 @@ impl State {
             self.client.in_multi = argc == 1;
             self.client.multi_dirty = false;
             self.client.multi_queued = 0;
-            self.client.multi_cluster.clear();
+            self.client.multi_topology.clear();
             return (Expect::Replies(1), Hook::None);
         }
         if is(b"monitor") && argc == 1 {
@@ -183,40 +184,7 @@ impl State {
             };
             let bytes = uin.get(..consumed).unwrap_or(&[]);
             match (rewrite, info) {
-                (None, Some(info))
-                    if info.is_error()
-                        && (bytes.starts_with(b"-MOVED ") || bytes.starts_with(b"-ASK ")) =>
-                {
-                    // A cluster names a node: the client is sent to redward's listener for it.
-                    self.shared.metrics.cluster_redirections.inc();
-                    if !swallow {
-                        let rewritten = self.shared.cluster.get().and_then(|c| {
-                            let target = self.connector().target();
-                            crate::announce::redirect(bytes, &**c, || target.host_now())
-                        });
-                        self.out
-                            .cout
-                            .extend_from_slice(rewritten.as_deref().unwrap_or(bytes));
-                    }
-                }
-                (None, Some(info)) if info.is_error() && bytes.starts_with(b"-READONLY") => {
-                    // Writing to a replica: the master moved (Sentinel clients' guidelines).
-                    self.connector().target().suspect("-READONLY");
-                    if !swallow {
-                        self.out.cout.extend_from_slice(bytes);
-                    }
-                }
-                (None, Some(info))
-                    if !swallow && info.is_error() && self.client.setup.user.is_some() =>
-                {
-                    // Redis 7.2+ and Valkey name the upstream user: the client sees its own.
-                    let own = self.login.as_ref().and_then(|l| {
-                        crate::upstream::identity::own_name_in_error(bytes, &l.user().name)
-                    });
-                    self.out
-                        .cout
-                        .extend_from_slice(own.as_deref().unwrap_or(bytes));
-                }
+                (None, Some(info)) if info.is_error() => self.pass_error(bytes, swallow),
                 (None, _) if !swallow => self.out.cout.extend_from_slice(bytes),
                 (None, Some(info)) if info.kind == b':' => self.note_upstream_id(bytes),
                 (None, _) => {}
@@ -238,6 +206,36 @@ impl State {
                 Some(info) => self.on_reply(info)?,
                 None => return Ok(()),
             }
+        }
+    }
+
+    /// An error reply from Redis on its way to the client (`swallow`: redward's own request's,
+    /// which the client does not get). The upstream's kind sees it first (a cluster's
+    /// redirection is rewritten, a `-READONLY` has the master checked); then a per-user
+    /// upstream identity's name in it is replaced by the client's own.
+    fn pass_error(&mut self, bytes: &[u8], swallow: bool) {
+        let by_kind = self
+            .upstream()
+            .error_reply(bytes, &self.shared.metrics.cluster_redirections);
+        if swallow {
+            return;
+        }
+        match by_kind {
+            ErrorReply::Redirect(rewritten) => {
+                self.out
+                    .cout
+                    .extend_from_slice(rewritten.as_deref().unwrap_or(bytes));
+            }
+            ErrorReply::Pass if self.client.setup.user.is_some() => {
+                // Redis 7.2+ and Valkey name the upstream user: the client sees its own.
+                let own = self.login.as_ref().and_then(|l| {
+                    crate::upstream::identity::own_name_in_error(bytes, &l.user().name)
+                });
+                self.out
+                    .cout
+                    .extend_from_slice(own.as_deref().unwrap_or(bytes));
+            }
+            ErrorReply::Pass => self.out.cout.extend_from_slice(bytes),
         }
     }
 

@@ -27,7 +27,7 @@ pub(super) struct ClientState {
     /// Requests forwarded inside this MULTI, and which of them were `CLUSTER` requests whose
     /// replies name nodes (their place in EXEC's reply), behind a cluster.
     pub(super) multi_queued: usize,
-    pub(super) multi_cluster: Vec<(usize, crate::announce::Reply)>,
+    pub(super) multi_topology: crate::upstream::kind::QueuedTopology,
     /// After MONITOR's +OK: upstream frames answer no request.
     pub(super) monitor: bool,
     /// The protocol of the replies Redis is sending now (stream order).
@@ -231,6 +231,11 @@ impl State {
             select_owed: None,
             own_gauge: None,
         }
+    }
+
+    /// What this client's upstream's kind (fixed, Sentinel, cluster) does on its reply path.
+    pub(super) fn upstream(&self) -> crate::upstream::kind::Kind<'_> {
+        crate::upstream::kind::Kind::new(self.connector().target(), self.shared.cluster.get())
     }
 
     /// Where this client's requests go: its listener's cluster node, or the upstream.

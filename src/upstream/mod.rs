@@ -2,7 +2,8 @@
 //! authenticated with redward's own credential before any client byte is sent.
 //!
 //! The [`Connector`] holds a [`Target`] (where) and a [`Credential`] (as whom), in
-//! `target.rs`; this file opens the connection.
+//! `target.rs`; this file opens the connection. What the kinds of target (fixed, Sentinel,
+//! cluster) change on a session's reply path is asked of [`kind::Kind`].
 //!
 //! A client's AUTH never reaches Redis. Every upstream connection is logged in as the
 //! configured upstream user, so Redis's own ACLs (if any) see redward, and redward's users are
@@ -24,6 +25,7 @@ use crate::tls::TlsError;
 
 pub mod confine;
 pub mod identity;
+pub mod kind;
 pub mod provision;
 mod sentinel;
 mod target;

@@ -136,6 +136,15 @@ impl Target {
         }
     }
 
+    /// What it means when [`Target::epoch`] fires, for the log line of a session it ends.
+    pub fn change(&self) -> &'static str {
+        match self {
+            Target::Fixed(_) => "the upstream address changed",
+            Target::Sentinel(_) => "the Sentinel-named master changed",
+            Target::Chosen(_) => "the cluster node's address changed",
+        }
+    }
+
     /// A new connection's `ROLE` said it is not the master.
     pub fn not_master(&self, why: &str) {
         if let Target::Sentinel(s) = self {
