@@ -526,3 +526,55 @@ async fn a_write_pause_holds_the_writers_alone_and_shared_reads_flow() {
         assert_eq!(ask(&mut reader, &["EXISTS", "w:0", "w:1"]).await, ":2\r\n");
     }
 }
+
+/// A shared connection keeps one write in flight: while a large reply streams back, the other
+/// clients' requests gather for the next write. Every client still gets exactly its own
+/// replies, in order, whether it wrote inline (empty lines among them, which Redis does not
+/// answer) or multibulk, and a client that fetches the large value again and again holds up
+/// nobody's replies but its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_gathered_behind_a_large_reply_reach_their_own_clients() {
+    let redis = Redis::start();
+    let proxy = proxy().start(&redis).await;
+    let big = "x".repeat(2 << 20);
+    let mut seed = proxy.raw().await;
+    seed.send(&[auth(), cmd(&["SET", "big", &big])].concat())
+        .await;
+    assert_eq!(seed.replies(2).await, b"+OK\r\n+OK\r\n");
+    let big_reply = format!("${}\r\n{big}\r\n", big.len());
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let mut raw = proxy.raw().await;
+        let big_reply = big_reply.clone();
+        clients.push(tokio::spawn(async move {
+            let mut script = auth();
+            let mut expected = b"+OK\r\n".to_vec();
+            for j in 0..60 {
+                let (k, v) = (format!("k:{c}:{j}"), format!("v{c}x{j}"));
+                if c % 4 == 0 && j % 15 == 0 {
+                    script.extend(cmd(&["GET", "big"]));
+                    expected.extend(big_reply.as_bytes());
+                } else if j % 2 == 0 {
+                    // Empty inline lines get no reply from Redis: none may be owed for them.
+                    script.extend(format!("\r\n  \r\nSET {k} {v}\r\nGET {k}\r\n").as_bytes());
+                    expected.extend(format!("+OK\r\n${}\r\n{v}\r\n", v.len()).as_bytes());
+                } else {
+                    script.extend(cmd(&["SET", &k, &v]));
+                    script.extend(cmd(&["GET", &k]));
+                    expected.extend(format!("+OK\r\n${}\r\n{v}\r\n", v.len()).as_bytes());
+                }
+            }
+            let owed = if c % 4 == 0 { 1 + 4 + 56 * 2 } else { 1 + 120 };
+            raw.send(&script).await;
+            let got = raw.replies(owed).await;
+            assert!(
+                got == expected,
+                "client {c}: its replies differ from its own requests'"
+            );
+        }));
+    }
+    for c in clients {
+        c.await.expect("client task");
+    }
+    assert!(redis.client_count() <= 3, "the clients shared the upstream");
+}
