@@ -430,20 +430,7 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
     let per_user = metrics.user_connections(connector.identity_name().as_deref());
     loop {
         if wbuf.is_empty() && writes.len() < WRITES_IN_FLIGHT {
-            let mut q = lock(&mux.queue);
-            // Everything queued goes in one write (each client bounds its own share by its
-            // pipeline limit).
-            if !q.out.is_empty() {
-                std::mem::swap(&mut wbuf, &mut q.out);
-                let owed: u64 = q.routes.iter().map(|r| u64::from(r.replies)).sum();
-                if owed > 0 {
-                    writes.push_back(owed);
-                }
-                inflight.extend(q.routes.drain(..));
-                for w in q.waiting.drain(..) {
-                    w.wake();
-                }
-            }
+            take_queued(&mux, &mut wbuf, &mut inflight, &mut writes);
         }
         if conn.is_none() {
             if wbuf.is_empty() {
@@ -516,6 +503,29 @@ async fn run(mux: Arc<Mux>, connector: Connector, metrics: Arc<Metrics>, stop: C
             metrics.upstream_shared.dec();
             per_user.dec();
         }
+    }
+}
+
+/// Everything queued goes in one write (each client bounds its own share by its pipeline
+/// limit); its routes join those in flight, and clients waiting for room are woken.
+fn take_queued(
+    mux: &Mux,
+    wbuf: &mut BytesMut,
+    inflight: &mut VecDeque<Route>,
+    writes: &mut VecDeque<u64>,
+) {
+    let mut q = lock(&mux.queue);
+    if q.out.is_empty() {
+        return;
+    }
+    std::mem::swap(wbuf, &mut q.out);
+    let owed: u64 = q.routes.iter().map(|r| u64::from(r.replies)).sum();
+    if owed > 0 {
+        writes.push_back(owed);
+    }
+    inflight.extend(q.routes.drain(..));
+    for w in q.waiting.drain(..) {
+        w.wake();
     }
 }
 

@@ -81,11 +81,13 @@ async fn upstream_rejecting_redwards_credential_is_reported_not_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dying_under_the_shared_connection_fails_the_requests_in_flight_only() {
+    // The GET behind the script is held by redward, not Redis: a shared connection keeps one
+    // write in flight (`mux.rs`). It was never run, so it is told to try again, not lost.
     let mut redis = Redis::start();
     let proxy = proxy().start(&redis).await;
     let login = cmd(&["AUTH", APP_USER, APP_PASSWORD]);
-    // An idle client on the shared connection, and two with requests in flight on it (a
-    // script that never ends, and a GET queued behind it).
+    // An idle client on the shared connection, one with a request in flight on it (a script
+    // that never ends), and one with a GET queued behind it.
     let mut idle = proxy.raw().await;
     idle.send(&[login.clone(), cmd(&["PING"])].concat()).await;
     assert_eq!(idle.replies(2).await, b"+OK\r\n+PONG\r\n");
@@ -111,7 +113,10 @@ async fn redis_dying_under_the_shared_connection_fails_the_requests_in_flight_on
     redis.kill();
     let lost = b"-ERR upstream Redis connection lost\r\n";
     assert_eq!(busy.until_close().await, lost);
-    assert_eq!(queued.until_close().await, lost);
+    assert_eq!(
+        queued.replies(1).await,
+        b"-ERR upstream Redis unavailable, try again later\r\n"
+    );
 
     redis.restart();
     let mut pong = Vec::new();
