@@ -12,7 +12,8 @@
 //!   catalog in force (amended by the server behind). [`learn`]: asking that server.
 //! - [`auth`]: AUTH and HELLO against redward's users. [`acl`]: users and rules.
 //! - [`upstream`]: connections to a target Redis, authenticated with redward's own credential,
-//!   then (`upstream.identity: per_user`) as the client's own upstream user.
+//!   then (`upstream.identity: per_user`) as the client's own upstream user; what a fixed,
+//!   Sentinel or cluster target changes on a session's reply path (`upstream::kind`).
 //! - [`mux`]: shared upstream connections, a pool per target (many clients' requests in one
 //!   write).
 //! - [`limits`]: connection caps and rates, login lockout, command rates. [`memory`]: the

@@ -408,21 +408,16 @@ impl State {
         if self.client.monitor {
             return None;
         }
-        // Field by field, not `self.upstream()`: the transaction's places are borrowed too.
-        let target = self
-            .node
-            .as_deref()
-            .unwrap_or(&self.shared.connector)
-            .target();
-        let kind = crate::upstream::kind::Kind::new(target, self.shared.cluster.get());
-        kind.reply_hook(
-            req,
-            crate::upstream::kind::Txn {
-                in_multi: self.client.in_multi,
-                queued: self.client.multi_queued,
-                topology: &mut self.client.multi_topology,
-            },
-        )
+        // The places are lent out for the call: `upstream()` borrows the whole state.
+        let mut topology = std::mem::take(&mut self.client.multi_topology);
+        let txn = crate::upstream::kind::Txn {
+            in_multi: self.client.in_multi,
+            queued: self.client.multi_queued,
+            topology: &mut topology,
+        };
+        let hook = self.upstream().reply_hook(req, txn);
+        self.client.multi_topology = topology;
+        hook
     }
 
     /// Forwards a request on the connection of kind `conn` and expects its replies.

@@ -146,30 +146,35 @@ mod tests {
         )]))
     }
 
-    fn request(args: &[&[u8]]) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+    /// `kind`'s hook for the request `args`, queued as request `queued` of a MULTI when
+    /// `in_multi`.
+    fn hook(
+        kind: &Kind<'_>,
+        args: &[&[u8]],
+        in_multi: bool,
+        queued: usize,
+        topology: &mut QueuedTopology,
+    ) -> Option<Arc<dyn Rewrite>> {
         let mut data = Vec::new();
         let mut ranges = Vec::new();
         for a in args {
             ranges.push(data.len()..data.len() + a.len());
             data.extend_from_slice(a);
         }
-        (data, ranges)
+        let txn = Txn {
+            in_multi,
+            queued,
+            topology,
+        };
+        kind.reply_hook(&Request::built(&data, &ranges), txn)
     }
 
     #[test]
     fn a_fixed_upstream_rewrites_nothing_and_passes_redirections_as_they_are() {
         let target = fixed();
         let kind = Kind::new(&target, None);
-        let (data, ranges) = request(&[b"CLUSTER", b"SLOTS"]);
         let mut topology = QueuedTopology::default();
-        let txn = Txn {
-            in_multi: false,
-            queued: 0,
-            topology: &mut topology,
-        };
-        assert!(kind
-            .reply_hook(&Request::built(&data, &ranges), txn)
-            .is_none());
+        assert!(hook(&kind, &[b"CLUSTER", b"SLOTS"], false, 0, &mut topology).is_none());
         let counted = Counter::default();
         let moved = b"-MOVED 3999 10.0.0.1:7000\r\n";
         assert_eq!(
@@ -192,25 +197,8 @@ mod tests {
             ErrorReply::Redirect(Some(b"-MOVED 3999 proxy.example:17000\r\n".to_vec()))
         );
         let mut topology = QueuedTopology::default();
-        let (data, ranges) = request(&[b"cluster", b"slots"]);
-        let hook = kind.reply_hook(
-            &Request::built(&data, &ranges),
-            Txn {
-                in_multi: false,
-                queued: 0,
-                topology: &mut topology,
-            },
-        );
-        assert!(hook.is_some());
-        let (data, ranges) = request(&[b"GET", b"k"]);
-        let txn = Txn {
-            in_multi: false,
-            queued: 0,
-            topology: &mut topology,
-        };
-        assert!(kind
-            .reply_hook(&Request::built(&data, &ranges), txn)
-            .is_none());
+        assert!(hook(&kind, &[b"cluster", b"slots"], false, 0, &mut topology).is_some());
+        assert!(hook(&kind, &[b"GET", b"k"], false, 0, &mut topology).is_none());
     }
 
     /// Inside MULTI the `CLUSTER` request's reply is EXEC's element at its place: EXEC gets
@@ -221,28 +209,12 @@ mod tests {
         let announce = announce();
         let kind = Kind::new(&target, Some(&announce));
         let mut topology = QueuedTopology::default();
-        let (data, ranges) = request(&[b"CLUSTER", b"NODES"]);
-        let queued = Txn {
-            in_multi: true,
-            queued: 2,
-            topology: &mut topology,
-        };
-        assert!(kind
-            .reply_hook(&Request::built(&data, &ranges), queued)
-            .is_none());
+        assert!(hook(&kind, &[b"CLUSTER", b"NODES"], true, 2, &mut topology).is_none());
         assert_eq!(topology.0, [(1, Reply::Nodes)]);
-        let (data, ranges) = request(&[b"EXEC"]);
-        let exec = |topology: &mut QueuedTopology| {
-            kind.reply_hook(
-                &Request::built(&data, &ranges),
-                Txn {
-                    in_multi: false,
-                    queued: 2,
-                    topology,
-                },
-            )
-        };
-        assert!(exec(&mut topology).is_some());
-        assert!(exec(&mut topology).is_none(), "the places are EXEC's once");
+        assert!(hook(&kind, &[b"EXEC"], false, 2, &mut topology).is_some());
+        assert!(
+            hook(&kind, &[b"EXEC"], false, 2, &mut topology).is_none(),
+            "the places are EXEC's once"
+        );
     }
 }
